@@ -1,0 +1,1 @@
+"""Everything that speaks HTTP to the agents: the protocol client and the result contracts."""

@@ -1,0 +1,122 @@
+"""Validation of what callers pass in: workflow parameters and ids. Errors name the field."""
+
+from __future__ import annotations
+
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from cpoa import defaults, errors
+
+VOICE_PARAMS = {"voice_name": str, "speaking_rate": (int, float), "pitch": (int, float),
+                "language_code": str}
+TEXT_ID_MAX_CHARS = 200
+
+
+def workflow_params(kind: str, params: Any) -> dict[str, Any]:
+    """Returns the cleaned parameters of a new workflow.
+
+    Raises:
+        InvalidInput: naming the first bad field.
+    """
+    if kind not in ("podcast", "snippets"):
+        raise errors.InvalidInput(f"kind: unknown workflow kind {kind!r}", field="kind")
+    if not isinstance(params, Mapping):
+        raise errors.InvalidInput("params: expected an object", field="params")
+    if kind == "podcast":
+        return _podcast(params)
+    return _snippets(params)
+
+
+def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
+    _only(params, ("topic", "urls", "voice_params", "persona", "max_results"))
+    cleaned: dict[str, Any] = {"topic": text(params.get("topic"), "topic")}
+    urls = params.get("urls") or []
+    if not isinstance(urls, list) or len(urls) > defaults.URLS_MAX:
+        raise errors.InvalidInput(f"urls: expected a list of at most {defaults.URLS_MAX} URLs",
+                                  field="urls")
+    cleaned["urls"] = [_url(u, f"urls[{i}]") for i, u in enumerate(urls)]
+    voice = params.get("voice_params") or {}
+    if not isinstance(voice, Mapping):
+        raise errors.InvalidInput("voice_params: expected an object", field="voice_params")
+    for key, value in voice.items():
+        expected = VOICE_PARAMS.get(key)
+        if expected is None:
+            raise errors.InvalidInput(f"voice_params.{key}: unknown field",
+                                      field=f"voice_params.{key}")
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise errors.InvalidInput(f"voice_params.{key}: wrong type {type(value).__name__}",
+                                      field=f"voice_params.{key}")
+    cleaned["voice_params"] = dict(voice)
+    if params.get("persona") is not None:
+        cleaned["persona"] = text(params["persona"], "persona")
+    if params.get("max_results") is not None:
+        cleaned["max_results"] = integer(params["max_results"], "max_results", 1, 50)
+    return cleaned
+
+
+def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:
+    _only(params, ("query", "limit"))
+    limit = params.get("limit", 5)
+    return {"query": text(params.get("query"), "query"),
+            "limit": integer(limit, "limit", 1, 50)}
+
+
+def text(value: Any, field: str, max_chars: int = defaults.TOPIC_MAX_CHARS) -> str:
+    """Returns a non-empty, bounded text value."""
+    if not isinstance(value, str):
+        got = "missing" if value is None else type(value).__name__
+        raise errors.InvalidInput(f"{field}: expected text, got {got}", field=field)
+    if not value.strip():
+        raise errors.InvalidInput(f"{field}: must not be empty", field=field)
+    if len(value) > max_chars or "\x00" in value:
+        raise errors.InvalidInput(f"{field}: longer than {max_chars} characters or has NUL",
+                                  field=field)
+    return value.strip()
+
+
+def integer(value: Any, field: str, low: int, high: int) -> int:
+    """Returns a whole number within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.InvalidInput(f"{field}: expected a whole number from {low} to {high}",
+                                  field=field)
+    return value
+
+
+def optional_id(value: Any, field: str) -> str | None:
+    """Returns a caller-given id (client, user, idempotency key) or None."""
+    if value is None:
+        return None
+    return text(value, field, TEXT_ID_MAX_CHARS)
+
+
+def workflow_id(value: Any) -> uuid.UUID:
+    """Parses a workflow id.
+
+    Raises:
+        InvalidInput: it is not a UUID.
+    """
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        shown = str(value)[:60]
+        raise errors.InvalidInput(f"workflow_id: {shown!r} is not a UUID",
+                                  field="workflow_id") from None
+
+
+def _url(value: Any, field: str) -> str:
+    value = text(value, field, 2048)
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise errors.InvalidInput(f"{field}: not an http(s) URL", field=field)
+    return value
+
+
+def _only(params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise errors.InvalidInput(f"{key}: unknown field (allowed: {', '.join(allowed)})",
+                                      field=str(key))

@@ -1,0 +1,164 @@
+"""The workflow state machines as data, and the pure decision `decide()` built on them.
+
+No I/O here: the store applies a decision with a compare-and-set, the engine asks for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import transitions
+
+from cpoa import errors
+
+PODCAST_STEPS = ["fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing"]
+SNIPPETS_STEPS = ["discovering", "crafting", "imaging"]
+
+PODCAST_STATES = [*PODCAST_STEPS, {"name": "completed", "final": True}, "failed",
+                  {"name": "cancelled", "final": True}]
+SNIPPETS_STATES = [*SNIPPETS_STEPS, {"name": "completed", "final": True}, "failed",
+                   {"name": "cancelled", "final": True}]
+
+
+def _common(steps: list[str]) -> list[dict]:
+    """fail / cancel / retry, which every working state shares."""
+    return [
+        {"trigger": "fail", "source": steps, "dest": "failed", "before": "remember_origin"},
+        {"trigger": "cancel", "source": [*steps, "failed"], "dest": "cancelled"},
+        # Retry resumes exactly where the failure happened: one edge per state, one guard.
+        *({"trigger": "retry", "source": "failed", "dest": step, "conditions": "resumes_here",
+           "before": "forget_origin"} for step in steps),
+    ]
+
+
+PODCAST_TRANSITIONS = [
+    {"trigger": "step_done", "source": "fetching", "dest": "analyzing"},
+    {"trigger": "step_done", "source": "analyzing", "dest": "scripting"},
+    {"trigger": "step_done", "source": "scripting", "dest": "synthesizing"},
+    {"trigger": "step_done", "source": "synthesizing", "dest": "imaging"},
+    {"trigger": "step_done", "source": "imaging", "dest": "finalizing"},
+    {"trigger": "step_done", "source": "finalizing", "dest": "completed"},
+    *_common(PODCAST_STEPS),
+]
+
+SNIPPETS_TRANSITIONS = [
+    {"trigger": "step_done", "source": "discovering", "dest": "crafting"},
+    {"trigger": "step_done", "source": "crafting", "dest": "imaging"},
+    {"trigger": "step_done", "source": "imaging", "dest": "completed"},
+    *_common(SNIPPETS_STEPS),
+]
+
+KINDS = {
+    "podcast": (PODCAST_STATES, PODCAST_TRANSITIONS, "fetching"),
+    "snippets": (SNIPPETS_STATES, SNIPPETS_TRANSITIONS, "discovering"),
+}
+"""kind -> (states, transitions, initial state)."""
+
+TRIGGERS = ("step_done", "fail", "cancel", "retry")
+FINAL_STATES = frozenset({"completed", "cancelled"})
+"""No trigger leaves these."""
+
+TERMINAL_STATES = frozenset({"completed", "cancelled", "failed"})
+"""No work is scheduled in these; only `retry` or `cancel` leave `failed`."""
+
+
+@dataclasses.dataclass
+class WorkflowModel:
+    """The part of a workflow the machine looks at; `transitions` sets `state` on it."""
+
+    state: str
+    failed_from_state: str | None = None
+
+    def remember_origin(self, event: transitions.EventData) -> None:
+        self.failed_from_state = event.transition.source
+
+    def forget_origin(self, event: transitions.EventData) -> None:
+        self.failed_from_state = None
+
+    def resumes_here(self, event: transitions.EventData) -> bool:
+        return event.transition.dest == self.failed_from_state
+
+
+def states(kind: str) -> list[str]:
+    """Returns every state name of a kind, in definition order."""
+    return [s if isinstance(s, str) else s["name"] for s in _definition(kind)[0]]
+
+
+def working_states(kind: str) -> list[str]:
+    """Returns the states in which a workflow has work to do."""
+    return [s for s in states(kind) if s not in TERMINAL_STATES]
+
+
+def initial_state(kind: str) -> str:
+    """Returns the state a new workflow of this kind starts in."""
+    return _definition(kind)[2]
+
+
+def edges(kind: str) -> set[tuple[str, str]]:
+    """Returns every (source, dest) pair some trigger allows."""
+    pairs = set()
+    for transition in _definition(kind)[1]:
+        sources = transition["source"]
+        for source in [sources] if isinstance(sources, str) else sources:
+            pairs.add((source, transition["dest"]))
+    return pairs
+
+
+def decide(kind: str, state: str, trigger: str,
+           failed_from_state: str | None = None) -> WorkflowModel:
+    """Runs one trigger on a copy of the workflow's state.
+
+    Args:
+        kind: ``"podcast"`` or ``"snippets"``.
+        state: The current state.
+        trigger: One of :data:`TRIGGERS`.
+        failed_from_state: Where a failed workflow failed (guards ``retry``).
+
+    Returns:
+        The model after the transition: its ``state`` and ``failed_from_state``.
+
+    Raises:
+        InvalidTransition: if the trigger is not allowed in this state.
+    """
+    model = WorkflowModel(state=state, failed_from_state=failed_from_state)
+    machine = _machine(kind)
+    machine.add_model(model, initial=state)
+    try:
+        moved = getattr(model, trigger)()
+    except (transitions.MachineError, AttributeError) as exc:
+        raise errors.InvalidTransition(
+            f"cannot {trigger} a {kind} workflow in state {state}",
+            state=state, trigger=trigger) from exc
+    finally:
+        machine.remove_model(model)
+    if not moved:
+        raise errors.InvalidTransition(
+            f"cannot {trigger} a {kind} workflow in state {state}", state=state, trigger=trigger)
+    return model
+
+
+def build_machine(kind: str, model: object | str = "self") -> transitions.Machine:
+    """Builds the `transitions` machine of a kind (diagram, tests, `decide`)."""
+    states_, transitions_, initial = _definition(kind)
+    return transitions.Machine(
+        model=model, states=states_, transitions=transitions_, initial=initial,
+        auto_transitions=False, send_event=True, ignore_invalid_triggers=False)
+
+
+def _definition(kind: str) -> tuple[list, list[dict], str]:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise errors.InvalidInput(f"kind: unknown workflow kind {kind!r}", field="kind") from None
+
+
+_local = threading.local()
+
+
+def _machine(kind: str) -> transitions.Machine:
+    # transitions.Machine is not thread-safe when models come and go: one per thread and kind.
+    cache = _local.__dict__.setdefault("machines", {})
+    if kind not in cache:
+        cache[kind] = build_machine(kind, model=None)
+    return cache[kind]

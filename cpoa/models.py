@@ -1,0 +1,172 @@
+"""Domain objects: frozen snapshots of rows, and what one step attempt decided."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from cpoa import machine
+
+
+def _fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in row.items() if k in names}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workflow:
+    """One row of ``workflow_instances``."""
+
+    workflow_id: uuid.UUID
+    kind: str
+    state: str
+    trigger_event_details_json: dict[str, Any]
+    context_data_json: dict[str, Any]
+    warnings: list[str]
+    failed_from_state: str | None = None
+    error_message: str | None = None
+    client_id: str | None = None
+    user_id: str | None = None
+    idempotency_key: str | None = None
+    start_timestamp: datetime.datetime | None = None
+    last_updated_timestamp: datetime.datetime | None = None
+    end_timestamp: datetime.datetime | None = None
+    next_run_at: datetime.datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime.datetime | None = None
+    version: int = 0
+    recovery_attempts: int = 0
+    retry_count: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Workflow:
+        return cls(**_fields(cls, row))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The validated input the workflow was started with."""
+        return self.trigger_event_details_json
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """What the steps so far have produced."""
+        return self.context_data_json
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in machine.TERMINAL_STATES
+
+    @property
+    def key_base(self) -> str:
+        """The base of every downstream idempotency key (contract §2)."""
+        return self.idempotency_key or str(self.workflow_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One row of ``task_instances``: a step attempt, or one fan-out item of it."""
+
+    task_id: uuid.UUID
+    workflow_id: uuid.UUID
+    agent_name: str
+    step: str
+    idempotency_key: str
+    status: str = "pending"
+    item_key: str = ""
+    attempt: int = 0
+    external_task_id: str | None = None
+    status_url: str | None = None
+    input_params_json: Any = None
+    output_result_summary_json: Any = None
+    error_details_json: Any = None
+    retry_count: int = 0
+    created_at: datetime.datetime | None = None
+    updated_at: datetime.datetime | None = None
+    first_submitted_at: datetime.datetime | None = None
+    completed_at: datetime.datetime | None = None
+    next_poll_at: datetime.datetime | None = None
+    poll_deadline_at: datetime.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Task:
+        return cls(**_fields(cls, row))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    def evolve(self, **changes: Any) -> Task:
+        """Returns a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """A workflow this worker holds, with the step's task rows and the database's clock."""
+
+    workflow: Workflow
+    tasks: tuple[Task, ...]
+    owner: str
+    db_now: datetime.datetime
+
+    @property
+    def fence(self) -> int:
+        """The version a result must still match to be applied."""
+        return self.workflow.version
+
+
+@dataclasses.dataclass(frozen=True)
+class UIEvent:
+    """A UI event to queue in the outbox with the transition."""
+
+    event_name: str
+    data: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one advance decided; the store applies it in one fenced transaction.
+
+    Attributes:
+        task: The task row to write (None when no agent was called).
+        trigger: ``"step_done"`` or ``"fail"`` to transition; None to stay in the state.
+        dest: The state the machine chose for ``trigger``.
+        failed_from_state: Set with ``trigger == "fail"``.
+        context_updates: Keys to merge into ``context_data_json``.
+        warnings: Warnings to append.
+        error_message: The failure reason.
+        run_in_s: With no trigger: seconds until the workflow is due again.
+        detail: Extra data for the history row.
+        ui_event: The UI event to queue (when the workflow has a ``client_id``).
+    """
+
+    task: Task | None = None
+    trigger: str | None = None
+    dest: str | None = None
+    failed_from_state: str | None = None
+    context_updates: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    error_message: str | None = None
+    run_in_s: float = 0.0
+    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    ui_event: UIEvent | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxEvent:
+    """One queued UI event."""
+
+    seq: int
+    event_id: uuid.UUID
+    workflow_id: uuid.UUID
+    client_id: str
+    event_name: str
+    data: dict[str, Any]
+    attempts: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> OutboxEvent:
+        return cls(**_fields(cls, row))

@@ -1,0 +1,211 @@
+"""Configuration: the environment variables of the agent contract §6, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Mapping
+
+from cpoa import defaults, errors
+
+POLLED_AGENTS = ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA")
+"""Agents driven by submit + poll; ASF is notified with one request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSettings:
+    """Where an agent lives and how long CPOA waits for it.
+
+    Args:
+        name: The agent's short name, e.g. ``"PSWA"``.
+        base_url: Scheme, host and port; endpoint paths are appended.
+        poll_interval_s: Pause between two status polls.
+        poll_timeout_s: Longest a step may take, counted from its first submit.
+    """
+
+    name: str
+    base_url: str
+    poll_interval_s: float
+    poll_timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """How to reach PostgreSQL; ``url`` and ``host`` both empty means the embedded server."""
+
+    url: str = dataclasses.field(default="", repr=False)
+    host: str = ""
+    port: int = defaults.DB_PORT
+    user: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    dbname: str = ""
+    pool_min: int = defaults.DB_POOL_MIN_CONN
+    pool_max: int = defaults.DB_POOL_MAX_CONN
+
+    @property
+    def embedded(self) -> bool:
+        """True when no server is configured and CPOA starts its own."""
+        return not (self.url or self.host or self.user or self.dbname)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log or an error message."""
+        found = [self.password] if self.password else []
+        if self.url:
+            password = urllib.parse.urlsplit(self.url).password
+            if password:
+                found += [password, urllib.parse.unquote(password)]
+        return tuple(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything CPOA reads from the environment; build it with :func:`from_env`."""
+
+    database: DatabaseSettings
+    agents: Mapping[str, AgentSettings]
+    asf_notification_url: str
+    asf_ui_update_url: str
+    retry_count: int = defaults.SERVICE_RETRY_COUNT
+    retry_backoff_factor: float = defaults.SERVICE_RETRY_BACKOFF_FACTOR
+    idempotency_lock_timeout_s: float = defaults.IDEMPOTENCY_LOCK_TIMEOUT_S
+    lease_ttl_s: float = defaults.LEASE_TTL_S
+    max_recovery_attempts: int = defaults.MAX_RECOVERY_ATTEMPTS
+    max_response_bytes: int = defaults.MAX_RESPONSE_BYTES
+    sweep_interval_s: float = defaults.SWEEP_INTERVAL_S
+    worker_concurrency: int = defaults.WORKER_CONCURRENCY
+    embedded_data_dir: str = ""
+
+    def agent(self, name: str) -> AgentSettings:
+        """Returns the settings of one polled agent by short name."""
+        return self.agents[name]
+
+    def replace(self, **changes: object) -> Settings:
+        """Returns a copy with some fields changed (tests shorten leases this way)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Reads and validates the configuration.
+
+    Args:
+        env: The environment to read; ``os.environ`` by default.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: naming the first variable whose value is unusable.
+    """
+    reader = _Reader(os.environ if env is None else env)
+    agents = {name: _agent(reader, name) for name in POLLED_AGENTS}
+    asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
+    return Settings(
+        database=_database(reader),
+        agents=agents,
+        asf_notification_url=reader.url("ASF_NOTIFICATION_URL",
+                                        f"{asf}/asf/internal/notify_new_audio"),
+        asf_ui_update_url=reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
+                                     f"{asf}/asf/internal/send_ui_update"),
+        retry_count=reader.integer("CPOA_SERVICE_RETRY_COUNT", defaults.SERVICE_RETRY_COUNT,
+                                   minimum=1),
+        retry_backoff_factor=reader.number("CPOA_SERVICE_RETRY_BACKOFF_FACTOR",
+                                           defaults.SERVICE_RETRY_BACKOFF_FACTOR),
+        idempotency_lock_timeout_s=reader.number("IDEMPOTENCY_LOCK_TIMEOUT_SECONDS",
+                                                 defaults.IDEMPOTENCY_LOCK_TIMEOUT_S),
+        lease_ttl_s=reader.number("CPOA_LEASE_TTL_SECONDS", defaults.LEASE_TTL_S, positive=True),
+        max_recovery_attempts=reader.integer("CPOA_MAX_RECOVERY_ATTEMPTS",
+                                             defaults.MAX_RECOVERY_ATTEMPTS, minimum=1),
+        max_response_bytes=reader.integer("CPOA_MAX_RESPONSE_BYTES",
+                                          defaults.MAX_RESPONSE_BYTES, minimum=1024),
+        sweep_interval_s=reader.number("CPOA_SWEEP_INTERVAL_SECONDS", defaults.SWEEP_INTERVAL_S,
+                                       positive=True),
+        worker_concurrency=reader.integer("CPOA_WORKER_CONCURRENCY",
+                                          defaults.WORKER_CONCURRENCY, minimum=1),
+        embedded_data_dir=reader.text("CPOA_EMBEDDED_DATA_DIR", ""),
+    )
+
+
+def _agent(reader: _Reader, name: str) -> AgentSettings:
+    interval, timeout = defaults.POLLING_S[name]
+    return AgentSettings(
+        name=name,
+        base_url=reader.url(f"{name}_SERVICE_URL",
+                            f"http://localhost:{defaults.AGENT_PORTS[name]}").rstrip("/"),
+        poll_interval_s=reader.number(f"CPOA_{name}_POLLING_INTERVAL_SECONDS", interval,
+                                      positive=True),
+        poll_timeout_s=reader.number(f"CPOA_{name}_POLLING_TIMEOUT_SECONDS", timeout,
+                                     positive=True),
+    )
+
+
+def _database(reader: _Reader) -> DatabaseSettings:
+    url = reader.text("CPOA_DATABASE_URL", "")
+    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise errors.ConfigError(
+            "CPOA_DATABASE_URL: expected a postgresql:// URL", variable="CPOA_DATABASE_URL")
+    pool_min = reader.integer("DB_POOL_MIN_CONN", defaults.DB_POOL_MIN_CONN, minimum=0)
+    pool_max = reader.integer("DB_POOL_MAX_CONN", defaults.DB_POOL_MAX_CONN, minimum=1)
+    if pool_max < pool_min:
+        raise errors.ConfigError(
+            f"DB_POOL_MAX_CONN: {pool_max} is below DB_POOL_MIN_CONN ({pool_min})",
+            variable="DB_POOL_MAX_CONN")
+    return DatabaseSettings(
+        url=url,
+        host=reader.text("POSTGRES_HOST", ""),
+        port=reader.integer("POSTGRES_PORT", defaults.DB_PORT, minimum=1, maximum=65535),
+        user=reader.text("POSTGRES_USER", ""),
+        password=reader.text("POSTGRES_PASSWORD", ""),
+        dbname=reader.text("POSTGRES_DB", ""),
+        pool_min=pool_min,
+        pool_max=pool_max,
+    )
+
+
+class _Reader:
+    """Reads typed values from an environment, naming the variable when one is bad."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def number(self, name: str, default: float, *, positive: bool = False) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise errors.ConfigError(f"{name}: {raw!r} is not a number", variable=name) from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise errors.ConfigError(f"{name}: {raw!r} is not a finite number", variable=name)
+        if value < 0 or (positive and value == 0):
+            kind = "positive" if positive else "zero or more"
+            raise errors.ConfigError(f"{name}: {raw!r} must be {kind}", variable=name)
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0,
+                maximum: int | None = None) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise errors.ConfigError(f"{name}: {raw!r} is not a whole number",
+                                     variable=name) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+            raise errors.ConfigError(f"{name}: {raw!r} must be {bound}", variable=name)
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise errors.ConfigError(f"{name}: {value!r} is not an http(s) URL", variable=name)
+        return value

@@ -1,0 +1,206 @@
+"""What each working state asks of which agent, and how its results become the next context.
+
+Pure functions over a workflow snapshot: ``request`` builds the body for one item, ``validate``
+checks a result against the contract, ``conclude`` turns the finished items into a Verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cpoa import models
+from cpoa.agents import results
+
+PSWA_CONTENT_MAX_CHARS = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """How a step ended: ``ok`` moves on with ``context``; otherwise the workflow fails."""
+
+    ok: bool
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One working state.
+
+    Attributes:
+        agent: The agent's short name (``"ASF"`` is notified, not polled).
+        path: Appended to the agent's base URL.
+        key: The step's part of the downstream idempotency key.
+        request: Builds the request body for one item.
+        validate: Checks a result and returns what CPOA keeps.
+        conclude: Turns the finished tasks into a Verdict.
+        items: The fan-out items as (item_key, item); one unnamed item by default.
+        skipped_is_failure: ``result.status == "skipped"`` fails the item.
+    """
+
+    agent: str
+    path: str
+    key: str
+    request: Callable[[models.Workflow, Any], dict[str, Any]]
+    validate: Callable[[Any], Any]
+    conclude: Callable[[models.Workflow, Sequence[models.Task]], Verdict]
+    items: Callable[[models.Workflow], list[tuple[str, Any]]] = lambda wf: [("", None)]
+    skipped_is_failure: bool = True
+
+    def idempotency_key(self, workflow: models.Workflow, item_key: str) -> str:
+        """``<base>_<step>[_<item>][_r<n>]`` (contract §2)."""
+        key = f"{workflow.key_base}_{self.key}"
+        if item_key:
+            key += f"_{item_key}"
+        if workflow.retry_count:
+            key += f"_r{workflow.retry_count}"
+        return key
+
+
+def _only(name: str, *, required: bool = True, warn: str = "") -> Callable[
+        [models.Workflow, Sequence[models.Task]], Verdict]:
+    """Conclusion of a one-item step: its result is stored under ``name``."""
+    def conclude(workflow: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+        task = tasks[0]
+        if task.status == "succeeded":
+            return Verdict(True, {name: task.output_result_summary_json})
+        reason = _reason(task)
+        if required:
+            return Verdict(False, reason=reason)
+        return Verdict(True, {}, warnings=(f"{warn}: {reason}",))
+    return conclude
+
+
+def _reason(task: models.Task) -> str:
+    error = task.error_details_json or {}
+    return str(error.get("reason") or f"{task.agent_name} failed")
+
+
+# -- podcast ---------------------------------------------------------------------------------
+
+def _harvest_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
+    body = {"topic": wf.params["topic"]}
+    if wf.params.get("urls"):
+        body["urls"] = wf.params["urls"]
+    if wf.params.get("max_results"):
+        body["max_results"] = wf.params["max_results"]
+    return body
+
+
+def _harvested(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+    verdict = _only("harvest")(wf, tasks)
+    if not verdict.ok:
+        return verdict
+    return Verdict(True, dict(verdict.context["harvest"]))
+
+
+def _script_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
+    body = {"topic": wf.params["topic"], "content": wf.context["content"][:PSWA_CONTENT_MAX_CHARS],
+            "topics": wf.context.get("topics", [])}
+    if wf.params.get("persona"):
+        body["persona"] = wf.params["persona"]
+    return body
+
+
+def _cover_prompt(wf: models.Workflow, _: Any) -> dict[str, Any]:
+    title = wf.context["script"]["title"]
+    return {"prompt": f"Podcast cover art for \u201c{title}\u201d, an episode about "
+                      f"{wf.params['topic']}"}
+
+
+def _notified(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+    if tasks[0].status == "succeeded":
+        return Verdict(True, {"asf_notified": True})
+    return Verdict(True, {"asf_notified": False},
+                   warnings=(f"ASF notification failed: {_reason(tasks[0])}",))
+
+
+PODCAST = {
+    "fetching": Step("WCHA", "/harvest", "wcha", _harvest_request, results.harvest, _harvested),
+    "analyzing": Step(
+        "TDA", "/discover_topics", "tda",
+        lambda wf, _: {"query": wf.params["topic"], "content": wf.context["content"]},
+        results.discovered_topics, _only("topics")),
+    "scripting": Step("PSWA", "/weave_script", "pswa", _script_request, results.script,
+                      _only("script")),
+    "synthesizing": Step(
+        "VFA", "/forge_voice", "vfa",
+        lambda wf, _: {"script": wf.context["script"],
+                       "voice_params": wf.params.get("voice_params", {})},
+        results.audio, _only("audio")),
+    "imaging": Step("IGA", "/generate_image", "iga", _cover_prompt,
+                    lambda r: results.image(r)["image_url"],
+                    _only("image_url", required=False, warn="cover art skipped"),
+                    skipped_is_failure=True),
+    "finalizing": Step(
+        "ASF", "", "asf",
+        lambda wf, _: {"stream_id": wf.context["audio"]["stream_id"],
+                       "audio_url": wf.context["audio"]["url"],
+                       "workflow_id": str(wf.workflow_id)},
+        lambda r: r, _notified),
+}
+
+
+# -- snippets --------------------------------------------------------------------------------
+
+def _discovered(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+    verdict = _only("topics")(wf, tasks)
+    if verdict.ok and not verdict.context["topics"]:
+        return Verdict(False, reason="TDA discovered no topics")
+    return verdict
+
+
+def _topics(wf: models.Workflow) -> list[tuple[str, Any]]:
+    return [(str(t["topic_id"]), t) for t in wf.context.get("topics", [])]
+
+
+def _craft_request(wf: models.Workflow, topic: dict[str, Any]) -> dict[str, Any]:
+    return {"topic_id": topic["topic_id"],
+            "content_brief": topic.get("summary") or topic["title_suggestion"],
+            "topic_info": topic}
+
+
+def _crafted(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+    snippets = [t.output_result_summary_json for t in tasks if t.status == "succeeded"]
+    warnings = tuple(f"snippet for topic {t.item_key} failed: {_reason(t)}"
+                     for t in tasks if t.status == "failed")
+    if not snippets:
+        return Verdict(False, reason="every snippet failed: " + "; ".join(warnings))
+    return Verdict(True, {"snippets": snippets}, warnings=warnings)
+
+
+def _prompts(wf: models.Workflow) -> list[tuple[str, Any]]:
+    return [(str(s["snippet_id"]), s) for s in wf.context.get("snippets", [])
+            if s.get("cover_art_prompt")]
+
+
+def _illustrated(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
+    images = {t.item_key: t.output_result_summary_json for t in tasks if t.status == "succeeded"}
+    snippets = [{**s, "image_url": images.get(str(s["snippet_id"]))}
+                for s in wf.context.get("snippets", [])]
+    warnings = tuple(f"image for snippet {t.item_key} skipped: {_reason(t)}"
+                     for t in tasks if t.status == "failed")
+    return Verdict(True, {"snippets": snippets}, warnings=warnings)
+
+
+SNIPPETS = {
+    "discovering": Step(
+        "TDA", "/discover_topics", "tda",
+        lambda wf, _: {"query": wf.params["query"], "limit": wf.params["limit"]},
+        results.discovered_topics, _discovered),
+    "crafting": Step("SCA", "/craft_snippet", "sca", _craft_request, results.snippet, _crafted,
+                     items=_topics),
+    "imaging": Step("IGA", "/generate_image", "iga",
+                    lambda wf, s: {"prompt": s["cover_art_prompt"]},
+                    lambda r: results.image(r)["image_url"], _illustrated, items=_prompts),
+}
+
+STEPS = {"podcast": PODCAST, "snippets": SNIPPETS}
+
+
+def step_for(workflow: models.Workflow) -> Step:
+    """Returns the step of the workflow's current state."""
+    return STEPS[workflow.kind][workflow.state]

@@ -1,0 +1,199 @@
+-- CPOA schema: the canonical DDL. Applied by `cpoa db init`; safe to apply any number of times.
+-- The Python machine (cpoa/machine.py) holds the same states and transitions; the integration
+-- tests assert that the CHECK below and workflow_transitions agree with it.
+
+-- Serialise concurrent `db init` runs: CREATE ... IF NOT EXISTS is not race-free on its own.
+SELECT pg_advisory_xact_lock(7304190231);
+
+CREATE TABLE IF NOT EXISTS workflow_instances (
+    workflow_id                 uuid PRIMARY KEY,
+    kind                        text NOT NULL CHECK (kind IN ('podcast', 'snippets')),
+    state                       text NOT NULL,
+    failed_from_state           text,
+    trigger_event_details_json  jsonb NOT NULL,
+    context_data_json           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    warnings                    jsonb NOT NULL DEFAULT '[]'::jsonb,
+    error_message               text,
+    client_id                   text,
+    user_id                     text,
+    idempotency_key             text,
+    start_timestamp             timestamptz NOT NULL DEFAULT now(),
+    last_updated_timestamp      timestamptz NOT NULL DEFAULT now(),
+    end_timestamp               timestamptz,
+    -- Scheduling: due when next_run_at <= now() and nobody holds the lease. NULL once terminal.
+    next_run_at                 timestamptz,
+    -- Lease: the HTTP call to an agent happens outside any transaction; the lease keeps other
+    -- workers away meanwhile, and `version` fences a stale owner's late result.
+    lease_owner                 text,
+    lease_expires_at            timestamptz,
+    version                     bigint NOT NULL DEFAULT 0,
+    -- Leases that expired without being released (a crashed or stuck worker).
+    recovery_attempts           integer NOT NULL DEFAULT 0,
+    -- Manual retries: the n-th one suffixes agent idempotency keys with _r<n>.
+    retry_count                 integer NOT NULL DEFAULT 0,
+    CONSTRAINT workflow_state_known CHECK (
+        (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'synthesizing',
+                                        'imaging', 'finalizing', 'completed', 'failed', 'cancelled'))
+        OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging',
+                                            'completed', 'failed', 'cancelled'))),
+    CONSTRAINT failed_records_origin CHECK (state <> 'failed' OR failed_from_state IS NOT NULL),
+    CONSTRAINT lease_is_whole CHECK ((lease_owner IS NULL) = (lease_expires_at IS NULL))
+);
+
+-- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
+CREATE INDEX IF NOT EXISTS workflow_instances_due
+    ON workflow_instances (next_run_at) WHERE lease_owner IS NULL AND next_run_at IS NOT NULL;
+-- What the sweeper looks at: leases that may have expired.
+CREATE INDEX IF NOT EXISTS workflow_instances_leased
+    ON workflow_instances (lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS workflow_instances_by_state
+    ON workflow_instances (state, start_timestamp DESC);
+
+-- Every (kind, from, to) the machine allows; a trigger refuses any other state change.
+CREATE TABLE IF NOT EXISTS workflow_transitions (
+    kind        text NOT NULL,
+    from_state  text NOT NULL,
+    to_state    text NOT NULL,
+    PRIMARY KEY (kind, from_state, to_state)
+);
+
+INSERT INTO workflow_transitions (kind, from_state, to_state) VALUES
+    ('podcast', 'fetching', 'analyzing'),
+    ('podcast', 'analyzing', 'scripting'),
+    ('podcast', 'scripting', 'synthesizing'),
+    ('podcast', 'synthesizing', 'imaging'),
+    ('podcast', 'imaging', 'finalizing'),
+    ('podcast', 'finalizing', 'completed'),
+    ('podcast', 'fetching', 'failed'),
+    ('podcast', 'analyzing', 'failed'),
+    ('podcast', 'scripting', 'failed'),
+    ('podcast', 'synthesizing', 'failed'),
+    ('podcast', 'imaging', 'failed'),
+    ('podcast', 'finalizing', 'failed'),
+    ('podcast', 'failed', 'fetching'),
+    ('podcast', 'failed', 'analyzing'),
+    ('podcast', 'failed', 'scripting'),
+    ('podcast', 'failed', 'synthesizing'),
+    ('podcast', 'failed', 'imaging'),
+    ('podcast', 'failed', 'finalizing'),
+    ('podcast', 'fetching', 'cancelled'),
+    ('podcast', 'analyzing', 'cancelled'),
+    ('podcast', 'scripting', 'cancelled'),
+    ('podcast', 'synthesizing', 'cancelled'),
+    ('podcast', 'imaging', 'cancelled'),
+    ('podcast', 'finalizing', 'cancelled'),
+    ('podcast', 'failed', 'cancelled'),
+    ('snippets', 'discovering', 'crafting'),
+    ('snippets', 'crafting', 'imaging'),
+    ('snippets', 'imaging', 'completed'),
+    ('snippets', 'discovering', 'failed'),
+    ('snippets', 'crafting', 'failed'),
+    ('snippets', 'imaging', 'failed'),
+    ('snippets', 'failed', 'discovering'),
+    ('snippets', 'failed', 'crafting'),
+    ('snippets', 'failed', 'imaging'),
+    ('snippets', 'discovering', 'cancelled'),
+    ('snippets', 'crafting', 'cancelled'),
+    ('snippets', 'imaging', 'cancelled'),
+    ('snippets', 'failed', 'cancelled')
+ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE FUNCTION cpoa_refuse_unknown_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IS DISTINCT FROM OLD.state AND NOT EXISTS (
+        SELECT 1 FROM workflow_transitions
+        WHERE kind = NEW.kind AND from_state = OLD.state AND to_state = NEW.state
+    ) THEN
+        RAISE EXCEPTION 'transition % -> % is not allowed for a % workflow',
+            OLD.state, NEW.state, NEW.kind USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_instances_transition_allowed
+    BEFORE UPDATE OF state ON workflow_instances
+    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_unknown_transition();
+
+-- One row per step attempt and per fan-out item.
+CREATE TABLE IF NOT EXISTS task_instances (
+    task_id                     uuid PRIMARY KEY,
+    workflow_id                 uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    agent_name                  text NOT NULL,
+    step                        text NOT NULL,
+    item_key                    text NOT NULL DEFAULT '',
+    attempt                     integer NOT NULL DEFAULT 0,
+    status                      text NOT NULL
+        CHECK (status IN ('pending', 'submitted', 'succeeded', 'failed')),
+    idempotency_key             text NOT NULL,
+    external_task_id            text,
+    status_url                  text,
+    input_params_json           jsonb,
+    output_result_summary_json  jsonb,
+    error_details_json          jsonb,
+    retry_count                 integer NOT NULL DEFAULT 0,
+    created_at                  timestamptz NOT NULL DEFAULT now(),
+    updated_at                  timestamptz NOT NULL DEFAULT now(),
+    first_submitted_at          timestamptz,
+    completed_at                timestamptz,
+    next_poll_at                timestamptz,
+    poll_deadline_at            timestamptz,
+    UNIQUE (workflow_id, step, item_key, attempt)
+);
+
+-- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    idempotency_key  text NOT NULL,
+    task_name        text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+    workflow_id      uuid,
+    result_payload   jsonb,
+    error_payload    jsonb,
+    locked_at        timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz,
+    PRIMARY KEY (idempotency_key, task_name)
+);
+
+-- Append-only transition history, written in the transaction of the change it records.
+CREATE TABLE IF NOT EXISTS workflow_events (
+    event_id     bigserial PRIMARY KEY,
+    workflow_id  uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    from_state   text,
+    to_state     text NOT NULL,
+    trigger      text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    detail       jsonb
+);
+CREATE INDEX IF NOT EXISTS workflow_events_by_workflow ON workflow_events (workflow_id, event_id);
+
+CREATE OR REPLACE FUNCTION cpoa_refuse_history_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'workflow_events is append-only' USING ERRCODE = 'check_violation';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_append_only
+    BEFORE UPDATE ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_history_update();
+
+-- UI events, queued in the transition's transaction and delivered after commit, in seq order
+-- per workflow. event_id lets the receiver drop a duplicate delivery.
+CREATE TABLE IF NOT EXISTS ui_event_outbox (
+    seq              bigserial PRIMARY KEY,
+    event_id         uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(),
+    workflow_id      uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    client_id        text NOT NULL,
+    event_name       text NOT NULL CHECK (event_name IN ('generation_status', 'task_error')),
+    data             jsonb NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz,
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    locked_until     timestamptz,
+    last_error       text
+);
+CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
+    ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;

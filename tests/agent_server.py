@@ -1,0 +1,203 @@
+"""A scriptable agent: a real HTTP server on 127.0.0.1 that speaks the agent protocol.
+
+By default it behaves like a well-kept agent (202 + status URL, idempotent per key, valid
+results for every path). A test scripts deviations per route with :meth:`ScriptedAgent.script`:
+each scripted :class:`Reply` is used once, in order, before the default behaviour resumes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import http.server
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+ASF_NOTIFY = "/asf/internal/notify_new_audio"
+ASF_UI = "/asf/internal/send_ui_update"
+
+
+@dataclasses.dataclass
+class Reply:
+    """One scripted answer: status, body (dict → JSON, bytes/str sent raw), headers, delay."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering
+
+
+def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A valid result for each agent path (contract §3)."""
+    if path == "/harvest":
+        return {"status": "success", "content": f"Articles about {body.get('topic')}.",
+                "source_urls": body.get("urls", [])}
+    if path == "/discover_topics":
+        limit = int(body.get("limit") or 2)
+        return {"status": "success", "discovered_topics": [
+            {"topic_id": f"t{i}", "title_suggestion": f"Topic {i}", "summary": f"Summary {i}",
+             "keywords": ["k"], "relevance_score": 1.0 - i / 10} for i in range(min(limit, 2))]}
+    if path == "/weave_script":
+        return {"status": "success", "script_data": {
+            "script_id": "s1", "title": f"On {body.get('topic')}",
+            "segments": [{"segment_title": "Intro", "lines": [
+                {"speaker": "Host", "text": "Welcome."}, {"speaker": "Guest", "text": "Hi."}]}]}}
+    if path == "/forge_voice":
+        return {"status": "success", "audio_url": "http://127.0.0.1/audio.mp3",
+                "audio_format": "mp3", "duration_s": 12.5, "stream_id": "stream-1",
+                "tts_settings_used": {"voice_name": "en"}}
+    if path == "/generate_image":
+        return {"status": "success", "image_url": "http://127.0.0.1/cover.png"}
+    if path == "/craft_snippet":
+        return {"snippet_id": f"sn-{body.get('topic_id')}", "topic_id": body.get("topic_id"),
+                "title": "A snippet", "summary": "short", "text_content": "Some text.",
+                "cover_art_prompt": "a lighthouse"}
+    return {"status": "success"}
+
+
+class ScriptedAgent:
+    """Every agent of the contract on one loopback port, with scriptable misbehaviour.
+
+    Attributes:
+        requests: Every request received, as dicts (method, path, headers, body).
+        work: How many times real work started per idempotency key (duplicates show as > 1).
+        ui_events: UI events delivered to the ASF endpoint, in arrival order.
+    """
+
+    def __init__(self, *, pending_polls: int = 0, sync: bool = False) -> None:
+        self.pending_polls = pending_polls
+        self.sync = sync
+        self.lock = threading.Lock()
+        self.scripts: dict[tuple[str, str], collections.deque[Reply]] = collections.defaultdict(
+            collections.deque)
+        self.requests: list[dict[str, Any]] = []
+        self.work: collections.Counter[str] = collections.Counter()
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.by_key: dict[str, str] = {}
+        self.ui_events: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def script(self, method: str, path: str, *replies: Reply) -> None:
+        """Queues answers for a route; ``path`` ``/v1/tasks`` covers every poll."""
+        with self.lock:
+            self.scripts[(method, path)].extend(replies)
+
+    def set_result(self, path: str, result: Any) -> None:
+        """Makes every task of ``path`` finish with this result."""
+        self.results[path] = result
+
+    def requests_to(self, path: str, method: str = "POST") -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path and r["method"] == method]
+
+    # -- the default, well-behaved agent --------------------------------------------------------
+
+    def _default(self, method: str, path: str, headers: dict[str, str],
+                 body: Any) -> Reply:
+        if path in (ASF_NOTIFY, ASF_UI):
+            if path == ASF_UI:
+                self.ui_events.append(body)
+            return Reply(200, {"ok": True})
+        if method == "GET" and path.startswith("/v1/tasks/"):
+            return self._poll(path.rsplit("/", 1)[-1])
+        if method == "GET" and path == "/health":
+            return Reply(200, {"status": "ok"})
+        key = headers.get("x-idempotency-key", "")
+        with self.lock:
+            task_id = self.by_key.get(key)
+            if task_id is None:
+                task_id = uuid.uuid4().hex
+                self.by_key[key] = task_id
+                self.work[key] += 1
+                result = self.results.get(path) or default_result(path, body or {})
+                self.tasks[task_id] = {"result": result, "polls": 0}
+            task = self.tasks[task_id]
+        if self.sync or task["polls"] > self.pending_polls:
+            return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
+        return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
+
+    def _poll(self, task_id: str) -> Reply:
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return Reply(404, {"error": "unknown task"})
+            task["polls"] += 1
+            if task["polls"] <= self.pending_polls:
+                return Reply(202, {"task_id": task_id, "status": "PENDING"})
+        return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        agent = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                path = self.path.split("?", 1)[0]
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                route = (method, "/v1/tasks" if path.startswith("/v1/tasks/") else path)
+                with agent.lock:
+                    agent.requests.append({"method": method, "path": path, "headers": headers,
+                                           "body": body, "at": time.monotonic()})
+                    scripted = agent.scripts[route].popleft() if agent.scripts[route] else None
+                reply = scripted or agent._default(method, path, headers, body)
+                if scripted is not None and path == ASF_UI and 200 <= reply.status < 300:
+                    agent.ui_events.append(body)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.drop:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self._send(reply)
+
+            def _send(self, reply: Reply) -> None:
+                if isinstance(reply.body, (dict, list)):
+                    payload = json.dumps(reply.body).encode()
+                    content_type = "application/json"
+                elif isinstance(reply.body, str):
+                    payload, content_type = reply.body.encode(), "text/plain"
+                else:
+                    payload, content_type = reply.body or b"", "application/octet-stream"
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", content_type))
+                for name, value in reply.headers.items():
+                    if name != "Content-Type":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler

@@ -1,0 +1,5 @@
+"""Test plugins: a real PostgreSQL (configured or embedded) and real HTTP agents."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.fix_db", "tests.fix_agents"]

@@ -1,0 +1,68 @@
+"""Agent fixtures: the scriptable agent on loopback, settings pointing at it, an engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cpoa import settings as settings_module
+from cpoa.engine import Engine
+from cpoa.settings import POLLED_AGENTS, Settings
+from cpoa.store import PostgresStore
+from tests.agent_server import ASF_NOTIFY, ASF_UI, ScriptedAgent
+
+FAST_POLL_S = 0.05
+
+
+def agent_env(url: str, **overrides: str) -> dict[str, str]:
+    """Environment variables that point every agent at ``url`` with fast polling."""
+    env = {f"{name}_SERVICE_URL": url for name in POLLED_AGENTS}
+    env.update({f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(FAST_POLL_S)
+                for name in POLLED_AGENTS})
+    env.update(ASF_NOTIFICATION_URL=url + ASF_NOTIFY, CPOA_ASF_SEND_UI_UPDATE_URL=url + ASF_UI,
+               CPOA_SERVICE_RETRY_BACKOFF_FACTOR="0.01", CPOA_LEASE_TTL_SECONDS="30")
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def agent() -> Iterator[ScriptedAgent]:
+    """A well-behaved agent answering 202 then SUCCESS on the first poll."""
+    server = ScriptedAgent()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def settings(agent: ScriptedAgent) -> Settings:
+    """Settings pointing every agent at the scripted agent."""
+    return settings_module.from_env(agent_env(agent.url))
+
+
+@pytest.fixture
+def engine(store: PostgresStore, settings: Settings) -> Engine:
+    """An engine on the test database and the scripted agent."""
+    return Engine(store, settings)
+
+
+def wait_until(check: Callable[[], object], timeout: float = 10.0,
+               interval: float = 0.02) -> object:
+    """Polls ``check`` until it returns something truthy; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {check}")
+        time.sleep(interval)
+
+
+def drive(engine: Engine, workflow_id: object, timeout: float = 10.0) -> str:
+    """Advances one workflow until it is terminal (waits on its schedule, not a fixed sleep)."""
+    def step() -> str | None:
+        state = engine.advance(workflow_id)
+        return state if state in ("completed", "failed", "cancelled") else None
+    return wait_until(step, timeout, interval=0.01)  # type: ignore[return-value]
