@@ -61,6 +61,9 @@ IDLE_WAIT_MAX_S = 30.0
 OUTBOX_RETRY_MAX_S = 60.0
 """Longest pause between two delivery attempts of one UI event."""
 
+OUTBOX_IDLE_S = 5.0
+"""Longest an idle outbox thread sleeps before it looks for retries that came due."""
+
 OUTBOX_LOCK_S = 30.0
 """How long a worker holds a UI event it is delivering."""
 

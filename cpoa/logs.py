@@ -76,6 +76,8 @@ def configure(verbosity: int = 0, secrets: Iterable[str] = (),
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel([logging.WARNING, logging.INFO][verbosity] if verbosity < 2 else logging.DEBUG)
+    # transitions narrates every callback at INFO; only -vv shows it.
+    logging.getLogger("transitions").setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
 
 
 def clip(text: str | bytes | None, limit: int) -> str:

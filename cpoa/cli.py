@@ -1,0 +1,285 @@
+"""The ``cpoa`` command line: one small function per subcommand, one error handler.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cpoa import api, diagram, errors, logs, machine, recovery
+from cpoa import settings as settings_module
+from cpoa.engine import Engine, describe
+from cpoa.worker import Worker
+
+logger = logging.getLogger(__name__)
+WAIT_POLL_MAX_S = 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command and returns its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_module.from_env()
+        logs.configure(args.verbose, secrets=settings.database.secrets)
+        if args.command == "diagram":
+            return command_diagram(args)
+        return args.handler(api.connect(settings), args)
+    except (errors.InvalidInput, errors.ConfigError) as exc:
+        return _fail(exc, 2, args.verbose)
+    except errors.CPOAError as exc:
+        return _fail(exc, 1, args.verbose)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(exc: BaseException, code: int, verbose: int) -> int:
+    lines = [f"error: {exc}"]
+    cause = exc.__cause__
+    while cause is not None:
+        lines.append(f"  caused by: {type(cause).__name__}: {cause}")
+        cause = cause.__cause__
+    if isinstance(exc, errors.StoreError) and "workflow_instances" in str(exc):
+        lines.append("  hint: run `cpoa db init` to create the tables")
+    print("\n".join(lines), file=sys.stderr)
+    if verbose >= 2:
+        logger.debug("traceback", exc_info=exc)
+    return code
+
+
+def _print(args: argparse.Namespace, document: Any, text: str) -> None:
+    print(json.dumps(document, default=str, indent=2) if getattr(args, "json", False) else text)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def command_db_init(engine: Engine, args: argparse.Namespace) -> int:
+    engine.store.apply_schema()
+    print("schema applied")
+    return 0
+
+
+def command_healthcheck(engine: Engine, args: argparse.Namespace) -> int:
+    print("DB connection: OK")
+    if not engine.store.schema_applied():
+        print("tables: missing (run `cpoa db init`)")
+        return 1
+    print("tables: OK")
+    return 0
+
+
+def command_start(engine: Engine, args: argparse.Namespace) -> int:
+    if args.kind == "podcast":
+        params: dict[str, Any] = {"topic": args.topic, "urls": args.url or []}
+        voice = {k: v for k, v in (("voice_name", args.voice_name),
+                                   ("speaking_rate", args.speaking_rate)) if v is not None}
+        if voice:
+            params["voice_params"] = voice
+        if args.persona:
+            params["persona"] = args.persona
+    else:
+        params = {"query": args.query, "limit": args.limit}
+    workflow_id = engine.start_workflow(args.kind, params, idempotency_key=args.idempotency_key,
+                                        client_id=args.client_id, user_id=args.user_id)
+    if not args.wait:
+        _print(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
+        return 0
+    state = _drive(engine, workflow_id, args.timeout)
+    status = engine.get_workflow(workflow_id)
+    _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
+                                                      if status["error"] else ""))
+    return 0 if state == "completed" else 1
+
+
+def _drive(engine: Engine, workflow_id: Any, timeout: float) -> str:
+    """Advances one workflow in this process until it is terminal, sleeping on its schedule."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = engine.advance(workflow_id)
+        if state in machine.TERMINAL_STATES:
+            return state
+        if time.monotonic() > deadline:
+            raise errors.CPOAError(f"workflow {workflow_id} still {state} after {timeout:g} s")
+        workflow = engine.store.get_workflow(workflow_id)
+        if workflow.next_run_at is not None and workflow.lease_owner is None:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            wait = (workflow.next_run_at - now).total_seconds()
+            time.sleep(min(max(wait, 0.0), WAIT_POLL_MAX_S))
+        else:
+            time.sleep(0.05)  # another process holds the lease
+
+
+def command_advance(engine: Engine, args: argparse.Namespace) -> int:
+    state = engine.advance(args.workflow_id)
+    _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
+    return 0
+
+
+def command_status(engine: Engine, args: argparse.Namespace) -> int:
+    status = engine.get_workflow(args.workflow_id)
+    text = [f"{status['workflow_id']}  {status['kind']}  {status['state']}  "
+            f"{status['progress']:.0%}"]
+    if status["error"]:
+        text.append(f"error: {status['error']}")
+    text += [f"warning: {w}" for w in status["warnings"]]
+    text += [f"  {t['step']:<13} {t['agent']:<5} {t['status']:<10} {t['item_key']}"
+             for t in status["tasks"]]
+    _print(args, status, "\n".join(text))
+    return 0
+
+
+def command_list(engine: Engine, args: argparse.Namespace) -> int:
+    workflows = engine.store.list_workflows(state=args.state, kind=args.kind, limit=args.limit)
+    rows = [describe(w, (), ()) for w in workflows]
+    for row in rows:
+        del row["tasks"], row["history"]
+    text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}"
+                     for r in rows)
+    _print(args, rows, text or "(no workflows)")
+    return 0
+
+
+def command_worker(engine: Engine, args: argparse.Namespace) -> int:
+    worker = Worker(engine, concurrency=args.concurrency, until_idle=args.until_idle)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
+    return 0
+
+
+def command_sweep(engine: Engine, args: argparse.Namespace) -> int:
+    count = recovery.sweep(engine.store)
+    _print(args, {"requeued": count}, f"requeued {count} workflow(s)")
+    return 0
+
+
+def command_cancel(engine: Engine, args: argparse.Namespace) -> int:
+    print(engine.cancel(args.workflow_id))
+    return 0
+
+
+def command_retry(engine: Engine, args: argparse.Namespace) -> int:
+    print(engine.retry(args.workflow_id))
+    return 0
+
+
+def command_diagram(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(machine.KINDS)
+    print("\n\n".join(diagram.mermaid(kind) for kind in kinds))
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+def _env_default(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SystemExit(f"error: {name}: {raw!r} is not valid") from None
+
+
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                     help="more logs (-v info, -vv debug); logs are JSON on stderr")
+
+
+def _add(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Adds a subcommand that also accepts -v after its name."""
+    return sub.add_parser(name, parents=[_COMMON], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="cpoa", description=(
+        "Durable podcast workflows on PostgreSQL. Configured by environment variables "
+        "(CPOA_DATABASE_URL or POSTGRES_*; none set = embedded PostgreSQL)."))
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logs (-v info, -vv debug); logs are JSON on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    configure_db_parser(sub)
+    _add(sub, "healthcheck", help="check the database and the tables").set_defaults(
+        handler=command_healthcheck)
+    configure_start_parser(sub)
+    for name, handler, text in (("advance", command_advance, "make at most one transition"),
+                                ("status", command_status, "show a workflow"),
+                                ("cancel", command_cancel, "cancel a workflow"),
+                                ("retry", command_retry, "resume a failed workflow")):
+        one = _add(sub, name, help=text)
+        one.add_argument("workflow_id")
+        one.add_argument("--json", action="store_true", help="print one JSON document")
+        one.set_defaults(handler=handler)
+    listing = _add(sub, "list", help="list workflows, newest first")
+    listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
+                                                    for s in machine.states(k)}))
+    listing.add_argument("--kind", choices=sorted(machine.KINDS))
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(handler=command_list)
+    configure_worker_parser(sub)
+    sweep = _add(sub, "sweep", help="one recovery pass over expired leases")
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(handler=command_sweep)
+    drawing = _add(sub, "diagram", help="print the state machines as Mermaid")
+    drawing.add_argument("--kind", choices=sorted(machine.KINDS))
+    return parser
+
+
+def configure_db_parser(sub: argparse._SubParsersAction) -> None:
+    db = _add(sub, "db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    _add(db_sub, "init", help="apply the schema (safe to repeat)").set_defaults(
+        handler=command_db_init)
+
+
+def configure_start_parser(sub: argparse._SubParsersAction) -> None:
+    start = _add(sub, "start", help="start a workflow")
+    kinds = start.add_subparsers(dest="kind", required=True, metavar="KIND")
+    podcast = _add(kinds, "podcast", help="a podcast episode about a topic")
+    podcast.add_argument("--topic", required=True)
+    podcast.add_argument("--url", action="append", help="a source URL (repeatable)")
+    podcast.add_argument("--voice-name")
+    podcast.add_argument("--speaking-rate", type=float)
+    podcast.add_argument("--persona")
+    snippets = _add(kinds, "snippets", help="short snippets about discovered topics")
+    snippets.add_argument("--query", required=True)
+    snippets.add_argument("--limit", type=int, default=5)
+    for one in (podcast, snippets):
+        one.add_argument("--idempotency-key", help="same key → same workflow")
+        one.add_argument("--client-id", help="the UI client to send events to")
+        one.add_argument("--user-id")
+        one.add_argument("--wait", action="store_true",
+                         help="drive the workflow here until it ends; exit 1 unless completed")
+        one.add_argument("--timeout", type=float, default=3600.0,
+                         help="with --wait: give up after this many seconds")
+        one.add_argument("--json", action="store_true", help="print one JSON document")
+        one.set_defaults(handler=command_start)
+
+
+def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
+    worker = _add(sub, "worker", help="claim and advance due workflows until stopped")
+    worker.add_argument(
+        "--concurrency", type=int,
+        default=_env_default("CPOA_WORKER_CONCURRENCY", 4, int),
+        help="workflows advanced at once [env CPOA_WORKER_CONCURRENCY, default 4]")
+    worker.add_argument("--until-idle", action="store_true",
+                        default=_env_default("CPOA_WORKER_UNTIL_IDLE", False,
+                                             lambda v: v.lower() in ("1", "true", "yes")),
+                        help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE]")
+    worker.set_defaults(handler=command_worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

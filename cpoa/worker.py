@@ -1,0 +1,182 @@
+"""The worker: N slots in one process claim due workflows (SKIP LOCKED) and advance them.
+
+It sleeps on LISTEN/NOTIFY and on the schedule stored in the rows, never in a tight loop;
+sweeps expired leases at start and periodically; delivers the UI-event outbox on its own
+thread; and on ``stop()`` (SIGTERM) finishes the transitions in flight, then returns.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+
+from cpoa import defaults, errors, outbox, recovery
+from cpoa.engine import Engine
+from cpoa.models import Lease
+
+logger = logging.getLogger(__name__)
+OUTAGE_PAUSE_S = (0.5, 10.0)
+"""First and longest pause after a database error, doubling in between."""
+
+
+class Worker:
+    """Drives every due workflow of one database.
+
+    Args:
+        engine: The engine whose store and agents to use.
+        concurrency: Workflows advanced at once.
+        until_idle: Return once no workflow is unfinished and no UI event is due.
+    """
+
+    def __init__(self, engine: Engine, *, concurrency: int = defaults.WORKER_CONCURRENCY,
+                 until_idle: bool = False) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.settings = engine.settings
+        self.concurrency = concurrency
+        self.until_idle = until_idle
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.outbox_wake = threading.Event()
+        self.advanced = 0
+        self._inflight: set[concurrent.futures.Future] = set()
+        self._outage = _Outage()
+
+    def stop(self) -> None:
+        """Asks the worker to finish what it is doing and return (safe from a signal handler)."""
+        self.stopping.set()
+        self.wake.set()
+        self.outbox_wake.set()
+
+    def run(self) -> None:
+        """Runs until :meth:`stop` (or idle, with ``until_idle``)."""
+        logger.info("worker started", extra={"action": "worker_start",
+                                             "owner": self.engine.owner,
+                                             "concurrency": self.concurrency})
+        threads = [threading.Thread(target=self._listen, name="cpoa-listen", daemon=True),
+                   threading.Thread(target=self._deliver, name="cpoa-outbox", daemon=True)]
+        for thread in threads:
+            thread.start()
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency,
+                                                   thread_name_prefix="cpoa-slot") as pool:
+            try:
+                self._loop(pool)
+            finally:
+                concurrent.futures.wait(list(self._inflight))
+                self.stop()
+        threads[1].join(timeout=defaults.NOTIFY_TIMEOUT_S * 2)
+        logger.info("worker stopped", extra={"action": "worker_stop", "advanced": self.advanced})
+
+    # -- the claim loop ----------------------------------------------------------------------
+
+    def _loop(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        next_sweep = 0.0
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                if time.monotonic() >= next_sweep:
+                    recovery.sweep(self.store)
+                    next_sweep = time.monotonic() + self.settings.sweep_interval_s
+                claimed = self._claim(pool)
+                if self.until_idle and not self._inflight and not claimed and self._idle():
+                    return
+                wait_s = 0.0 if claimed else self._seconds_to_wait(next_sweep)
+                self._outage.over()
+            except errors.StoreError as exc:
+                wait_s = self._outage.pause(exc)
+            if wait_s > 0:
+                self.wake.wait(wait_s)
+
+    def _claim(self, pool: concurrent.futures.ThreadPoolExecutor) -> int:
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free)
+        for lease in leases:
+            future = pool.submit(self._advance, lease)
+            self._inflight.add(future)
+            future.add_done_callback(self._done)
+        return len(leases)
+
+    def _advance(self, lease: Lease) -> None:
+        try:
+            self.engine.run(lease)
+            self.advanced += 1
+        except errors.StoreError as exc:  # the lease expires and the sweeper requeues it
+            logger.warning("could not store a step result: %s", exc,
+                           extra={"action": "store_failed",
+                                  "workflow_id": str(lease.workflow.workflow_id)})
+
+    def _done(self, future: concurrent.futures.Future) -> None:
+        self._inflight.discard(future)
+        self.wake.set()
+        self.outbox_wake.set()
+
+    def _seconds_to_wait(self, next_sweep: float) -> float:
+        if len(self._inflight) >= self.concurrency:
+            return defaults.IDLE_WAIT_MAX_S  # a finishing slot sets `wake`
+        until_due = self.store.seconds_until_due()
+        if until_due == 0.0 and not self._inflight:
+            # Something is due but unclaimable: an expired lease. Recover it now.
+            return 0.0 if self.store.requeue_expired_leases() else 0.05
+        bound = max(0.0, next_sweep - time.monotonic())
+        if until_due is not None:
+            bound = min(bound, until_due)
+        return min(bound, defaults.IDLE_WAIT_MAX_S)
+
+    def _idle(self) -> bool:
+        workflows, events = self.store.count_unfinished()
+        return workflows == 0 and events == 0
+
+    # -- helper threads ----------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        listener = self.store.listener()
+        outage = _Outage()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if listener.wait(timeout=1.0):
+                        self.wake.set()
+                        self.outbox_wake.set()
+                    outage.over()
+                except errors.StoreError as exc:
+                    self.stopping.wait(outage.pause(exc))
+        finally:
+            listener.close()
+
+    def _deliver(self) -> None:
+        outage = _Outage()
+        url = self.settings.asf_ui_update_url
+        while True:
+            self.outbox_wake.clear()
+            try:
+                delivered = outbox.deliver_due(self.store, self.engine.client, url)
+                outage.over()
+            except errors.StoreError as exc:
+                delivered = 0
+                self.outbox_wake.wait(outage.pause(exc))
+            if self.stopping.is_set() and not delivered:
+                return
+            if not delivered:
+                self.outbox_wake.wait(defaults.OUTBOX_IDLE_S)
+
+
+class _Outage:
+    """Logs a database outage once, not once per attempt, and paces the attempts."""
+
+    def __init__(self) -> None:
+        self.pause_s = 0.0
+
+    def pause(self, exc: Exception) -> float:
+        if not self.pause_s:
+            logger.error("database unavailable: %s", exc, extra={"action": "db_outage"})
+        self.pause_s = min(OUTAGE_PAUSE_S[1], max(OUTAGE_PAUSE_S[0], self.pause_s * 2))
+        return self.pause_s
+
+    def over(self) -> None:
+        if self.pause_s:
+            logger.warning("database available again", extra={"action": "db_recovered"})
+        self.pause_s = 0.0
