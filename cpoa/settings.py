@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 
 from cpoa import defaults, errors
+
+_CONNINFO_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 POLLED_AGENTS = ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA")
 """Agents driven by submit + poll; ASF is notified with one request."""
@@ -52,10 +55,12 @@ class DatabaseSettings:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log or an error message."""
         found = [self.password] if self.password else []
-        if self.url:
+        if "://" in self.url:
             password = urllib.parse.urlsplit(self.url).password
             if password:
                 found += [password, urllib.parse.unquote(password)]
+        else:
+            found += [m.strip("'") for m in _CONNINFO_PASSWORD.findall(self.url)]
         return tuple(found)
 
 
@@ -142,9 +147,12 @@ def _agent(reader: _Reader, name: str) -> AgentSettings:
 
 def _database(reader: _Reader) -> DatabaseSettings:
     url = reader.text("CPOA_DATABASE_URL", "")
-    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+    is_url = "://" in url
+    if url and (urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres")
+                if is_url else "=" not in url):
         raise errors.ConfigError(
-            "CPOA_DATABASE_URL: expected a postgresql:// URL", variable="CPOA_DATABASE_URL")
+            "CPOA_DATABASE_URL: expected a postgresql:// URL or a libpq key=value string",
+            variable="CPOA_DATABASE_URL")
     pool_min = reader.integer("DB_POOL_MIN_CONN", defaults.DB_POOL_MIN_CONN, minimum=0)
     pool_max = reader.integer("DB_POOL_MAX_CONN", defaults.DB_POOL_MAX_CONN, minimum=1)
     if pool_max < pool_min:

@@ -80,6 +80,7 @@ class ScriptedAgent:
         self.by_key: dict[str, str] = {}
         self.ui_events: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
+        self.delays: dict[str, float] = {}
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -98,6 +99,11 @@ class ScriptedAgent:
         """Queues answers for a route; ``path`` ``/v1/tasks`` covers every poll."""
         with self.lock:
             self.scripts[(method, path)].extend(replies)
+
+    def delay_next(self, path: str, seconds: float) -> None:
+        """Delays the next default answer to ``path`` (the work is accepted first)."""
+        with self.lock:
+            self.delays[path] = seconds
 
     def set_result(self, path: str, result: Any) -> None:
         """Makes every task of ``path`` finish with this result."""
@@ -173,6 +179,9 @@ class ScriptedAgent:
                                            "body": body, "at": time.monotonic()})
                     scripted = agent.scripts[route].popleft() if agent.scripts[route] else None
                 reply = scripted or agent._default(method, path, headers, body)
+                if scripted is None:
+                    with agent.lock:
+                        reply.delay_s = agent.delays.pop(path, 0.0)
                 if scripted is not None and path == ASF_UI and 200 <= reply.status < 300:
                     agent.ui_events.append(body)
                 if reply.delay_s:
