@@ -208,6 +208,10 @@ class Engine:
                 self.retry(workflow_id)
             except errors.InvalidTransition:
                 pass  # another caller resumed it first
+        elif self.store.take_over_stale(workflow_id, kind,
+                                        self.settings.idempotency_lock_timeout_s):
+            logs.for_workflow(logger, workflow_id).warning(
+                "stale orchestration taken over", extra={"action": "take_over"})
         return workflow_id
 
 

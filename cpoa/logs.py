@@ -6,6 +6,7 @@ The library only creates loggers and adapters; `configure()` is called by `cpoa.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -52,9 +53,17 @@ class RedactSecrets(logging.Filter):
         return True
 
     def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, self.MASK)
-        return text
+        return redact(text, self.secrets)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Masks each secret where it stands as a token of its own (so that a short password
+    such as ``b`` is masked in ``user:b@host`` but leaves ``database`` alone)."""
+    for secret in secrets:
+        if secret:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])",
+                          RedactSecrets.MASK, text)
+    return text
 
 
 def configure(verbosity: int = 0, secrets: Iterable[str] = (),

@@ -20,12 +20,13 @@ from psycopg import conninfo as pg_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cpoa import errors, machine, models, sql
+from cpoa import errors, logs, machine, models, sql
 from cpoa.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "cpoa_due"
+CONNECT_TIMEOUT_S = 10
 TASK_NAMES = {"podcast": "cpoa_orchestrate_podcast_task",
               "snippets": "cpoa_orchestrate_snippets_task"}
 """The ``idempotency_keys.task_name`` of CPOA's own orchestration, per kind."""
@@ -55,11 +56,7 @@ def wrap_db_errors(secrets: Iterable[str] = ()) -> Iterator[None]:
 
 
 def _clean(exc: BaseException, secrets: Iterable[str]) -> str:
-    text = f"database error: {type(exc).__name__}: {exc}".strip()
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return logs.redact(f"database error: {type(exc).__name__}: {exc}".strip(), secrets)
 
 
 class PostgresStore:
@@ -81,6 +78,9 @@ class PostgresStore:
             dsn, min_size=min_size, max_size=max(max_size, min_size, 1), open=False,
             kwargs={"autocommit": True, "row_factory": dict_row}, name="cpoa")
         with self._errors():
+            # One direct connection first: a down server fails now with libpq's own reason,
+            # not after the pool's 30 s of silent retries.
+            psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S).close()
             self.pool.open(wait=min_size > 0, timeout=30.0)
 
     def close(self) -> None:
@@ -147,6 +147,19 @@ class PostgresStore:
         with self._transaction() as conn:
             return self._one(conn, "select_idempotency_key", idempotency_key=key,
                              task_name=TASK_NAMES[kind])
+
+    def take_over_stale(self, workflow_id: uuid.UUID, kind: str,
+                        timeout_s: float) -> bool:
+        """Makes a workflow with no progress for ``timeout_s`` due now; True if it was stale."""
+        with self._transaction() as conn:
+            if self._one(conn, "take_over_stale_workflow", workflow_id=workflow_id,
+                         timeout_s=timeout_s) is None:
+                return False
+            conn.execute(self.queries["touch_idempotency_key"], {
+                "workflow_id": workflow_id, "task_name": TASK_NAMES[kind],
+                "status": "processing", "result_payload": None, "error_payload": None})
+            self._one(conn, "wake_workers", payload=str(workflow_id))
+            return True
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ class Worker:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.outbox_wake = threading.Event()
+        self.sleeping = threading.Event()
+        """Set while the claim loop sleeps with nothing to do (tests and health checks)."""
         self.advanced = 0
         self._inflight: set[concurrent.futures.Future] = set()
         self._outage = _Outage()
@@ -87,7 +89,9 @@ class Worker:
             except errors.StoreError as exc:
                 wait_s = self._outage.pause(exc)
             if wait_s > 0:
+                self.sleeping.set()
                 self.wake.wait(wait_s)
+                self.sleeping.clear()
 
     def _claim(self, pool: concurrent.futures.ThreadPoolExecutor) -> int:
         free = self.concurrency - len(self._inflight)

@@ -20,6 +20,16 @@ UPDATE idempotency_keys SET status = %(status)s, locked_at = now(),
     result_payload = %(result_payload)s, error_payload = %(error_payload)s
 WHERE workflow_id = %(workflow_id)s AND task_name = %(task_name)s;
 
+-- take_over_stale_workflow --
+-- IDEMPOTENCY_LOCK_TIMEOUT_SECONDS: an orchestration that made no progress for that long is
+-- taken over: its lease (if any) is dropped and it is due now. Counts as one recovery.
+UPDATE workflow_instances
+SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = now(), version = version + 1,
+    recovery_attempts = recovery_attempts + 1
+WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
+  AND last_updated_timestamp < now() - make_interval(secs => %(timeout_s)s)
+RETURNING workflow_id;
+
 -- insert_workflow --
 INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
     client_id, user_id, idempotency_key, next_run_at)
@@ -161,11 +171,14 @@ RETURNING w.workflow_id, w.state, w.recovery_attempts;
 
 -- seconds_until_due --
 -- How long a worker may sleep: until the earliest due workflow or the earliest lease expiry.
-SELECT GREATEST(0, EXTRACT(EPOCH FROM (LEAST(
+-- NULL when nothing waits (GREATEST ignores a NULL argument, so it must not see one).
+SELECT CASE WHEN next_at IS NOT NULL
+            THEN GREATEST(0, EXTRACT(EPOCH FROM next_at - now()))::float8 END AS seconds
+FROM (SELECT LEAST(
     (SELECT min(next_run_at) FROM workflow_instances
      WHERE lease_owner IS NULL AND next_run_at IS NOT NULL),
     (SELECT min(lease_expires_at) FROM workflow_instances WHERE lease_owner IS NOT NULL)
-) - now())))::float8 AS seconds;
+) AS next_at) AS earliest;
 
 -- count_unfinished --
 SELECT

@@ -1,0 +1,84 @@
+"""The worker in-process: claiming, waking on NOTIFY, UI-event delivery, idempotent takeover."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from cpoa import settings as settings_module
+from cpoa.engine import Engine
+from cpoa.worker import Worker
+from tests.agent_server import ASF_UI, Reply
+from tests.fix_agents import agent_env, wait_until
+
+
+@pytest.fixture
+def running_worker(engine: Engine) -> Iterator[Worker]:
+    """A worker with two slots running in a background thread until the test ends."""
+    worker = Worker(engine, concurrency=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    yield worker
+    worker.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_worker__wakes_on_notify_for_a_new_workflow(running_worker, engine, store):
+    """An idle worker picks up a workflow started elsewhere at once, not after its idle wait
+    (30 s with nothing scheduled)."""
+    wait_until(running_worker.sleeping.is_set, timeout=5)
+    workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
+    wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=10)
+
+
+def test_worker__until_idle_drains_every_workflow(engine, store):
+    """`until_idle` returns once every workflow is terminal."""
+    ids = [engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(5)]
+    ids.append(engine.start_workflow("snippets", {"query": "q", "limit": 2}))
+    Worker(engine, concurrency=3, until_idle=True).run()
+    assert {store.get_workflow(i).state for i in ids} == {"completed"}
+
+
+def test_outbox__failed_deliveries_are_retried_in_order_without_failing(engine, agent, store):
+    """ASF answering 503 twice delays UI events but delivers all of them, in order per
+    workflow, and the workflow still completes."""
+    agent.script("POST", ASF_UI, Reply(503), Reply(503))
+    first = engine.start_workflow("podcast", {"topic": "a"}, client_id="c1")
+    second = engine.start_workflow("snippets", {"query": "b", "limit": 1}, client_id="c2")
+    worker = Worker(engine, concurrency=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(agent.ui_events) == 7 + 4, timeout=30)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert store.get_workflow(first).state == "completed"
+    for workflow_id, states in ((first, ["fetching", "analyzing", "scripting", "synthesizing",
+                                          "imaging", "finalizing", "completed"]),
+                                (second, ["discovering", "crafting", "imaging", "completed"])):
+        seen = [e["data"]["state"] for e in agent.ui_events
+                if e["workflow_id"] == str(workflow_id)]
+        assert seen == states
+    assert len({e["event_id"] for e in agent.ui_events}) == 11
+    for workflow_id in (first, second):
+        last = [e for e in agent.ui_events if e["workflow_id"] == str(workflow_id)][-1]
+        assert last["data"]["is_terminal"] is True and last["data"]["final_status"] == "completed"
+    assert all(e["delivered_at"] for e in store.get_ui_events(first))
+
+
+def test_start__takes_over_a_stale_orchestration(store, agent):
+    """The same key after IDEMPOTENCY_LOCK_TIMEOUT_SECONDS with no progress makes the
+    workflow due again instead of leaving it stuck behind a dead lease."""
+    settings = settings_module.from_env(agent_env(agent.url,
+                                                  IDEMPOTENCY_LOCK_TIMEOUT_SECONDS="0.2"))
+    engine = Engine(store, settings)
+    workflow_id = engine.start_workflow("podcast", {"topic": "t"}, idempotency_key="k")
+    store.lease(workflow_id, "dead-worker", 3600)
+    wait_until(lambda: engine.start_workflow("podcast", {"topic": "t"},
+                                             idempotency_key="k") == workflow_id
+               and store.get_workflow(workflow_id).lease_owner is None, timeout=5)
+    assert store.get_workflow(workflow_id).recovery_attempts == 1
