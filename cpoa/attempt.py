@@ -63,7 +63,8 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
 def _after_reply(settings: Settings, step: Step, task: models.Task, reply: agents.Reply,
                  now: Clock) -> models.Task:
     interval = _interval_s(settings, step)
-    if reply.outcome == "done":
+    if reply.outcome == "done":  # a synchronous answer or a replay may name its task too
+        task = task.evolve(external_task_id=reply.task_id or task.external_task_id)
         return _succeeded(step, task, reply.result, now())
     if reply.outcome in ("accepted", "pending"):
         task = task.evolve(status="submitted", external_task_id=reply.task_id or task.external_task_id,

@@ -7,6 +7,7 @@ checks a result against the contract, ``conclude`` turns the finished items into
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ from cpoa import models
 from cpoa.agents import results
 
 PSWA_CONTENT_MAX_CHARS = 50_000
+KEY_SAFE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+"""Characters kept as they are in a downstream key; the rest is percent-encoded (UTF-8)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +54,18 @@ class Step:
     skipped_is_failure: bool = True
 
     def idempotency_key(self, workflow: models.Workflow, item_key: str) -> str:
-        """``<base>_<step>[_<item>][_r<n>]`` (contract §2)."""
+        """``<base>_<step>[_<item>][_r<n>]`` (contract §2), fit for an HTTP header.
+
+        A caller's key or an agent's topic id may hold characters a header cannot carry
+        (non-ASCII, control characters): those are percent-encoded, and so is ``%`` itself,
+        so that two different keys never encode alike.
+        """
         key = f"{workflow.key_base}_{self.key}"
         if item_key:
             key += f"_{item_key}"
         if workflow.retry_count:
             key += f"_r{workflow.retry_count}"
-        return key
+        return urllib.parse.quote(key, safe=KEY_SAFE_CHARS)
 
 
 def _only(name: str, *, required: bool = True, warn: str = "") -> Callable[
@@ -150,6 +158,13 @@ def _discovered(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
     verdict = _only("topics")(wf, tasks)
     if verdict.ok and not verdict.context["topics"]:
         return Verdict(False, reason="TDA discovered no topics")
+    seen: dict[str, int] = {}
+    for i, topic in enumerate(verdict.context.get("topics", [])):
+        # The topic id names the SCA item and its key: a repeat would replay the first snippet.
+        first = seen.setdefault(topic["topic_id"], i)
+        if first != i:
+            return Verdict(False, reason=f"TDA result.discovered_topics[{i}].topic_id "
+                                         f"{topic['topic_id']!r} repeats topic {first}")
     return verdict
 
 

@@ -107,6 +107,8 @@ class AgentClient:
             headers=_headers(idempotency_key, workflow_id), log=log, lost_on_404=True)
         if status == 404:
             return Reply("lost", http_status=status)
+        if status == 409:  # the agent is busy with the key: as good as pending
+            return Reply("pending", http_status=status)
         return self._task_reply(service, base_url, payload, status, status_url)
 
     def notify(self, service: str, url: str, body: Mapping[str, Any], *, workflow_id: str,
@@ -139,8 +141,11 @@ class AgentClient:
             with self.session.request(method, url, json=json_body, headers=headers,
                                       timeout=timeout, stream=True,
                                       allow_redirects=False) as response:
-                raw = _read_bounded(response, self.settings.max_response_bytes, service, url)
                 status = response.status_code
+                # An oversized error page of a transient failure is still a transient failure.
+                transient = status in TRANSIENT_STATUS or status >= 500
+                raw = _read_bounded(response, self.settings.max_response_bytes, service, url,
+                                    truncate=transient)
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except requests.Timeout as exc:
             _log_failure(log, "agent request timed out", context, None, "")
@@ -226,16 +231,21 @@ def _headers(idempotency_key: str, workflow_id: str) -> dict[str, str]:
             "Content-Type": "application/json", "Accept": "application/json"}
 
 
-def _read_bounded(response: requests.Response, limit: int, service: str, url: str) -> bytes:
-    """Reads at most ``limit`` bytes of a body; a longer one is a protocol violation."""
+def _read_bounded(response: requests.Response, limit: int, service: str, url: str, *,
+                  truncate: bool = False) -> bytes:
+    """Reads at most ``limit`` bytes of a body; a longer one is a protocol violation, or with
+    ``truncate`` is cut (and then no longer parses as JSON)."""
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > limit and not truncate:
         raise errors.InvalidAgentResult(
             f"{service} reply: body of {declared} bytes exceeds the {limit}-byte limit",
             service=service, field="body", status_code=response.status_code, url=url)
     chunks, size = [], 0
     for chunk in response.iter_content(chunk_size=65536):
         size += len(chunk)
+        if size > limit and truncate:
+            chunks.append(chunk[:limit - size + len(chunk)])
+            return b"".join(chunks) + b"\x00"  # cut: never valid JSON
         if size > limit:
             raise errors.InvalidAgentResult(
                 f"{service} reply: body exceeds the {limit}-byte limit", service=service,
