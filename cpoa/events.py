@@ -37,6 +37,8 @@ def entered(workflow: models.Workflow, dest: str, *, failed_from_state: str | No
         message = f"Failed: {error}" if error else "Failed."
     data = {"workflow_id": str(workflow.workflow_id), "state": dest, "stage": dest,
             "message": message, "progress": progress(workflow.kind, dest, failed_from_state)}
+    if dest == "cancelled":  # keep how far it got
+        data["progress"] = progress(workflow.kind, workflow.state, workflow.failed_from_state)
     if dest in machine.TERMINAL_STATES:
         all_warnings = [*workflow.warnings, *warnings]
         final = dest

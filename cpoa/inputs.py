@@ -32,12 +32,14 @@ def workflow_params(kind: str, params: Any) -> dict[str, Any]:
 def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     _only(params, ("topic", "urls", "voice_params", "persona", "max_results"))
     cleaned: dict[str, Any] = {"topic": text(params.get("topic"), "topic")}
-    urls = params.get("urls") or []
+    urls = params.get("urls")
+    urls = [] if urls is None else urls  # `or []` would let "", 0 or {} pass as no URLs
     if not isinstance(urls, list) or len(urls) > defaults.URLS_MAX:
         raise errors.InvalidInput(f"urls: expected a list of at most {defaults.URLS_MAX} URLs",
                                   field="urls")
     cleaned["urls"] = [_url(u, f"urls[{i}]") for i, u in enumerate(urls)]
-    voice = params.get("voice_params") or {}
+    voice = params.get("voice_params")
+    voice = {} if voice is None else voice
     if not isinstance(voice, Mapping):
         raise errors.InvalidInput("voice_params: expected an object", field="voice_params")
     for key, value in voice.items():
@@ -58,7 +60,8 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:
     _only(params, ("query", "limit"))
-    limit = params.get("limit", 5)
+    limit = params.get("limit")
+    limit = 5 if limit is None else limit
     return {"query": text(params.get("query"), "query"),
             "limit": integer(limit, "limit", 1, 50)}
 

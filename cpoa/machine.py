@@ -121,6 +121,10 @@ def decide(kind: str, state: str, trigger: str,
     Raises:
         InvalidTransition: if the trigger is not allowed in this state.
     """
+    if state not in states(kind):  # transitions would raise a bare ValueError
+        raise errors.InvalidTransition(
+            f"cannot {trigger} a {kind} workflow in unknown state {state}",
+            state=state, trigger=trigger)
     model = WorkflowModel(state=state, failed_from_state=failed_from_state)
     machine = _machine(kind)
     machine.add_model(model, initial=state)

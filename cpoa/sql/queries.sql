@@ -196,6 +196,7 @@ WITH heads AS (
 ), due AS (
     SELECT o.seq FROM ui_event_outbox o JOIN heads USING (seq)
     WHERE o.next_attempt_at <= now() AND (o.locked_until IS NULL OR o.locked_until < now())
+      AND o.delivered_at IS NULL  -- re-checked after the lock: delivered meanwhile
     ORDER BY o.seq
     LIMIT %(limit)s
     FOR UPDATE OF o SKIP LOCKED
