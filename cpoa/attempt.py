@@ -39,6 +39,7 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
             return _notify(client, settings, step, workflow, task, item, now, log)
         except errors.AgentError as exc:
             return failed(task, str(exc), now(), status_code=exc.status_code)
+    log = log.bind(agent_task_id=task.external_task_id) if task.external_task_id else log
     try:
         if task.status == "submitted" and task.status_url:
             reply = client.poll(step.agent, _base(settings, step), task.status_url,
