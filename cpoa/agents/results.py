@@ -99,8 +99,8 @@ def audio(result: Any) -> dict[str, Any]:
     if cleaned["tts_settings_used"] is not None and not isinstance(
             cleaned["tts_settings_used"], Mapping):
         _bad("VFA", "tts_settings_used", "must be an object", cleaned["tts_settings_used"])
-    for field in ("segments", "turns"):  # per-turn timings, when the agent gives them
-        if isinstance(r.get(field), list):
+    for field in ("segments", "turns", "wav_url"):  # extras, when the agent gives them
+        if isinstance(r.get(field), (list, str)):
             cleaned[field] = r[field]
     return cleaned
 
