@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cpoa import api, diagram, errors, logs, machine, recovery
+from cpoa import api, defaults, diagram, errors, logs, machine, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine, describe
 from cpoa.worker import Worker
@@ -32,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_module.from_env()
         logs.configure(args.verbose, secrets=settings.database.secrets)
-        if args.command == "diagram":
-            return command_diagram(args)
+        if args.standalone:  # commands that connect by themselves, or not at all
+            return args.handler(args)
         return args.handler(api.connect(settings), args)
     except (errors.InvalidInput, errors.ConfigError) as exc:
         return _fail(exc, 2, args.verbose)
@@ -173,6 +174,27 @@ def command_retry(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_agents_serve(args: argparse.Namespace) -> int:
+    from cpoa_agents import demo, serve
+
+    ports = {name: getattr(args, f"port_{name.lower()}") for name in defaults.AGENT_PORTS}
+    fleet = serve.serve(args.data_dir or demo.default_data_dir(), host=args.host, ports=ports)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    for name, agent in fleet.agents.items():
+        print(f"{name:<5} {agent.base_url}", flush=True)
+    stopped.wait()
+    fleet.stop()
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from cpoa_agents import demo
+
+    return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir)
+
+
 def command_diagram(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(machine.KINDS)
     print("\n\n".join(diagram.mermaid(kind) for kind in kinds))
@@ -208,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(CPOA_DATABASE_URL or POSTGRES_*; none set = embedded PostgreSQL)."))
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logs (-v info, -vv debug); logs are JSON on stderr")
+    parser.set_defaults(standalone=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_db_parser(sub)
     _add(sub, "healthcheck", help="check the database and the tables").set_defaults(
@@ -234,7 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=command_sweep)
     drawing = _add(sub, "diagram", help="print the state machines as Mermaid")
     drawing.add_argument("--kind", choices=sorted(machine.KINDS))
+    drawing.set_defaults(handler=command_diagram, standalone=True)
+    configure_agents_parser(sub)
     return parser
+
+
+def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
+    agents = _add(sub, "agents", help="the reference agents (needs the [agents] extra)")
+    agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    serve = _add(agents_sub, "serve", help="serve all seven agents until stopped")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--data-dir", help="where the agents keep tasks, audio and images "
+                                          "[per-user data folder]")
+    for name, port in defaults.AGENT_PORTS.items():
+        serve.add_argument(f"--port-{name.lower()}", type=int, default=port,
+                           help=f"{name} port [default {port}]")
+    serve.set_defaults(handler=command_agents_serve, standalone=True)
+    demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
+    demo.add_argument("topic")
+    demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")
+    demo.add_argument("--output", default="output", help="output folder [output]")
+    demo.add_argument("--data-dir", help="the agents' data folder [per-user data folder]")
+    demo.set_defaults(handler=command_demo, standalone=True)
 
 
 def configure_db_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,112 @@
+"""`cpoa demo TOPIC`: a finished episode from one command, offline.
+
+Starts (or reuses) the embedded PostgreSQL unless one is configured, the seven reference agents
+and the sample-corpus server on free local ports, and a worker; shows progress per state with
+the live page's URL; writes the episode to ``./output/<workflow_id>/``. Ctrl-C stops it all.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import TextIO
+
+from cpoa import api, events, machine
+from cpoa import settings as settings_module
+from cpoa.engine import Engine
+from cpoa.worker import Worker
+from cpoa_agents import corpus, episode, serve
+
+DEMO_POLL_S = "0.2"
+"""Polling interval the demo gives every agent (the contract defaults are 3–10 s)."""
+BAR_WIDTH = 30
+
+
+def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
+        data_dir: str | None = None, out: TextIO = sys.stdout) -> int:
+    """Runs one podcast workflow end to end; returns the exit code (0 when completed)."""
+    started = time.monotonic()
+    root = pathlib.Path(data_dir) if data_dir else default_data_dir()
+    library = corpus.CorpusServer(root / "corpus")
+    library.start("127.0.0.1", 0)
+    corpus_host = urllib.parse.urlsplit(library.base_url).netloc
+    fleet = serve.serve(root, ports={name: 0 for name in serve.AGENT_CLASSES}, options={
+        "WCHA": {"corpus_url": library.base_url, "allowed_hosts": (corpus_host,)}})
+    worker: Worker | None = None
+    thread: threading.Thread | None = None
+    try:
+        engine = api.connect(_settings(fleet))
+        engine.store.apply_schema()
+        workflow_id = engine.start_workflow("podcast", {"topic": topic, "urls": list(urls)},
+                                            client_id="cpoa-demo")
+        print(f"workflow {workflow_id}\nlive page: {fleet.url('ASF')}/", file=out)
+        worker = Worker(engine, concurrency=2)
+        thread = threading.Thread(target=worker.run, name="cpoa-demo-worker", daemon=True)
+        thread.start()
+        state = _follow(engine, workflow_id, out)
+        status = engine.get_workflow(workflow_id)
+        if state != "completed":
+            print(f"\nworkflow {state}: {status['error']}", file=out)
+            return 1
+        folder = pathlib.Path(output_root) / str(workflow_id)
+        files = episode.write(status, folder)
+        for warning in status["warnings"]:
+            print(f"warning: {warning}", file=out)
+        print(f"\nepisode ready in {time.monotonic() - started:.1f} s "
+              f"({status['outputs']['audio']['duration_s']:.0f} s of audio):", file=out)
+        for name in sorted(files):
+            print(f"  {files[name]}", file=out)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping", file=out)
+        return 130
+    finally:
+        if worker is not None:
+            worker.stop()
+            thread.join(timeout=30)
+        fleet.stop()
+        library.stop()
+
+
+def _settings(fleet: serve.Fleet) -> settings_module.Settings:
+    env = {**os.environ, **fleet.env()}
+    for name in settings_module.POLLED_AGENTS:
+        env.setdefault(f"CPOA_{name}_POLLING_INTERVAL_SECONDS", DEMO_POLL_S)
+    return settings_module.from_env(env)
+
+
+def _follow(engine: Engine, workflow_id: object, out: TextIO) -> str:
+    """Shows a progress bar per state until the workflow is terminal; returns that state."""
+    shown, since = None, time.monotonic()
+    while True:
+        workflow = engine.store.get_workflow(workflow_id)
+        if workflow.state != shown:
+            if shown is not None:
+                print(f"  done in {time.monotonic() - since:.1f} s", file=out)
+            shown, since = workflow.state, time.monotonic()
+            _bar(workflow.kind, workflow.state, workflow.failed_from_state, out)
+        if workflow.state in machine.TERMINAL_STATES:
+            return workflow.state
+        time.sleep(0.1)
+
+
+def _bar(kind: str, state: str, failed_from: str | None, out: TextIO) -> None:
+    fraction = events.progress(kind, state, failed_from)
+    filled = int(round(fraction * BAR_WIDTH))
+    message = events.MESSAGES.get(state) or events.IMAGING_MESSAGES.get(kind, state)
+    print(f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%}  {state:<13}"
+          f"{message}", file=out, flush=True)
+
+
+def default_data_dir() -> pathlib.Path:
+    """Returns the per-user folder of the agents' data."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import platformdirs
+        return pathlib.Path(platformdirs.user_data_dir("cpoa")) / "agents"
