@@ -17,6 +17,8 @@ from cpoa.engine import Engine
 from cpoa.models import Lease
 
 logger = logging.getLogger(__name__)
+LISTEN_POLL_S = 1.0
+"""How often the listener thread looks at the stop flag between notifications."""
 OUTAGE_PAUSE_S = (0.5, 10.0)
 """First and longest pause after a database error, doubling in between."""
 
@@ -69,6 +71,7 @@ class Worker:
                 concurrent.futures.wait(list(self._inflight))
                 self.stop()
         threads[1].join(timeout=defaults.NOTIFY_TIMEOUT_S * 2)
+        threads[0].join(timeout=LISTEN_POLL_S * 2)  # release its connection before returning
         logger.info("worker stopped", extra={"action": "worker_stop", "advanced": self.advanced})
 
     # -- the claim loop ----------------------------------------------------------------------
@@ -142,7 +145,7 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 try:
-                    if listener.wait(timeout=1.0):
+                    if listener.wait(timeout=LISTEN_POLL_S):
                         self.wake.set()
                         self.outbox_wake.set()
                     outage.over()
