@@ -116,7 +116,8 @@ class Service:
         bound_host, bound_port = self._server.server_address[:2]
         shown = "127.0.0.1" if bound_host in ("0.0.0.0", "") else bound_host
         self.base_url = f"http://{shown}:{bound_port}"
-        threading.Thread(target=self._server.serve_forever, name=f"{self.name}-http",
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name=f"{self.name}-http",
                          daemon=True).start()
         self.started()
         return self.base_url
