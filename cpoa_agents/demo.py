@@ -81,17 +81,20 @@ def _settings(fleet: serve.Fleet) -> settings_module.Settings:
 
 
 def _follow(engine: Engine, workflow_id: object, out: TextIO) -> str:
-    """Shows a progress bar per state until the workflow is terminal; returns that state."""
-    shown, since = None, time.monotonic()
+    """Shows a progress bar per state entered (from the history, so no state is missed)
+    until the workflow is terminal; returns that state."""
+    seen, since = 0, time.monotonic()
     while True:
-        workflow = engine.store.get_workflow(workflow_id)
-        if workflow.state != shown:
-            if shown is not None:
+        history = engine.store.get_history(workflow_id)
+        for entry in history[seen:]:
+            if seen:
                 print(f"  done in {time.monotonic() - since:.1f} s", file=out)
-            shown, since = workflow.state, time.monotonic()
-            _bar(workflow.kind, workflow.state, workflow.failed_from_state, out)
-        if workflow.state in machine.TERMINAL_STATES:
-            return workflow.state
+            since = time.monotonic()
+            _bar(engine.store.get_workflow(workflow_id).kind, entry["to_state"],
+                 entry["from_state"], out)
+        seen = len(history)
+        if history and history[-1]["to_state"] in machine.TERMINAL_STATES:
+            return history[-1]["to_state"]
         time.sleep(0.1)
 
 

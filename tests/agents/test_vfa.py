@@ -21,6 +21,7 @@ from cpoa.agents import results
 from cpoa_agents import audio
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.vfa import MAX_SCRIPT_CHARS, VoiceAgent
+from tests.agents.audio_checks import median_pitch
 from tests.fix_agents import wait_until
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -72,28 +73,6 @@ def raw_get(base: str, path: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def median_pitch(samples: np.ndarray, rate: int, spans: list[tuple[float, float]]) -> float:
-    """Median fundamental frequency (Hz) of the voiced 40 ms frames inside ``spans``.
-
-    Autocorrelation per frame, lags for 60–400 Hz; a frame counts as voiced when it is loud
-    (above about -35 dBFS) and its best lag correlates at least half as well as lag zero.
-    """
-    frame, low, high = int(0.04 * rate), int(rate / 400), int(rate / 60)
-    pitches = []
-    for start_s, end_s in spans:
-        part = samples[int(start_s * rate):int(end_s * rate)].astype(np.float64)
-        for i in range(0, len(part) - frame, frame // 2):
-            x = part[i:i + frame] - part[i:i + frame].mean()
-            if np.sqrt(np.mean(x ** 2)) < 600:
-                continue
-            ac = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * frame)) ** 2)[:frame]
-            lag = low + int(np.argmax(ac[low:high]))
-            if ac[lag] > 0.5 * ac[0]:
-                pitches.append(rate / lag)
-    assert len(pitches) > 50, "too few voiced frames to measure pitch"
-    return float(np.median(pitches))
 
 
 @pytest.fixture(scope="module")
