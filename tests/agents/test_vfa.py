@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import http.client
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -22,9 +18,9 @@ from cpoa_agents import audio
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.vfa import MAX_SCRIPT_CHARS, VoiceAgent
 from tests.agents.audio_checks import median_pitch
+from tests.agents.vfa_runner import VfaProcess
 from tests.fix_agents import wait_until
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SENTENCES = [
     "Durable workflows keep their state in a database, so a crash loses nothing.",
     "That sounds simple, but what happens when an agent dies in the middle of a task?",
@@ -282,7 +278,7 @@ def test_forge_voice__killed_mid_synthesis_resumes_without_redoing_turns(
     """After SIGKILL mid-synthesis a new process finishes the task and skips the cached turns."""
     total = 30
     body = {"script": script(6, 5, sentences=4)}
-    first = _Process(tmp_path)
+    first = VfaProcess(tmp_path)
     try:
         response = submit(first.base, body, "key-restart")
         assert response.status_code == 202
@@ -296,7 +292,7 @@ def test_forge_voice__killed_mid_synthesis_resumes_without_redoing_turns(
     cached = len(list((tmp_path / "turns").glob("*.wav")))
     print(f"cached at kill: {cached}/{total}")
     assert cached < total, "synthesis finished before the kill; the test proves nothing"
-    second = _Process(tmp_path)
+    second = VfaProcess(tmp_path)
     try:
         report = finished(second.base, task_id, timeout=120)
         stats = requests.get(f"{second.base}/stats", timeout=10).json()
@@ -312,26 +308,3 @@ def test_forge_voice__killed_mid_synthesis_resumes_without_redoing_turns(
     for t in turns:  # cached and freshly synthesised turns alike are audible where timed
         span = samples[round(t["start_s"] * rate):round(t["end_s"] * rate)].astype(np.float64)
         assert np.sqrt(np.mean(span ** 2)) > 32767 * 10 ** (-30 / 20), t
-
-
-class _Process:
-    """A VFA agent in a subprocess (``tests.agents.vfa_runner``) and its base URL."""
-
-    def __init__(self, data_dir: pathlib.Path) -> None:
-        self.log = (data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.agents.vfa_runner", str(data_dir)], cwd=REPO,
-            stdout=subprocess.PIPE, stderr=self.log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert self.process.stdout is not None
-        self.base = self.process.stdout.readline().decode().strip()
-        if not self.base.startswith("http://"):
-            self.close()
-            raise AssertionError(f"the runner did not start; see {self.log.name}")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.log.close()

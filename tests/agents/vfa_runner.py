@@ -7,10 +7,17 @@ the agent listens (and has resumed its unfinished tasks), then blocks.
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
+import signal
+import subprocess
 import sys
 import threading
+import time
 
 from cpoa_agents.vfa import VoiceAgent
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str]) -> None:
@@ -21,6 +28,29 @@ def main(argv: list[str]) -> None:
     agent = VoiceAgent(data_dir)
     print(agent.start("127.0.0.1", port), flush=True)
     threading.Event().wait()
+
+
+class VfaProcess:
+    """A VFA agent in a subprocess (``tests.agents.vfa_runner``) and its base URL."""
+
+    def __init__(self, data_dir: pathlib.Path, port: int = 0) -> None:
+        self.log = (data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.agents.vfa_runner", str(data_dir), str(port)], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=self.log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.process.stdout is not None
+        self.base = self.process.stdout.readline().decode().strip()
+        if not self.base.startswith("http://"):
+            self.close()
+            raise AssertionError(f"the runner did not start; see {self.log.name}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()
 
 
 if __name__ == "__main__":

@@ -6,20 +6,13 @@ workflow's state and reason, and the task rows CPOA stored for the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import requests
 
-from cpoa import settings as settings_module
 from cpoa.agents.client import AgentClient
-from cpoa.engine import Engine
-from cpoa.models import Task
-from cpoa.settings import Settings
-from cpoa.store import PostgresStore
 from tests.agent_server import ASF_NOTIFY, Reply, ScriptedAgent
-from tests.fix_agents import (agent_env, drive, engine_for, failed_with, leave, sent,
+from tests.fix_agents import (drive, engine_for, failed_with, leave, sent,
                                step_task, wait_until)
 
 STEP_KEYS = {"/harvest": "wcha", "/discover_topics": "tda", "/weave_script": "pswa",
