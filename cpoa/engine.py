@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cpoa import attempt, errors, events, inputs, logs, machine, models, steps
@@ -23,6 +23,10 @@ from cpoa.store import PostgresStore
 
 logger = logging.getLogger(__name__)
 SUMMARY_TEXT_CHARS = 200
+FAULT_POINTS = ("before_call", "after_call", "before_commit", "after_commit")
+"""The boundaries of one step where a process may die: before the agent request, after its
+answer, inside the result's transaction before COMMIT, after COMMIT (before UI delivery)."""
+FaultHook = Callable[[str, models.Workflow], None]
 
 
 class Engine:
@@ -33,14 +37,18 @@ class Engine:
         settings: Agent URLs, timeouts, lease length.
         client: The agent client (built from ``settings`` by default).
         owner: This process's lease owner name (host:pid:random by default).
+        fault_hook: Called with a boundary name and the workflow at each boundary of a
+            step (``FAULT_POINTS``); the fault-injection harness crashes the process there.
     """
 
     def __init__(self, store: PostgresStore, settings: Settings,
-                 client: agents.AgentClient | None = None, owner: str | None = None) -> None:
+                 client: agents.AgentClient | None = None, owner: str | None = None,
+                 fault_hook: FaultHook | None = None) -> None:
         self.store = store
         self.settings = settings
         self.client = client or agents.AgentClient(settings)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.fault_hook = fault_hook
 
     # -- the public operations ---------------------------------------------------------------
 
@@ -139,11 +147,14 @@ class Engine:
                                                  "state": lease.workflow.state})
             reason = f"internal error: {type(exc).__name__}: {logs.clip(str(exc), 300)}"
             outcome = self._verdict(lease.workflow, steps.Verdict(False, reason=reason), None)
+        self._fault("after_call", lease.workflow)
         try:
-            workflow = self.store.finish(lease, outcome)
+            workflow = self.store.finish(lease, outcome, before_commit=self.fault_hook and (
+                lambda: self._fault("before_commit", lease.workflow)))
         except errors.StaleState as exc:
             log.warning("result discarded: %s", exc, extra={"action": "stale_result"})
             return self.store.get_workflow(lease.workflow.workflow_id)
+        self._fault("after_commit", lease.workflow)
         if outcome.trigger:
             log.info("%s -> %s", lease.workflow.state, outcome.dest,
                      extra={"action": "transition", "from": lease.workflow.state,
@@ -173,6 +184,7 @@ class Engine:
             task_id=uuid.uuid4(), workflow_id=wf.workflow_id, agent_name=step.agent,
             step=wf.state, item_key=key, attempt=wf.retry_count,
             idempotency_key=step.idempotency_key(wf, key))
+        self._fault("before_call", wf)
         task = attempt.act(self.client, self.settings, step, wf, task, item, clock,
                            log.bind(task_id=str(task.task_id)))
         tasks[key] = task
@@ -197,6 +209,10 @@ class Engine:
             warnings=verdict.warnings, error_message=reason,
             ui_event=events.entered(wf, decision.state, failed_from_state=decision.failed_from_state,
                                     error=reason, warnings=verdict.warnings))
+
+    def _fault(self, point: str, workflow: models.Workflow) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point, workflow)
 
     def _existing(self, key: str, kind: str) -> uuid.UUID:
         row = self.store.find_key(key, kind)

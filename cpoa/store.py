@@ -206,8 +206,11 @@ class PostgresStore:
             leases.append(models.Lease(workflow, mine, owner, row["db_now"]))
         return leases
 
-    def finish(self, lease: models.Lease, outcome: models.Outcome) -> models.Workflow:
+    def finish(self, lease: models.Lease, outcome: models.Outcome, *,
+               before_commit: Callable[[], None] | None = None) -> models.Workflow:
         """Applies what one advance decided, if the lease is still this worker's.
+
+        ``before_commit`` runs inside the transaction after every write (fault injection).
 
         Raises:
             StaleState: the lease was lost (expired and taken over, or the workflow was
@@ -225,8 +228,12 @@ class PostgresStore:
                 conn.execute(self.queries["reschedule_workflow"], {
                     "workflow_id": lease.workflow.workflow_id, "version": lease.fence,
                     "run_in_s": max(0.0, outcome.run_in_s)})
-                return dataclasses.replace(lease.workflow, lease_owner=None)
-            return self._transition(conn, models.Workflow.from_row(row), outcome)
+                workflow = dataclasses.replace(lease.workflow, lease_owner=None)
+            else:
+                workflow = self._transition(conn, models.Workflow.from_row(row), outcome)
+            if before_commit is not None:
+                before_commit()
+            return workflow
 
     def apply(self, workflow_id: uuid.UUID,
               decide: Callable[[models.Workflow], models.Outcome | None]) -> models.Workflow:
