@@ -37,6 +37,10 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
     if step.agent == "ASF":
         try:
             return _notify(client, settings, step, workflow, task, item, now, log)
+        except errors.AgentUnavailable as exc:  # tried again at a later advance, until due
+            return _open(task.evolve(retry_count=task.retry_count + 1,
+                                     error_details_json={"reason": str(exc), "transient": True}),
+                         now(), _interval_s(settings, step), step)
         except errors.AgentError as exc:
             return failed(task, str(exc), now(), status_code=exc.status_code)
     log = log.bind(agent_task_id=task.external_task_id) if task.external_task_id else log
@@ -139,5 +143,6 @@ def _interval_s(settings: Settings, step: Step) -> float:
 
 
 def _timeout_s(settings: Settings, step: Step) -> float:
-    # ASF gets one request (with its transient retries) and no polling deadline.
-    return settings.agent(step.agent).poll_timeout_s if step.agent != "ASF" else 0.0
+    if step.agent == "ASF":  # no polling: transient failures are retried this long
+        return settings.asf_notify_timeout_s
+    return settings.agent(step.agent).poll_timeout_s

@@ -64,8 +64,16 @@ OUTBOX_RETRY_MAX_S = 60.0
 OUTBOX_IDLE_S = 5.0
 """Longest an idle outbox thread sleeps before it looks for retries that came due."""
 
-OUTBOX_LOCK_S = 30.0
-"""How long a worker holds a UI event it is delivering."""
+OUTBOX_LOCK_S = 10.0
+"""How long a worker holds a UI event it is delivering (one request of UI_TIMEOUT_S): a worker
+killed mid-delivery delays that workflow's later events by at most this."""
+
+UI_TIMEOUT_S = 5.0
+"""Timeout of one UI-event delivery; the outbox retries on its own schedule, not inline."""
+
+ASF_NOTIFY_TIMEOUT_S = 60.0
+"""How long transient failures of the ASF new-episode notification are retried
+(CPOA_ASF_NOTIFY_TIMEOUT_SECONDS); then the podcast completes with a warning."""
 
 WORKER_CONCURRENCY = 4
 """Workflows one worker process drives at once (CPOA_WORKER_CONCURRENCY)."""

@@ -27,7 +27,8 @@ def deliver_due(store: PostgresStore, client: AgentClient, url: str) -> int:
                 "workflow_id": str(event.workflow_id)}
         try:
             client.notify("ASF", url, body, workflow_id=str(event.workflow_id),
-                          idempotency_key=str(event.event_id), log=log)
+                          idempotency_key=str(event.event_id), log=log, once=True,
+                          timeout_s=defaults.UI_TIMEOUT_S)
         except errors.AgentError as exc:
             retry_in = min(defaults.OUTBOX_RETRY_MAX_S, FIRST_RETRY_S * 2 ** (event.attempts - 1))
             log.warning("ui event delivery failed; retrying in %.1f s", retry_in,

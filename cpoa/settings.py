@@ -72,6 +72,7 @@ class Settings:
     agents: Mapping[str, AgentSettings]
     asf_notification_url: str
     asf_ui_update_url: str
+    asf_notify_timeout_s: float = defaults.ASF_NOTIFY_TIMEOUT_S
     retry_count: int = defaults.SERVICE_RETRY_COUNT
     retry_backoff_factor: float = defaults.SERVICE_RETRY_BACKOFF_FACTOR
     idempotency_lock_timeout_s: float = defaults.IDEMPOTENCY_LOCK_TIMEOUT_S
@@ -113,6 +114,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                         f"{asf}/asf/internal/notify_new_audio"),
         asf_ui_update_url=reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
                                      f"{asf}/asf/internal/send_ui_update"),
+        asf_notify_timeout_s=reader.number("CPOA_ASF_NOTIFY_TIMEOUT_SECONDS",
+                                           defaults.ASF_NOTIFY_TIMEOUT_S, positive=True),
         retry_count=reader.integer("CPOA_SERVICE_RETRY_COUNT", defaults.SERVICE_RETRY_COUNT,
                                    minimum=1),
         retry_backoff_factor=reader.number("CPOA_SERVICE_RETRY_BACKOFF_FACTOR",

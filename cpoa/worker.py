@@ -46,6 +46,7 @@ class Worker:
         """Set while the claim loop sleeps with nothing to do (tests and health checks)."""
         self.advanced = 0
         self._inflight: set[concurrent.futures.Future] = set()
+        self._solo: concurrent.futures.Future | None = None
         self._outage = _Outage()
 
     def stop(self) -> None:
@@ -98,13 +99,15 @@ class Worker:
 
     def _claim(self, pool: concurrent.futures.ThreadPoolExecutor) -> int:
         free = self.concurrency - len(self._inflight)
-        if free <= 0:
-            return 0
+        if free <= 0 or (self._solo is not None and not self._solo.done()):
+            return 0  # a workflow under recovery runs alone until it is done
         leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free)
         for lease in leases:
             future = pool.submit(self._advance, lease)
             self._inflight.add(future)
             future.add_done_callback(self._done)
+            if lease.workflow.recovery_attempts:
+                self._solo = future
         return len(leases)
 
     def _advance(self, lease: Lease) -> None:
@@ -162,6 +165,8 @@ class Worker:
             try:
                 delivered = outbox.deliver_due(self.store, self.engine.client, url)
                 outage.over()
+                if delivered:
+                    self.wake.set()  # --until-idle may be waiting for the outbox to drain
             except errors.StoreError as exc:
                 delivered = 0
                 self.outbox_wake.wait(outage.pause(exc))

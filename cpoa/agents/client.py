@@ -112,16 +112,22 @@ class AgentClient:
         return self._task_reply(service, base_url, payload, status, status_url)
 
     def notify(self, service: str, url: str, body: Mapping[str, Any], *, workflow_id: str,
-               idempotency_key: str = "", log: logging.LoggerAdapter | None = None) -> int:
+               idempotency_key: str = "", log: logging.LoggerAdapter | None = None,
+               once: bool = False, timeout_s: float | None = None) -> int:
         """Posts one notification (ASF) and returns the HTTP status of a 2xx answer.
+
+        Args:
+            once: One attempt, no inline retries (the caller has its own retry schedule).
+            timeout_s: Request timeout; the client's notify timeout by default.
 
         Raises:
             AgentError: any non-2xx answer, after the transient retries.
         """
         headers = _headers(idempotency_key or workflow_id, workflow_id)
-        status, _ = self._request("POST", url, service=service, json_body=body,
-                                  timeout=self.notify_timeout_s, headers=headers, log=log,
-                                  expect_json=False)
+        send = self._request_once if once else self._request
+        status, _ = send("POST", url, service=service, json_body=body,
+                         timeout=timeout_s or self.notify_timeout_s, headers=headers, log=log,
+                         expect_json=False)
         if status == 409:
             return status  # the receiver already holds this key
         if not 200 <= status < 300:

@@ -55,20 +55,26 @@ RETURNING *, clock_timestamp() AS db_now;
 
 -- claim_due --
 -- Take the leases of up to %(limit)s due workflows that nobody holds; SKIP LOCKED lets many
--- workers claim at once without waiting on each other.
+-- workers claim at once without waiting on each other. A workflow being recovered (its last
+-- lease expired) is claimed alone: if it kills its worker again, nothing else claimed with it
+-- dies too and gets charged a recovery (a poison workflow must not take healthy ones along).
 WITH due AS (
-    SELECT workflow_id FROM workflow_instances
+    SELECT workflow_id, recovery_attempts FROM workflow_instances
     WHERE lease_owner IS NULL AND next_run_at <= now()
     ORDER BY next_run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT workflow_id FROM due WHERE NOT EXISTS (SELECT 1 FROM due WHERE recovery_attempts > 0)
+    UNION ALL
+    (SELECT workflow_id FROM due WHERE recovery_attempts > 0 LIMIT 1)
 )
 UPDATE workflow_instances w
 SET lease_owner = %(owner)s,
     lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
     version = w.version + 1
-FROM due
-WHERE w.workflow_id = due.workflow_id
+FROM picked
+WHERE w.workflow_id = picked.workflow_id
 RETURNING w.*, clock_timestamp() AS db_now;
 
 -- select_step_tasks --

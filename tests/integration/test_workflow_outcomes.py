@@ -125,22 +125,39 @@ def test_imaging__failure_completes_with_a_warning(engine, agent, store, case):
     assert step_task(store, workflow_id, "finalizing").status == "succeeded"
 
 
-@pytest.mark.parametrize("replies,reason", [
-    ([Reply(400, {"error": "unknown stream"})],
-     'ASF rejected the request with HTTP 400: {"error": "unknown stream"}'),
-    ([Reply(503)] * 3, "ASF answered HTTP 503"),
-], ids=["rejected", "unavailable"])
-def test_finalizing__asf_notify_failure_completes_with_a_warning(engine, agent, store, replies,
-                                                                 reason):
-    """An ASF notification that fails (4xx, or 503 on every attempt) still completes."""
-    agent.script("POST", ASF_NOTIFY, *replies)
+def test_finalizing__asf_notify_rejected_completes_with_a_warning(engine, agent, store):
+    """An ASF notification rejected with a 4xx still completes the podcast, with a warning."""
+    agent.script("POST", ASF_NOTIFY, Reply(400, {"error": "unknown stream"}))
+    reason = 'ASF rejected the request with HTTP 400: {"error": "unknown stream"}'
     workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
     assert completed_with(engine, workflow_id) == [f"ASF notification failed: {reason}"]
     outputs = engine.get_workflow(workflow_id)["outputs"]
     assert outputs["asf_notified"] is False and outputs["image_url"]
     task = step_task(store, workflow_id, "finalizing")
     assert (task.status, task.error_details_json["reason"]) == ("failed", reason)
-    assert len(sent(agent, ASF_NOTIFY)) == len(replies)
+    assert len(sent(agent, ASF_NOTIFY)) == 1
+
+
+def test_finalizing__asf_unavailable_is_retried_at_a_later_advance(engine, agent, store):
+    """503 on every inline attempt is transient: the next advance notifies ASF again."""
+    agent.script("POST", ASF_NOTIFY, *[Reply(503)] * 3)
+    workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
+    assert completed_with(engine, workflow_id) == []
+    assert engine.get_workflow(workflow_id)["outputs"]["asf_notified"] is True
+    task = step_task(store, workflow_id, "finalizing")
+    assert (task.status, task.retry_count) == ("succeeded", 1)
+    assert len(sent(agent, ASF_NOTIFY)) == 4
+
+
+@pytest.mark.slow
+def test_finalizing__asf_unavailable_past_its_timeout_completes_with_a_warning(store, agent):
+    """ASF unavailable for longer than CPOA_ASF_NOTIFY_TIMEOUT_SECONDS: completed, warned."""
+    engine = engine_for(store, agent, CPOA_ASF_NOTIFY_TIMEOUT_SECONDS="0.5")
+    agent.script("POST", ASF_NOTIFY, *[Reply(503)] * 1000)
+    workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
+    [warning] = completed_with(engine, workflow_id)
+    assert warning.startswith("ASF notification failed: ASF task did not finish within its "
+                              "0.5 s") and "HTTP 503" in warning
 
 
 def test_synthesizing__vfa_skipped_fails_with_its_message(engine, agent, store):

@@ -1,0 +1,222 @@
+"""Scenario 1, worker kills: podcast workflows with UI events, three `cpoa worker` processes, one
+of them SIGKILLed every 1–2 s and restarted, against agents that answer 10 % of requests with 503,
+drop 5 % of connections after doing the work and fail 10 % of status polls with a bodiless 500.
+
+Promises: every workflow completes; no step's work is done twice (one key per step, each key
+worked once); ASF receives every UI event in order (after dropping repeated event ids); and a
+killed worker's workflows resume within about a lease TTL. Figures: kill→resumption (from the
+SIGKILL to the next transition of a workflow the killed worker held), UI delivery latency, and
+the faults injected.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import time
+from typing import Any
+
+import psycopg
+
+from bench.chaos import agents, worker_proc
+from bench.chaos.common import Context, percentile
+from cpoa import settings as settings_module
+from cpoa.engine import Engine
+from cpoa.store import PostgresStore
+from tests.agent_server import ASF_UI
+from tests.fix_agents import agent_env
+
+SEED = 1
+WORKERS = 3
+CONCURRENCY = "4"
+LEASE_S = 2.0
+SWEEP_S = 0.5
+KILL_EVERY_S = (1.0, 2.0)
+FAULTS = {"submit_503": 0.10, "drop": 0.05, "poll_500": 0.10}
+WORK_S = (0.3, 1.5)
+"""How long each agent task takes, so that kills land in the middle of steps."""
+POLL_S = "0.2"
+"""Every agent's polling interval."""
+FULL = {"workflows": 200, "arrival_s": 45.0, "kills": 1000, "deadline_s": 300.0}
+QUICK = {"workflows": 20, "arrival_s": 6.0, "kills": 5, "deadline_s": 75.0}
+"""Workflows are started evenly over ``arrival_s`` while the killer runs."""
+OUTBOX_GRACE_S = 45.0
+"""How long UI delivery may take after the last workflow ended: an event held by a killed
+worker waits for its outbox lock (OUTBOX_LOCK_S, 30 s) to run out."""
+UI_STALL_S = 10.0
+"""A UI event slower than this from commit to ASF waited for a killed worker's outbox lock."""
+RESUME_SLACK_S = 2.0
+"""Allowed on top of lease TTL + sweep interval for a worker start and a busy machine."""
+WATCH_S = 0.05
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    size = QUICK if ctx.quick else FULL
+    agent = agents.ChaosAgent(seed=SEED, work_s=WORK_S, **FAULTS)
+    try:
+        with ctx.database() as dsn:
+            store = PostgresStore(dsn, min_size=0, max_size=2)
+            try:
+                engine = Engine(store, settings_module.from_env(agent_env(agent.url)))
+                with psycopg.connect(dsn, autocommit=True) as db:
+                    run_figures = _run(ctx, db, dsn, agent, engine, size)
+                    figures = _figures(db, store, agent, run_figures)
+            finally:
+                store.close()
+    finally:
+        agent.close()
+    figures["ok"] = (figures["completed_fraction"] == 1.0 and figures["duplicate_work"] == 0
+                     and figures["keys_never_worked"] == 0 and figures["ui_events_lost"] == 0
+                     and figures["ui_events_reordered"] == 0
+                     and figures["ui_events_unexpected"] == 0 and figures["ui_undelivered"] == 0
+                     and figures["kills"] > 0 and figures["resume_over_bound"] == 0)
+    return {"ok": figures.pop("ok"), **figures}
+
+
+def _run(ctx: Context, db: psycopg.Connection, dsn: str, agent: agents.ChaosAgent,
+         engine: Engine, size: dict[str, Any]) -> dict[str, Any]:
+    """Starts the workflows over time, runs the workers and the killer until every workflow
+    ended and every UI event went out (or the deadline); returns the kills and the timings."""
+    env = worker_proc.environment(
+        dsn, agent.url, CPOA_LEASE_TTL_SECONDS=str(LEASE_S),
+        CPOA_SWEEP_INTERVAL_SECONDS=str(SWEEP_S),
+        **{f"CPOA_{name}_POLLING_INTERVAL_SECONDS": POLL_S
+           for name in settings_module.POLLED_AGENTS})
+    rng = random.Random(SEED)
+    kills: list[dict[str, Any]] = []
+    ids: list[str] = []
+    unexpected_exits = 0
+    with worker_proc.processes(ctx.scratch) as procs:
+        workers = [procs.cli_worker(env, "--concurrency", CONCURRENCY) for _ in range(WORKERS)]
+        started = time.monotonic()
+        deadline = started + size["deadline_s"]
+        next_kill = started + rng.uniform(*KILL_EVERY_S)
+        gap = size["arrival_s"] / size["workflows"]
+        while time.monotonic() < deadline and (len(ids) < size["workflows"] or _unfinished(db)):
+            while len(ids) < size["workflows"] and time.monotonic() >= started + len(ids) * gap:
+                ids.append(str(engine.start_workflow("podcast", {"topic": f"kills {len(ids)}"},
+                                                     client_id=f"ui-{len(ids) % 7}")))
+            for i, proc in enumerate(workers):
+                if proc.poll() is not None:  # died by itself: a finding, and keep going
+                    unexpected_exits += 1
+                    workers[i] = procs.cli_worker(env, "--concurrency", CONCURRENCY)
+            if time.monotonic() >= next_kill and len(kills) < size["kills"]:
+                i = rng.randrange(WORKERS)
+                kills.append(_kill(procs, db, workers[i]))
+                workers[i] = procs.cli_worker(env, "--concurrency", CONCURRENCY)
+                next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+            time.sleep(WATCH_S)
+        workflows_s = time.monotonic() - started
+        ui_deadline = min(deadline, time.monotonic() + OUTBOX_GRACE_S)
+        worker_proc.wait_until(lambda: _undelivered(db) == 0, ui_deadline, interval=WATCH_S)
+        exits = [procs.stop(proc) for proc in workers]
+    return {"ids": ids, "kills": kills, "workflows_s": round(workflows_s, 1),
+            "ui_drain_s": round(time.monotonic() - started - workflows_s, 1),
+            "unexpected_worker_exits": unexpected_exits,
+            "workers_stopped_cleanly": exits.count(0)}
+
+
+def _kill(procs: worker_proc.Processes, db: psycopg.Connection, proc: Any) -> dict[str, Any]:
+    """SIGKILLs one worker; returns when, and which workflows it held at that instant."""
+    at, at_monotonic = datetime.datetime.now(datetime.UTC), time.monotonic()
+    procs.kill(proc)
+    held = [row[0] for row in db.execute(
+        "SELECT workflow_id::text FROM workflow_instances WHERE split_part(lease_owner, ':', 2)"
+        " = %s", (str(proc.pid),))]
+    return {"at": at, "at_monotonic": at_monotonic, "pid": proc.pid, "held": held}
+
+
+def _unfinished(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) FROM workflow_instances "
+                      "WHERE state NOT IN ('completed', 'failed', 'cancelled')").fetchone()[0]
+
+
+def _undelivered(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) FROM ui_event_outbox "
+                      "WHERE delivered_at IS NULL").fetchone()[0]
+
+
+def _figures(db: psycopg.Connection, store: PostgresStore, agent: agents.ChaosAgent,
+             run: dict[str, Any]) -> dict[str, Any]:
+    ids = run["ids"]
+    workflows = {w: store.get_workflow(w) for w in ids}
+    histories = {w: store.get_history(w) for w in ids}
+    completed = sum(1 for wf in workflows.values() if wf.state == "completed")
+    # Contract §1.1: a failed ASF notification completes the workflow with a warning; that
+    # notification is then never delivered (reported, not a duplicate).
+    unnotified = [w for w, wf in workflows.items()
+                  if any(x.startswith("ASF notification failed") for x in wf.warnings)]
+    work = agents.duplicate_work(agent, [(w, wf.kind, wf.context) for w, wf in workflows.items()],
+                                 excused=[f"{w}_asf" for w in unnotified])
+    events = agents.ui_event_audit(list(agent.ui_events),
+                                   {w: [h["to_state"] for h in hist] for w, hist in histories.items()})
+    with agent.lock:
+        calls = [(r["headers"].get("x-workflow-id"), r["at"]) for r in agent.requests
+                 if r["path"] != ASF_UI]
+    resumed = _resumptions(run["kills"], histories, calls)
+    bound = LEASE_S + SWEEP_S + RESUME_SLACK_S
+    latency = [row[0] for row in db.execute(
+        "SELECT extract(epoch FROM delivered_at - created_at)::float8 FROM ui_event_outbox "
+        "WHERE delivered_at IS NOT NULL")]
+    with agent.lock:
+        faults, requests = dict(agent.faults), len(agent.requests)
+    return {
+        "workflows": len(ids), "completed": completed,
+        "completed_fraction": round(completed / len(ids), 4),
+        "not_completed": {w: f"{wf.state}: {wf.error_message}" for w, wf in workflows.items()
+                          if wf.state != "completed"} or None,
+        "completed_with_warnings": sum(1 for wf in workflows.values() if wf.warnings),
+        "asf_notifications_given_up": len(unnotified),
+        "warnings_sample": [w for wf in workflows.values() for w in wf.warnings][:3],
+        "workflows_s": run["workflows_s"], "ui_drain_s": run["ui_drain_s"],
+        "kills": len(run["kills"]),
+        "kills_holding_work": sum(1 for k in run["kills"] if k["held"]),
+        "held_workflows": sum(len(k["held"]) for k in run["kills"]),
+        "resume_s_p50": percentile(resumed["per_kill"], 50),
+        "resume_s_p99": percentile(resumed["per_kill"], 99),
+        "resume_s_max": percentile(resumed["per_kill"], 100),
+        "resume_s_p99_per_workflow": percentile(resumed["per_workflow"], 99),
+        "resume_bound_s": bound, "lease_ttl_s": LEASE_S, "sweep_interval_s": SWEEP_S,
+        "resume_over_bound": sum(1 for s in resumed["per_kill"] if s > bound),
+        "next_transition_s_p50": percentile(resumed["transition_per_kill"], 50),
+        "next_transition_s_p99": percentile(resumed["transition_per_kill"], 99),
+        "held_never_resumed": resumed["never"],
+        **{k: work[k] for k in ("duplicate_work", "keys_worked_twice", "unexpected_keys",
+                                "keys_never_worked", "keys_never_worked_sample", "work_keys",
+                                "asf_notify_redeliveries")},
+        **events,
+        "ui_undelivered": _undelivered(db),
+        "ui_latency_s_p50": percentile(latency, 50), "ui_latency_s_p99": percentile(latency, 99),
+        "ui_latency_s_max": round(max(latency, default=0.0), 2),
+        "ui_events_stalled": sum(1 for s in latency if s > UI_STALL_S),
+        "faults_injected": faults, "agent_requests": requests, "seed": SEED,
+        "unexpected_worker_exits": run["unexpected_worker_exits"],
+        "workers_stopped_cleanly": run["workers_stopped_cleanly"],
+    }
+
+
+def _resumptions(kills: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
+                 calls: list[tuple[str | None, float]]) -> dict[str, Any]:
+    """Seconds from each kill until a workflow the killed worker held was resumed: its next
+    agent request (submit, poll or notify: the step is running again), and its next transition
+    (which also waits for the agent's remaining work)."""
+    requests: dict[str, list[float]] = {}
+    for workflow_id, at in calls:
+        requests.setdefault(str(workflow_id), []).append(at)
+    per_kill, per_workflow, transition_per_kill, never = [], [], [], 0
+    for kill in kills:
+        waits, transitions = [], []
+        for workflow_id in kill["held"]:
+            later = [at for at in requests.get(workflow_id, []) if at > kill["at_monotonic"]]
+            moved = [h["at"] for h in histories.get(workflow_id, []) if h["at"] > kill["at"]]
+            if not later or not moved:
+                never += 1
+                continue
+            waits.append(min(later) - kill["at_monotonic"])
+            transitions.append((min(moved) - kill["at"]).total_seconds())
+        per_workflow += waits
+        if waits:  # the kill is over when every workflow it held is running again
+            per_kill.append(max(waits))
+            transition_per_kill.append(max(transitions))
+    return {"per_kill": per_kill, "per_workflow": per_workflow,
+            "transition_per_kill": transition_per_kill, "never": never}
