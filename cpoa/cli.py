@@ -30,21 +30,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    secrets: tuple[str, ...] = ()
     try:
         settings = settings_module.from_env()
+        secrets = settings.database.secrets
         logs.configure(args.verbose, secrets=settings.database.secrets)
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
         return args.handler(api.connect(settings), args)
     except (errors.InvalidInput, errors.ConfigError) as exc:
-        return _fail(exc, 2, args.verbose)
+        return _fail(exc, 2, args.verbose, secrets)
     except errors.CPOAError as exc:
-        return _fail(exc, 1, args.verbose)
+        return _fail(exc, 1, args.verbose, secrets)
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(exc: BaseException, code: int, verbose: int) -> int:
+def _fail(exc: BaseException, code: int, verbose: int, secrets: Sequence[str] = ()) -> int:
     lines = [f"error: {exc}"]
     cause = exc.__cause__
     while cause is not None:
@@ -52,7 +54,7 @@ def _fail(exc: BaseException, code: int, verbose: int) -> int:
         cause = cause.__cause__
     if isinstance(exc, errors.StoreError) and "workflow_instances" in str(exc):
         lines.append("  hint: run `cpoa db init` to create the tables")
-    print("\n".join(lines), file=sys.stderr)
+    print(logs.redact("\n".join(lines), secrets), file=sys.stderr)
     if verbose >= 2:
         logger.debug("traceback", exc_info=exc)
     return code

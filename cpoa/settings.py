@@ -151,8 +151,14 @@ def _agent(reader: _Reader, name: str) -> AgentSettings:
 def _database(reader: _Reader) -> DatabaseSettings:
     url = reader.text("CPOA_DATABASE_URL", "")
     is_url = "://" in url
-    if url and (urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres")
-                if is_url else "=" not in url):
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme if is_url else ""
+        if is_url:
+            urllib.parse.urlsplit(url).port  # a bad port or [IPv6 host raises here
+    except ValueError:  # the message could quote the URL, password included: not shown
+        raise errors.ConfigError("CPOA_DATABASE_URL: not a valid URL",
+                                 variable="CPOA_DATABASE_URL") from None
+    if url and (scheme not in ("postgresql", "postgres") if is_url else "=" not in url):
         raise errors.ConfigError(
             "CPOA_DATABASE_URL: expected a postgresql:// URL or a libpq key=value string",
             variable="CPOA_DATABASE_URL")

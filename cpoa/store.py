@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -38,7 +40,11 @@ def conninfo(database: DatabaseSettings, embedded_url: str = "") -> str:
         return embedded_url
     extra = {"host": database.host, "port": database.port if database.host else None,
              "user": database.user, "password": database.password, "dbname": database.dbname}
-    return pg_conninfo.make_conninfo(database.url, **{k: v for k, v in extra.items() if v})
+    try:
+        return pg_conninfo.make_conninfo(database.url, **{k: v for k, v in extra.items() if v})
+    except psycopg.ProgrammingError:  # its message may quote the password: not shown
+        raise errors.ConfigError("CPOA_DATABASE_URL: not a valid connection string",
+                                 variable="CPOA_DATABASE_URL") from None
 
 
 @contextlib.contextmanager
@@ -53,6 +59,26 @@ def wrap_db_errors(secrets: Iterable[str] = ()) -> Iterator[None]:
         raise errors.StoreBusy(_clean(exc, secrets)) from exc
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         raise errors.StoreError(_clean(exc, secrets)) from exc
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _storable_json(value: Any) -> str:
+    """JSON that PostgreSQL accepts: jsonb refuses U+0000 and lone surrogates, so U+0000
+    becomes U+FFFD and a lone surrogate "?" (stored as faithfully as the database allows)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text).encode("utf-8", "replace").decode("utf-8")
+
+
+def _storable_text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_storable_json)
 
 
 def _clean(exc: BaseException, secrets: Iterable[str]) -> str:
@@ -91,8 +117,15 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        with wrap_db_errors(self.secrets):
-            yield
+        try:
+            with wrap_db_errors(self.secrets):
+                yield
+        except errors.StoreError as exc:
+            if isinstance(exc.__cause__, psycopg.OperationalError) and not self.pool.closed:
+                # The server went away: drop every broken idle connection now, instead of
+                # handing them out one failing call at a time.
+                self.pool.check()
+            raise
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
@@ -264,7 +297,7 @@ class PostgresStore:
     def _one_task(self, conn: psycopg.Connection, task: models.Task) -> None:
         params = dataclasses.asdict(task)
         for field in ("input_params_json", "output_result_summary_json", "error_details_json"):
-            params[field] = Jsonb(params[field]) if params[field] is not None else None
+            params[field] = _jsonb(params[field]) if params[field] is not None else None
         conn.execute(self.queries["upsert_task"], params)
 
     def _transition(self, conn: psycopg.Connection, workflow: models.Workflow,
@@ -273,8 +306,9 @@ class PostgresStore:
         row = self._one(
             conn, "transition_workflow", workflow_id=workflow.workflow_id, source=workflow.state,
             version=workflow.version, dest=dest, failed_from_state=outcome.failed_from_state,
-            context_updates=Jsonb(dict(outcome.context_updates)),
-            warnings=Jsonb(list(outcome.warnings)), error_message=outcome.error_message,
+            context_updates=_jsonb(dict(outcome.context_updates)),
+            warnings=_jsonb(list(outcome.warnings)),
+            error_message=_storable_text(outcome.error_message),
             schedulable=dest not in machine.TERMINAL_STATES,
             keep_recoveries=outcome.trigger == "fail",
             retry_increment=1 if outcome.trigger == "retry" else 0)
@@ -298,11 +332,11 @@ class PostgresStore:
                 ui_event: models.UIEvent | None) -> None:
         conn.execute(self.queries["insert_history"], {
             "workflow_id": workflow.workflow_id, "from_state": source, "to_state": dest,
-            "trigger": trigger, "detail": Jsonb(dict(detail)) if detail else None})
+            "trigger": trigger, "detail": _jsonb(dict(detail)) if detail else None})
         if ui_event is not None and workflow.client_id:
             conn.execute(self.queries["insert_ui_event"], {
                 "workflow_id": workflow.workflow_id, "client_id": workflow.client_id,
-                "event_name": ui_event.event_name, "data": Jsonb(ui_event.data)})
+                "event_name": ui_event.event_name, "data": _jsonb(ui_event.data)})
 
     def _settle_key(self, conn: psycopg.Connection, workflow: models.Workflow,
                     trigger: str) -> None:
@@ -319,8 +353,8 @@ class PostgresStore:
             return
         conn.execute(self.queries["touch_idempotency_key"], {
             "workflow_id": workflow.workflow_id, "task_name": TASK_NAMES[workflow.kind],
-            "status": status, "result_payload": Jsonb(result) if result else None,
-            "error_payload": Jsonb(error) if error else None})
+            "status": status, "result_payload": _jsonb(result) if result else None,
+            "error_payload": _jsonb(error) if error else None})
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -389,7 +423,8 @@ class PostgresStore:
         """Records a failed delivery and when to try again."""
         with self._transaction() as conn:
             conn.execute(self.queries["mark_ui_event_failed"],
-                         {"seq": seq, "error": error[:500], "retry_in_s": retry_in_s})
+                         {"seq": seq, "error": _storable_text(error[:500]),
+                          "retry_in_s": retry_in_s})
 
     def get_ui_events(self, workflow_id: uuid.UUID) -> list[dict]:
         """Returns every queued UI event of a workflow, in order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import urllib.parse
 from collections.abc import Generator, Mapping
 from typing import Any
@@ -23,6 +24,10 @@ from cpoa.settings import Settings
 logger = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in an agent reply; deeper is a malformed reply (naming 'body')."""
+MAX_RETRY_AFTER_S = 3600.0
+"""Longest Retry-After honoured; a larger (or absurd) one is capped."""
 PENDING_STATUSES = frozenset({"PENDING", "STARTED", "RETRY", "PROGRESS", "RECEIVED"})
 
 
@@ -180,8 +185,11 @@ class AgentClient:
                                        service=service, status_code=status, url=url)
         if expect_json and status not in (404, 409) and not isinstance(payload, dict):
             _log_failure(log, "agent reply is not a JSON object", context, status, body)
+            deep = raw and _parse_json(raw, MAX_JSON_DEPTH * 1000) is not None
+            got = (f"nested deeper than {MAX_JSON_DEPTH} levels" if deep
+                   else f"got {body[:80]!r}")
             raise errors.InvalidAgentResult(
-                f"{service} reply: expected a JSON object, got {body[:80]!r}",
+                f"{service} reply: expected a JSON object, {got}",
                 service=service, field="body", status_code=status, url=url)
         return status, payload
 
@@ -213,6 +221,11 @@ class AgentClient:
                     url: str) -> Reply:
         task_status = payload.get("status")
         task_id = payload.get("task_id") if isinstance(payload.get("task_id"), str) else None
+        if not isinstance(task_status, str):
+            got = "missing" if task_status is None else type(task_status).__name__
+            raise errors.InvalidAgentResult(
+                f"{service} reply: field 'status' must be a string ({got})", service=service,
+                field="status", status_code=status, url=url)
         if task_status == "SUCCESS":
             if "result" not in payload:
                 raise errors.InvalidAgentResult(f"{service} reply: missing field 'result'",
@@ -260,11 +273,27 @@ def _read_bounded(response: requests.Response, limit: int, service: str, url: st
     return b"".join(chunks)
 
 
-def _parse_json(raw: bytes) -> Any:
+def _parse_json(raw: bytes, max_depth: int = 0) -> Any:
+    """The body as JSON, or None when it is not JSON or nested deeper than ``max_depth``
+    (MAX_JSON_DEPTH by default)."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError):
         return None
+    return None if _deeper_than(value, max_depth or MAX_JSON_DEPTH) else value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Iteratively (no recursion limit to hit): is any container nested deeper than limit?"""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -272,7 +301,9 @@ def _retry_after(value: str | None) -> float | None:
         seconds = float(value) if value is not None else None
     except ValueError:
         return None  # an HTTP date: fall back to the exponential schedule
-    return max(0.0, seconds) if seconds is not None and seconds == seconds else None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def _wait_is_too_long(exc: Exception) -> bool:
