@@ -156,6 +156,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (idempotency_key, task_name)
 );
 
+-- The store settles a workflow's key by workflow_id inside the transition's transaction:
+-- without this index that was a sequential scan under the workflow's row lock.
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_workflow ON idempotency_keys (workflow_id);
+
 -- Append-only transition history, written in the transaction of the change it records.
 CREATE TABLE IF NOT EXISTS workflow_events (
     event_id     bigserial PRIMARY KEY,
