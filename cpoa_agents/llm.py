@@ -19,13 +19,13 @@ import requests
 
 from cpoa import errors
 from cpoa.agents import results
+from cpoa_agents import bounded
 
 ENV_URL, ENV_MODEL, ENV_API_KEY = "PSWA_LLM_URL", "PSWA_LLM_MODEL", "PSWA_LLM_API_KEY"
 TIMEOUT_S = 60.0
 """Longest wait for the whole answer, connection included."""
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 """Largest answer read; a script is a few kilobytes, so more is a broken or hostile server."""
-CHUNK_BYTES = 64 * 1024
 MAX_SCRIPT_CHARS, MAX_LINES, MAX_SPEAKER_CHARS = 100_000, 2_000, 100
 """The largest script VFA accepts: refuse a bigger one here, where fallback is still possible."""
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.S)
@@ -90,16 +90,8 @@ class ChatClient:
         return _message_content(raw)
 
     def _read(self, response: requests.Response) -> bytes:
-        # requests' timeout bounds each socket read, not the whole answer: check a deadline too.
-        deadline, chunks, size = time.monotonic() + self.timeout_s, [], 0
-        for chunk in response.iter_content(CHUNK_BYTES):
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise LLMError(f"answer larger than {self.max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise LLMError(f"answer took longer than {self.timeout_s:g} s")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return bounded.read(response, self.max_bytes, time.monotonic() + self.timeout_s,
+                            lambda reason: LLMError(f"answer {reason}"))
 
 
 def configure(url: str | None, model: str | None, api_key: str | None, *,

@@ -27,7 +27,7 @@ from typing import Any
 import requests
 import trafilatura
 
-from cpoa_agents import corpus, text, validate
+from cpoa_agents import bounded, corpus, text, validate
 from cpoa_agents.service import BadRequest, TaskAgent
 
 logger = logging.getLogger(__name__)
@@ -184,19 +184,8 @@ class SafeFetcher:
             return Page(url, self._read(response, deadline), content_type), url
 
     def _read(self, response: requests.Response, deadline: float) -> bytes:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise FetchRefused(f"page larger than {self.max_bytes} bytes")
-        chunks, size = [], 0
-        # Streamed so a huge or endless body costs at most max_bytes of memory.
-        for chunk in response.iter_content(64 * 1024):
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise FetchRefused(f"page larger than {self.max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise FetchRefused(f"timed out after {self.timeout:g} s")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return bounded.read(response, self.max_bytes, deadline,
+                            lambda reason: FetchRefused(f"page {reason}"))
 
 
 def host_key(host: str, port: int) -> str:

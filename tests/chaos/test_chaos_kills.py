@@ -87,12 +87,15 @@ def test_poison__quick__quarantined_after_bounded_recoveries(server_dsn, tmp_pat
     assert result["healthy_completed"] == sum(result["healthy_states"].values())
 
 
+HEALTHY_ANSWER_S = 0.5
+
+
 class SlowForHealthy(agents.ChaosAgent):
     """Answers the healthy workflow's requests after 0.5 s (an ordinary, slowish agent)."""
 
     def _default(self, method: str, path: str, headers: dict[str, str], body: Any) -> Any:
         if isinstance(body, dict) and body.get("topic") == "healthy":
-            time.sleep(0.5)
+            time.sleep(HEALTHY_ANSWER_S)  # an agent that takes its time, not a wait in the test
         return super()._default(method, path, headers, body)
 
 
