@@ -114,6 +114,8 @@ class Worker:
         try:
             self.engine.run(lease)
             self.advanced += 1
+            if lease.workflow.client_id:  # only then did the step queue a UI event
+                self.outbox_wake.set()
         except errors.StoreError as exc:  # the lease expires and the sweeper requeues it
             logger.warning("could not store a step result: %s", exc,
                            extra={"action": "store_failed",
@@ -122,7 +124,6 @@ class Worker:
     def _done(self, future: concurrent.futures.Future) -> None:
         self._inflight.discard(future)
         self.wake.set()
-        self.outbox_wake.set()
 
     def _seconds_to_wait(self, next_sweep: float) -> float:
         if len(self._inflight) >= self.concurrency:
