@@ -23,9 +23,11 @@ FILES = {"episode.mp3", "episode.wav", "cover.png", "script.json", "transcript.m
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, server_dsn, template_db):
     """Runs `cpoa demo` once on a fresh database; yields (folder, status, seconds)."""
-    from tests.fix_db import with_dbname
-    import psycopg
     import uuid
+
+    import psycopg
+
+    from tests.fix_db import with_dbname
     name = f"cpoa_demo_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')

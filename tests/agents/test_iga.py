@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import json
 import pathlib
 import urllib.parse
 import uuid
@@ -19,25 +18,10 @@ from PIL import Image
 from cpoa.agents import results
 from cpoa_agents.iga import ImageAgent, derive_title
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.fix_agents import wait_until
+from tests.agents.protocol import finished, submit
 
 PROMPT = ("Podcast cover art for \u201cThe Future of Renewable Energy\u201d, an episode about "
           "the future of renewable energy")
-
-
-def submit(agent: ImageAgent, body: Any, key: str | None = None) -> requests.Response:
-    """Posts a request with an idempotency key (a fresh one unless given)."""
-    return requests.post(agent.base_url + "/generate_image", data=json.dumps(body), timeout=10,
-                         headers={"Content-Type": "application/json", "X-Workflow-ID": "wf-1",
-                                  "X-Idempotency-Key": key or uuid.uuid4().hex})
-
-
-def finished(agent: ImageAgent, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE and returns its report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{agent.base_url}/v1/tasks/{task_id}", timeout=5).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def generate(agent: ImageAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:

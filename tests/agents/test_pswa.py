@@ -20,7 +20,7 @@ from cpoa import errors
 from cpoa.agents import results
 from cpoa_agents.pswa import ScriptAgent
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.fix_agents import wait_until
+from tests.agents.protocol import finished, submit
 
 API_KEY = "sk-test-secret-123"
 THEMES = {  # subjects x facts x contexts: enough distinct sentences for a ~3000-word article
@@ -90,21 +90,6 @@ def article(words: int = 3000, seed: int = 7) -> str:
 CONTENT = article()
 REQUEST: dict[str, Any] = {"topic": "the future of renewable energy", "content": CONTENT,
                            "topics": TOPICS, "persona": "a curious science journalist"}
-
-
-def submit(agent: ScriptAgent, body: Any, key: str | None = None) -> requests.Response:
-    """Posts a request with an idempotency key (a fresh one unless given)."""
-    return requests.post(agent.base_url + "/weave_script", data=json.dumps(body), timeout=10,
-                         headers={"Content-Type": "application/json", "X-Workflow-ID": "wf-1",
-                                  "X-Idempotency-Key": key or uuid.uuid4().hex})
-
-
-def finished(agent: ScriptAgent, task_id: str, timeout: float = 15.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE and returns its report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{agent.base_url}/v1/tasks/{task_id}", timeout=5).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def weave(agent: ScriptAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:

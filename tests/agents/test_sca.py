@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from cpoa.agents import results
 from cpoa_agents import corpus, sca, text
 from cpoa_agents.sca import SnippetAgent
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.fix_agents import wait_until
+from tests.agents.protocol import finished, submit
 
 TOPIC = {"topic_id": "topic-tidal", "title_suggestion": "Tidal Stream and Power",
          "summary": "The second approach, tidal stream power, places turbines directly in fast "
                     "currents.",
          "keywords": ["tidal", "power", "turbines", "currents"], "relevance_score": 0.91}
-
-
-def submit(agent: SnippetAgent, body: Any, key: str | None = None) -> requests.Response:
-    """Posts a snippet request with an idempotency key (a fresh one unless given)."""
-    return requests.post(agent.base_url + "/craft_snippet", data=json.dumps(body), timeout=10,
-                         headers={"Content-Type": "application/json", "X-Workflow-ID": "wf-1",
-                                  "X-Idempotency-Key": key or uuid.uuid4().hex})
-
-
-def finished(agent: SnippetAgent, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE and returns its report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{agent.base_url}/v1/tasks/{task_id}", timeout=5).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def craft(agent: SnippetAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:

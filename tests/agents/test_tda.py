@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from cpoa.agents import results
 from cpoa_agents import corpus, tda, text
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.tda import TopicAgent
-from tests.fix_agents import wait_until
+from tests.agents.protocol import finished, submit
 
 VOLCANO_WORDS = {"volcano", "volcanoes", "volcanic", "magma", "eruption", "eruptions", "lava",
                  "ash", "gas", "warning", "rock", "pressure", "explosive", "erupt"}
@@ -27,21 +25,6 @@ def content_of(*slugs: str) -> str:
     articles = {a.slug: a for a in corpus.load_corpus()}
     return "\n\n".join(text.article_block(articles[s].title, articles[s].paragraphs())
                        for s in slugs)
-
-
-def submit(agent: TopicAgent, body: Any, key: str | None = None) -> requests.Response:
-    """Posts a discovery request with an idempotency key (a fresh one unless given)."""
-    return requests.post(agent.base_url + "/discover_topics", data=json.dumps(body), timeout=10,
-                         headers={"Content-Type": "application/json", "X-Workflow-ID": "wf-1",
-                                  "X-Idempotency-Key": key or uuid.uuid4().hex})
-
-
-def finished(agent: TopicAgent, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE and returns its report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{agent.base_url}/v1/tasks/{task_id}", timeout=5).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def discover(agent: TopicAgent, body: dict[str, Any], key: str | None = None) -> list[dict]:

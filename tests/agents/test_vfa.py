@@ -18,6 +18,7 @@ from cpoa_agents import audio
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.vfa import MAX_SCRIPT_CHARS, VoiceAgent
 from tests.agents.audio_checks import median_pitch
+from tests.agents.protocol import finished
 from tests.agents.vfa_runner import VfaProcess
 from tests.fix_agents import wait_until
 
@@ -49,14 +50,6 @@ def submit(base: str, body: Any, key: str) -> requests.Response:
     """POSTs a forge request with the protocol's headers."""
     return requests.post(f"{base}/forge_voice", json=body, timeout=30,
                          headers={"X-Idempotency-Key": key, "X-Workflow-ID": "wf-1"})
-
-
-def finished(base: str, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE; returns the report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{base}/v1/tasks/{task_id}", timeout=15).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def raw_get(base: str, path: str) -> tuple[int, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from cpoa_agents import wcha
 from cpoa_agents.corpus import CorpusServer
 from cpoa_agents.service import MAX_BODY_BYTES, Handler, Request, Response, Service
 from cpoa_agents.wcha import HarvestAgent
-from tests.fix_agents import wait_until
+from tests.agents.protocol import finished, submit
 
 VOLCANO_SLUGS = {"how-volcanoes-erupt", "volcano-monitoring"}
 
@@ -38,21 +37,6 @@ class WebSite(Service):
         # Streamed without Content-Length: only the reader's own count can stop it.
         chunks = (b"<p>" + b"lava " * 20_000 + b"</p>" for _ in range(40))
         return Response(200, stream=chunks, content_type="text/html")
-
-
-def submit(agent: HarvestAgent, body: Any, key: str | None = None) -> requests.Response:
-    """Posts a harvest request with an idempotency key (a fresh one unless given)."""
-    return requests.post(agent.base_url + "/harvest", data=json.dumps(body), timeout=10,
-                         headers={"Content-Type": "application/json", "X-Workflow-ID": "wf-1",
-                                  "X-Idempotency-Key": key or uuid.uuid4().hex})
-
-
-def finished(agent: HarvestAgent, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Polls the task until it is SUCCESS or FAILURE and returns its report."""
-    def poll() -> dict[str, Any] | None:
-        report = requests.get(f"{agent.base_url}/v1/tasks/{task_id}", timeout=5).json()
-        return report if report["status"] in ("SUCCESS", "FAILURE") else None
-    return wait_until(poll, timeout)  # type: ignore[return-value]
 
 
 def harvest(agent: HarvestAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
