@@ -1,0 +1,1 @@
+"""The gateway role over HTTP (`cpoa serve`): the JSON API, the dashboard and /metrics."""

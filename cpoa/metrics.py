@@ -1,0 +1,1 @@
+"""Prometheus metrics of CPOA (prometheus-client)."""
