@@ -127,16 +127,15 @@ def make_template(admin: str, n: int) -> str:
     return name
 
 
-def engine_runs(args: argparse.Namespace, template: str,
-                variant: str = "cpoa") -> list[dict[str, Any]]:
+def engine_runs(args: argparse.Namespace, template: str) -> list[dict[str, Any]]:
     results = []
     for slots in args.slots:
         with common.fresh_db(args.dsn, f"engine{slots}", template=template) as dsn:
-            log(f"engine ({variant}): {args.n} workflows, {slots} slot(s), instant in-process "
+            log(f"engine: {args.n} workflows, {slots} slot(s), instant in-process "
                 f"client")
             result = run_module("bench.scenarios.engine", "--admin-dsn", args.dsn, "--dsn", dsn,
                                 "--slots", str(slots), "--client", "instant",
-                                "--variant", variant, "--max-seconds", str(args.max_seconds))
+                                "--max-seconds", str(args.max_seconds))
         results.append(result)
     return results
 
@@ -294,16 +293,6 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         if c == 4 and r.get("engine_profile"):
             doc["profile"] = r["engine_profile"]
         docs.append(doc)
-    for e in r.get("engine_lean", []):
-        c = e["slots"]
-        ratios = {}
-        if c in dbos:
-            ratios["lean_over_dbos_steps"] = round(e["transitions_per_s"]
-                                                   / dbos[c]["steps_per_s"], 2)
-        if c in pg:
-            ratios["lean_over_pgbench"] = round(e["transitions_per_s"] / pg[c]["tps"], 3)
-        docs.append({"scenario": f"prototype_lean_{c}_slots", **e, "ratios": ratios,
-                     "targets": [], "note": "bench/experiments/lean_store.py, not CPOA"})
     for p in r.get("pgbench", []):
         docs.append({"scenario": f"pgbench_{p['clients']}_clients", **p, "targets": []})
     for d in r.get("dbos", []):
@@ -423,30 +412,6 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
         for label, get in rows:
             lines.append(f"| {label} | " + " | ".join(fmt(get(e)) for e in r["engine"]) + " |")
         lines.append("")
-    if r.get("engine_lean"):
-        lean = r["engine_lean"]
-        lines += ["| prototype `bench/experiments/lean_store.py` (not CPOA) | " + " | ".join(
-            f"{e['slots']} slot{'s' if e['slots'] > 1 else ''}" for e in lean) + " |",
-            "|---|" + "---:|" * len(lean)]
-        rows = [
-            ("transitions/s", lambda e: e["transitions_per_s"]),
-            ("step action p50 / p99 ms", lambda e: f"{fmt(e['run_ms_p50'])} / "
-                                                   f"{fmt(e['run_ms_p99'])}"),
-            ("claim_due p50 ms", lambda e: e["claim_ms_p50"]),
-            ("finish p50 ms", lambda e: e["finish_ms_p50"]),
-            ("round trips / transition", lambda e: e["round_trips_per_transition"]),
-            ("commits / transition (server)", lambda e: e["commits_per_transition"]),
-            ("WAL bytes / transition", lambda e: e["wal_bytes_per_transition"]),
-            ("worker CPU ms / transition", lambda e: e["worker_cpu_ms_per_transition"]),
-            ("PostgreSQL CPU ms / transition", lambda e: e["postgres_cpu_ms_per_transition"]),
-            ("/ pgbench", lambda e: e["transitions_per_s"] / pg[e["slots"]]["tps"]
-             if e["slots"] in pg else None),
-            ("/ DBOS", lambda e: e["transitions_per_s"] / dbos[e["slots"]]["steps_per_s"]
-             if e["slots"] in dbos else None),
-        ]
-        for label, get in rows:
-            lines.append(f"| {label} | " + " | ".join(fmt(get(e)) for e in lean) + " |")
-        lines.append("")
     if r.get("pgbench") or r.get("dbos"):
         lines += ["| reference | " + " | ".join(f"{c}" for c in r_slots(r)) + " |",
                   "|---|" + "---:|" * len(r_slots(r))]
@@ -563,9 +528,6 @@ def main() -> int:
                         help="stop a throughput run (CPOA or peer) after this long and rate "
                              "what was done [45; quick 15; 0 = drain all]")
     parser.add_argument("--no-peers", action="store_true", help="skip DBOS and PgQueuer")
-    parser.add_argument("--with-lean", action="store_true",
-                        help="also run the engine scenario with the prototype of the suggested "
-                             "store changes (bench/experiments/lean_store.py); not CPOA")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--peer-venv", default=str(DEFAULT_PEER_VENV))
     parser.add_argument("--drop-leftovers", action="store_true",
@@ -616,8 +578,6 @@ def main() -> int:
             template = make_template(args.dsn, args.n)
         if "engine" in chosen:
             results["engine"] = engine_runs(args, template)
-            if args.with_lean:
-                results["engine_lean"] = engine_runs(args, template, "lean")
             if args.py_spy:
                 results["engine_profile"] = profiled_run(args, template, "engineprof",
                                                          "--client", "instant")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from cpoa import errors, logs, models
+from cpoa import errors, logs, metrics, models
 from cpoa.agents import client as agents
 from cpoa.agents import results
 from cpoa.settings import Settings
@@ -29,6 +30,15 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
     Returns:
         The updated task row (``status`` succeeded, failed, pending or submitted).
     """
+    began = time.perf_counter()
+    try:
+        return _act(client, settings, step, workflow, task, item, now, log)
+    finally:
+        metrics.STEP_DURATION.labels(step.agent).observe(time.perf_counter() - began)
+
+
+def _act(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
+         task: models.Task, item: Any, now: Clock, log: logging.LoggerAdapter) -> models.Task:
     started = now()
     if task.first_submitted_at is None:
         timeout = _timeout_s(settings, step)
@@ -38,10 +48,12 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
         try:
             return _notify(client, settings, step, workflow, task, item, now, log)
         except errors.AgentUnavailable as exc:  # tried again at a later advance, until due
+            _count_error(step, exc)
             return _open(task.evolve(retry_count=task.retry_count + 1,
                                      error_details_json={"reason": str(exc), "transient": True}),
                          now(), _interval_s(settings, step), step)
         except errors.AgentError as exc:
+            _count_error(step, exc)
             return failed(task, str(exc), now(), status_code=exc.status_code)
     log = log.bind(agent_task_id=task.external_task_id) if task.external_task_id else log
     try:
@@ -57,12 +69,18 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
                                   workflow_id=str(workflow.workflow_id), log=log)
         return _after_reply(settings, step, task, reply, now)
     except errors.AgentUnavailable as exc:
+        _count_error(step, exc)
         delay = exc.retry_after if exc.retry_after is not None else _interval_s(settings, step)
         return _open(task.evolve(retry_count=task.retry_count + 1,
                                  error_details_json={"reason": str(exc), "transient": True}),
                      now(), delay, step)
     except errors.AgentError as exc:
+        _count_error(step, exc)
         return failed(task, str(exc), now(), status_code=exc.status_code)
+
+
+def _count_error(step: Step, exc: errors.AgentError) -> None:
+    metrics.agent_error(step.agent, "timeout" if agents.timed_out(exc) else metrics.error_kind(exc))
 
 
 def _after_reply(settings: Settings, step: Step, task: models.Task, reply: agents.Reply,
@@ -93,7 +111,8 @@ def _succeeded(step: Step, task: models.Task, result: Any, at: datetime.datetime
             message = result.get("message") or "no reason given"
             return failed(task, f"{step.agent} skipped the work: {logs.clip(str(message), 300)}", at)
         kept = step.validate(result)
-    except errors.AgentError as exc:
+    except errors.AgentError as exc:  # a reply that breaks the contract, or a business error
+        _count_error(step, exc)
         return failed(task, str(exc), at)
     return task.evolve(status="succeeded", output_result_summary_json=kept, completed_at=at,
                        error_details_json=None, next_poll_at=None)
@@ -115,6 +134,7 @@ def _open(task: models.Task, at: datetime.datetime, delay_s: float, step: Step) 
         timeout = (task.poll_deadline_at - task.first_submitted_at).total_seconds()
         last = (task.error_details_json or {}).get("reason")
         reason = f"{step.agent} task did not finish within its {timeout:g} s polling timeout"
+        metrics.agent_error(step.agent, "timeout")
         return failed(task, reason + (f" (last error: {last})" if last else ""), at)
     due = at + datetime.timedelta(seconds=max(0.0, delay_s))
     if task.poll_deadline_at is not None:

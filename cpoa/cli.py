@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, errors, logs, machine, recovery
+from cpoa import api, defaults, diagram, errors, logs, machine, metrics, prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine, describe
 from cpoa.worker import Worker
@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets: tuple[str, ...] = ()
     try:
         settings = settings_module.from_env()
-        secrets = settings.database.secrets
-        logs.configure(args.verbose, secrets=settings.database.secrets)
+        secrets = settings.secrets
+        logs.configure(args.verbose, secrets=secrets)
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
         return args.handler(api.connect(settings), args)
@@ -154,9 +154,23 @@ def command_list(engine: Engine, args: argparse.Namespace) -> int:
 
 def command_worker(engine: Engine, args: argparse.Namespace) -> int:
     worker = Worker(engine, concurrency=args.concurrency, until_idle=args.until_idle)
+    exporter = (metrics.serve(engine.store, args.metrics_port, args.metrics_host)
+                if args.metrics_port else None)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
+    if exporter is not None:
+        exporter.shutdown()
+    return 0
+
+
+def command_prune(engine: Engine, args: argparse.Namespace) -> int:
+    report = prune.prune(engine.store, args.older_than, batch_size=args.batch_size,
+                         dry_run=args.dry_run)
+    verb = "would delete" if report.dry_run else f"deleted in {report.batches} batch(es)"
+    text = [f"{verb}: finished workflows last changed before {report.cutoff.isoformat()}"]
+    text += [f"  {table:<20} {count}" for table, count in report.counts.items()]
+    _print(args, report.as_json(), "\n".join(text))
     return 0
 
 
@@ -173,6 +187,14 @@ def command_cancel(engine: Engine, args: argparse.Namespace) -> int:
 
 def command_retry(engine: Engine, args: argparse.Namespace) -> int:
     print(engine.retry(args.workflow_id))
+    return 0
+
+
+def command_serve(engine: Engine, args: argparse.Namespace) -> int:
+    from cpoa.gateway import server  # FastAPI and uvicorn load for this command only
+
+    server.run(engine, args.host, args.port,
+               ready=lambda url: print(f"serving on {url}", flush=True))
     return 0
 
 
@@ -254,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     listing.set_defaults(handler=command_list)
     configure_worker_parser(sub)
+    configure_prune_parser(sub)
+    configure_serve_parser(sub)
     sweep = _add(sub, "sweep", help="one recovery pass over expired leases")
     sweep.add_argument("--json", action="store_true")
     sweep.set_defaults(handler=command_sweep)
@@ -314,6 +338,65 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
         one.set_defaults(handler=command_start)
 
 
+def _duration(text: str) -> float:
+    try:
+        return prune.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
+    # The env twins are passed as strings: argparse checks them with the option's type only
+    # when `prune` runs, so a bad one is a usage error naming the option, not of every command.
+    older = os.environ.get("CPOA_PRUNE_OLDER_THAN") or None
+    pruning = _add(sub, "prune", help="delete finished workflows older than a duration")
+    pruning.add_argument(
+        "--older-than", type=_duration, default=older, required=older is None,
+        metavar="DURATION",
+        help="age of the last change: 30d, 12h, 90m, 3600s or seconds "
+             "[env CPOA_PRUNE_OLDER_THAN]")
+    pruning.add_argument("--dry-run", action="store_true",
+                         help="print what would be deleted, per table, and delete nothing")
+    pruning.add_argument(
+        "--batch-size", type=_positive_int, metavar="N",
+        default=os.environ.get("CPOA_PRUNE_BATCH_SIZE") or defaults.PRUNE_BATCH_SIZE,
+        help="workflows per transaction "
+             f"[env CPOA_PRUNE_BATCH_SIZE, default {defaults.PRUNE_BATCH_SIZE}]")
+    pruning.add_argument("--json", action="store_true", help="print one JSON document")
+    pruning.set_defaults(handler=command_prune)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def configure_serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = _add(sub, "serve", help="serve the JSON API (/v1, /healthz, /metrics) and the "
+                                    "dashboard over HTTP until SIGTERM")
+    serve.add_argument("--host", default=_env_default("CPOA_API_HOST", defaults.API_HOST),
+                       help="address to listen on "
+                            f"[env CPOA_API_HOST, default {defaults.API_HOST}]")
+    serve.add_argument("--port", type=port, default=_env_default("CPOA_API_PORT",
+                                                                 defaults.API_PORT, port),
+                       help=f"TCP port, 0 for a free one [env CPOA_API_PORT, default "
+                            f"{defaults.API_PORT}]")
+    serve.set_defaults(handler=command_serve)
+
+
+def port(text: str) -> int:
+    """Parses a TCP port number (0 to 65535)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text!r} is not a TCP port")
+    return value
+
+
 def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
     worker = _add(sub, "worker", help="claim and advance due workflows until stopped")
     worker.add_argument(
@@ -324,6 +407,14 @@ def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
                         default=_env_default("CPOA_WORKER_UNTIL_IDLE", False,
                                              lambda v: v.lower() in ("1", "true", "yes")),
                         help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE]")
+    worker.add_argument(
+        "--metrics-port", type=int,
+        default=_env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, int),
+        help="serve this process's Prometheus metrics on this port "
+             "[env CPOA_METRICS_PORT, default 0: off]")
+    worker.add_argument(
+        "--metrics-host", default=_env_default("CPOA_METRICS_HOST", defaults.METRICS_HOST),
+        help="address of the metrics endpoint [env CPOA_METRICS_HOST, default 0.0.0.0]")
     worker.set_defaults(handler=command_worker)
 
 

@@ -58,6 +58,10 @@ SWEEP_INTERVAL_S = 30.0
 IDLE_WAIT_MAX_S = 30.0
 """Longest a worker sleeps on LISTEN before it looks at the schedule again."""
 
+STEPS_PER_CLAIM = 20
+"""Most steps a worker slot runs on one claimed workflow in a row: after a transition that
+leaves the workflow due, the slot keeps the lease and goes on (no release and re-claim)."""
+
 OUTBOX_RETRY_MAX_S = 60.0
 """Longest pause between two delivery attempts of one UI event."""
 
@@ -78,8 +82,70 @@ ASF_NOTIFY_TIMEOUT_S = 60.0
 WORKER_CONCURRENCY = 4
 """Workflows one worker process drives at once (CPOA_WORKER_CONCURRENCY)."""
 
+PRUNE_BATCH_SIZE = 500
+"""Workflows `cpoa prune` deletes per transaction (CPOA_PRUNE_BATCH_SIZE)."""
+
+PRUNE_LOCK_TIMEOUT_S = 2.0
+"""Longest a prune batch waits for a row lock it cannot skip; then the batch is tried again."""
+
+PRUNE_BUSY_RETRIES = 3
+"""Batches in a row that may fail on a lock before `cpoa prune` gives up (exit 1)."""
+
 TOPIC_MAX_CHARS = 1000
 """Longest topic or query accepted by start_workflow."""
 
 URLS_MAX = 20
 """Most source URLs accepted by start_workflow."""
+
+CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
+"""Broker of the Celery integration (CPOA_CELERY_BROKER_URL; CPOA_CELERY_RESULT_BACKEND
+defaults to it too)."""
+
+CELERY_MAX_COUNTDOWN_S = 60.0
+"""Longest a Celery orchestration task waits before it looks at its workflow again
+(CPOA_CELERY_MAX_COUNTDOWN_SECONDS): bounds the delay a lost or late wake-up can cause."""
+
+CELERY_MIN_COUNTDOWN_S = 0.05
+"""Shortest re-scheduling countdown, so a clock running behind the database cannot make a
+task re-enqueue itself in a tight loop."""
+
+CELERY_HELD_RECHECK_S = 1.0
+"""How soon a Celery task looks again at a workflow whose lease another process holds."""
+
+CELERY_STORE_RETRY_S = 2.0
+"""Pause before a Celery task tries again after the database failed."""
+
+CELERY_ADVANCES_PER_RUN = 20
+"""Most advances one Celery task run makes before it re-enqueues itself
+(CPOA_CELERY_ADVANCES_PER_RUN): keeps one busy workflow from holding a worker."""
+
+CELERY_VISIBILITY_TIMEOUT_S = 300.0
+"""Redis broker: a message whose worker died unacknowledged is redelivered after this long;
+it must exceed the longest countdown, or held countdown messages are delivered twice."""
+
+CELERY_RESTORE_INTERVAL_S = 10
+"""Redis broker: how often a Celery worker looks for such messages to redeliver."""
+
+METRICS_PORT = 0
+"""Port of a worker's Prometheus endpoint (CPOA_METRICS_PORT); 0 serves none."""
+
+METRICS_HOST = "0.0.0.0"
+"""Address a worker's Prometheus endpoint listens on (CPOA_METRICS_HOST): every interface."""
+
+API_HOST = "127.0.0.1"
+"""Address `cpoa serve` listens on (CPOA_API_HOST); loopback unless asked otherwise."""
+
+API_PORT = 8080
+"""Port `cpoa serve` listens on (CPOA_API_PORT)."""
+
+API_MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body the gateway reads; a larger one is refused with 413."""
+
+API_PAGE_MAX = 200
+"""Most workflows one page of `GET /v1/workflows` returns."""
+
+HEALTHZ_TIMEOUT_S = 3.0
+"""Longest `GET /healthz` waits for a database connection before answering 503."""
+
+API_SHUTDOWN_GRACE_S = 10.0
+"""On SIGTERM, how long `cpoa serve` lets requests in flight (and live streams) finish."""

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cpoa import attempt, errors, events, inputs, logs, machine, models, steps
+from cpoa import attempt, errors, events, inputs, logs, machine, metrics, models, steps
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -103,7 +103,7 @@ class Engine:
             dest = machine.decide(wf.kind, wf.state, "cancel").state
             return models.Outcome(trigger="cancel", dest=dest, error_message=wf.error_message,
                                   ui_event=events.entered(wf, dest))
-        return self.store.apply(inputs.workflow_id(workflow_id), decide).state
+        return self._apply(inputs.workflow_id(workflow_id), decide).state
 
     def retry(self, workflow_id: Any) -> str:
         """Resumes a failed workflow at the state it failed in; returns that state.
@@ -116,7 +116,7 @@ class Engine:
         def decide(wf: models.Workflow) -> models.Outcome:
             dest = machine.decide(wf.kind, wf.state, "retry", wf.failed_from_state).state
             return models.Outcome(trigger="retry", dest=dest, ui_event=events.entered(wf, dest))
-        workflow = self.store.apply(inputs.workflow_id(workflow_id), decide)
+        workflow = self._apply(inputs.workflow_id(workflow_id), decide)
         logs.for_workflow(logger, workflow.workflow_id).info(
             "workflow retried", extra={"action": "retry", "state": workflow.state})
         return workflow.state
@@ -139,6 +139,16 @@ class Engine:
         Never raises for a bad agent reply or a bug in a step: the workflow fails with the
         reason instead. A lost lease is logged and the stored workflow returned.
         """
+        return self.step(lease, keep_lease=False)[0]
+
+    def step(self, lease: models.Lease, *,
+             keep_lease: bool) -> tuple[models.Workflow, models.Lease | None]:
+        """Like :meth:`run`; with ``keep_lease`` a workflow left due now stays this worker's.
+
+        Returns:
+            The workflow, and its renewed lease when the caller should go on with its next
+            step now (the worker does, instead of releasing it and claiming it back).
+        """
         log = logs.for_workflow(logger, lease.workflow.workflow_id)
         try:
             outcome = self._decide(lease, log)
@@ -149,17 +159,20 @@ class Engine:
             outcome = self._verdict(lease.workflow, steps.Verdict(False, reason=reason), None)
         self._fault("after_call", lease.workflow)
         try:
-            workflow = self.store.finish(lease, outcome, before_commit=self.fault_hook and (
-                lambda: self._fault("before_commit", lease.workflow)))
+            workflow, next_lease = self.store.finish_and_renew(
+                lease, outcome, self.settings.lease_ttl_s if keep_lease else None,
+                before_commit=self.fault_hook and (
+                    lambda: self._fault("before_commit", lease.workflow)))
         except errors.StaleState as exc:
             log.warning("result discarded: %s", exc, extra={"action": "stale_result"})
-            return self.store.get_workflow(lease.workflow.workflow_id)
+            return self.store.get_workflow(lease.workflow.workflow_id), None
         self._fault("after_commit", lease.workflow)
         if outcome.trigger:
+            metrics.transitioned(lease.workflow, outcome.dest, outcome.trigger)
             log.info("%s -> %s", lease.workflow.state, outcome.dest,
                      extra={"action": "transition", "from": lease.workflow.state,
                             "to": outcome.dest, "reason": outcome.error_message})
-        return workflow
+        return workflow, next_lease
 
     def _decide(self, lease: models.Lease, log: logs.WorkflowLogger) -> models.Outcome:
         wf = lease.workflow
@@ -209,6 +222,18 @@ class Engine:
             warnings=verdict.warnings, error_message=reason,
             ui_event=events.entered(wf, decision.state, failed_from_state=decision.failed_from_state,
                                     error=reason, warnings=verdict.warnings))
+
+    def _apply(self, workflow_id: uuid.UUID,
+               decide: Callable[[models.Workflow], models.Outcome]) -> models.Workflow:
+        """``store.apply``, counting the transition once it is committed."""
+        before: list[models.Workflow] = []
+
+        def remember(workflow: models.Workflow) -> models.Outcome:
+            before.append(workflow)
+            return decide(workflow)
+        workflow = self.store.apply(workflow_id, remember)
+        metrics.transitioned(before[-1], workflow.state)
+        return workflow
 
     def _fault(self, point: str, workflow: models.Workflow) -> None:
         if self.fault_hook is not None:

@@ -6,6 +6,7 @@
     │   └── UnknownWorkflow      no workflow with that id
     ├── InvalidTransition        the machine refuses the trigger in this state
     ├── StaleState               the row changed under us (lost lease, fenced version)
+    ├── Unauthorized             an API call without the right bearer token (CPOA_API_TOKEN)
     ├── StoreError               the database failed
     │   ├── DuplicateWorkflow
     │   └── StoreBusy            retryable: serialization failure, lock not available
@@ -66,6 +67,13 @@ class StaleState(CPOAError):
 
     def __init__(self, message: str | None = None, *, workflow_id: object = None) -> None:
         super().__init__(message, workflow_id=workflow_id)
+
+
+class Unauthorized(CPOAError):
+    """A valid API token is required."""
+
+    def __init__(self, message: str | None = None, *, token_given: bool = False) -> None:
+        super().__init__(message, token_given=token_given)
 
 
 class StoreError(CPOAError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping
@@ -12,6 +14,8 @@ from cpoa import defaults, errors
 VOICE_PARAMS = {"voice_name": str, "speaking_rate": (int, float), "pitch": (int, float),
                 "language_code": str}
 TEXT_ID_MAX_CHARS = 200
+URL_MAX_CHARS = 2048
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def workflow_params(kind: str, params: Any) -> dict[str, Any]:
@@ -50,6 +54,11 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(value, expected) or isinstance(value, bool):
             raise errors.InvalidInput(f"voice_params.{key}: wrong type {type(value).__name__}",
                                       field=f"voice_params.{key}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN
+            raise errors.InvalidInput(f"voice_params.{key}: must be a finite number",
+                                      field=f"voice_params.{key}")
+        if isinstance(value, str):
+            text(value, f"voice_params.{key}", TEXT_ID_MAX_CHARS)
     cleaned["voice_params"] = dict(voice)
     if params.get("persona") is not None:
         cleaned["persona"] = text(params["persona"], "persona")
@@ -75,6 +84,9 @@ def text(value: Any, field: str, max_chars: int = defaults.TOPIC_MAX_CHARS) -> s
         raise errors.InvalidInput(f"{field}: must not be empty", field=field)
     if len(value) > max_chars or "\x00" in value:
         raise errors.InvalidInput(f"{field}: longer than {max_chars} characters or has NUL",
+                                  field=field)
+    if not value.isascii() and _LONE_SURROGATE.search(value):  # UTF-8 cannot store it
+        raise errors.InvalidInput(f"{field}: has a lone surrogate (not valid Unicode text)",
                                   field=field)
     return value.strip()
 
@@ -111,7 +123,7 @@ def workflow_id(value: Any) -> uuid.UUID:
 
 
 def _url(value: Any, field: str) -> str:
-    value = text(value, field, 2048)
+    value = text(value, field, URL_MAX_CHARS)
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise errors.InvalidInput(f"{field}: not an http(s) URL", field=field)

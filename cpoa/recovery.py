@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from cpoa import logs
+from cpoa import logs, metrics
 from cpoa.store import PostgresStore
 
 logger = logging.getLogger(__name__)
@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 def sweep(store: PostgresStore) -> int:
     """Runs one recovery pass; returns how many workflows were requeued."""
     requeued = store.requeue_expired_leases()
+    metrics.LEASES_EXPIRED.inc(len(requeued))
     for row in requeued:
         logs.for_workflow(logger, row["workflow_id"]).warning(
             "lease expired; workflow requeued",

@@ -82,6 +82,13 @@ class Settings:
     sweep_interval_s: float = defaults.SWEEP_INTERVAL_S
     worker_concurrency: int = defaults.WORKER_CONCURRENCY
     embedded_data_dir: str = ""
+    api_token: str = dataclasses.field(default="", repr=False)
+    """CPOA_API_TOKEN: when set, every mutating gateway call needs it as a bearer token."""
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log or an error message."""
+        return (*self.database.secrets, *((self.api_token,) if self.api_token else ()))
 
     def agent(self, name: str) -> AgentSettings:
         """Returns the settings of one polled agent by short name."""
@@ -132,6 +139,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=reader.integer("CPOA_WORKER_CONCURRENCY",
                                           defaults.WORKER_CONCURRENCY, minimum=1),
         embedded_data_dir=reader.text("CPOA_EMBEDDED_DATA_DIR", ""),
+        api_token=reader.text("CPOA_API_TOKEN", ""),
     )
 
 

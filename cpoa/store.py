@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import re
@@ -28,6 +29,8 @@ from cpoa.settings import DatabaseSettings
 logger = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "cpoa_due"
+EVENTS_CHANNEL = "cpoa_events"
+"""A trigger notifies it of every history row: ``<workflow_id>:<event_id>`` (dashboards)."""
 CONNECT_TIMEOUT_S = 10
 TASK_NAMES = {"podcast": "cpoa_orchestrate_podcast_task",
               "snippets": "cpoa_orchestrate_snippets_task"}
@@ -68,7 +71,13 @@ def _storable_json(value: Any) -> str:
     """JSON that PostgreSQL accepts: jsonb refuses U+0000 and lone surrogates, so U+0000
     becomes U+FFFD and a lone surrogate "?" (stored as faithfully as the database allows)."""
     text = json.dumps(value, ensure_ascii=False)
-    return _NUL_ESCAPE.sub(r"\1\\ufffd", text).encode("utf-8", "replace").decode("utf-8")
+    if "\\u0000" in text:
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _storable_text(value: str | None) -> str | None:
@@ -83,6 +92,80 @@ def _jsonb(value: Any) -> Jsonb:
 
 def _clean(exc: BaseException, secrets: Iterable[str]) -> str:
     return logs.redact(f"database error: {type(exc).__name__}: {exc}".strip(), secrets)
+
+
+# -- rows to and from domain objects ---------------------------------------------------------
+
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(models.Task))
+_TASK_JSON_FIELDS = ("input_params_json", "output_result_summary_json", "error_details_json")
+_TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
+               "next_poll_at", "poll_deadline_at")
+_TASK_COLUMNS = tuple(f for f in _TASK_FIELDS if f != "workflow_id")  # from the workflow row
+_NO_TASK = {**dict.fromkeys(_TASK_COLUMNS), "has_task": False}
+
+
+def _lease(row: Mapping[str, Any], owner: str) -> models.Lease:
+    """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``."""
+    return models.Lease(models.Workflow.from_row(row),
+                        tuple(_task_from_json(t) for t in row["step_tasks"]), owner,
+                        row["db_now"])
+
+
+def _task_from_json(document: dict[str, Any]) -> models.Task:
+    """A task from ``to_jsonb(task_instances row)``: ids and times back to their types."""
+    document["task_id"] = uuid.UUID(document["task_id"])
+    document["workflow_id"] = uuid.UUID(document["workflow_id"])
+    for field in _TASK_TIMES:
+        if document.get(field) is not None:
+            document[field] = datetime.datetime.fromisoformat(document[field])
+    return models.Task.from_row(document)
+
+
+def _task_params(task: models.Task | None) -> dict[str, Any]:
+    """The task columns of ``reschedule_workflow`` / ``transition_workflow``."""
+    if task is None:
+        return dict(_NO_TASK)
+    params = {field: getattr(task, field) for field in _TASK_COLUMNS}
+    for field, value in params.items():
+        if field in _TASK_JSON_FIELDS:
+            params[field] = _jsonb(value) if value is not None else None
+        elif isinstance(value, str):  # an agent's task id or status URL may hold anything
+            params[field] = _storable_text(value)
+    params["has_task"] = True
+    return params
+
+
+def _transition_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str, Any]:
+    """The transition columns of ``transition_workflow``: state, history, UI event, key."""
+    dest = outcome.dest
+    detail = {**outcome.detail}
+    if outcome.error_message:
+        detail["reason"] = outcome.error_message
+    if outcome.warnings:
+        detail["warnings"] = list(outcome.warnings)
+    event = outcome.ui_event
+    return {
+        "source": workflow.state, "dest": dest, "trigger": outcome.trigger,
+        "failed_from_state": outcome.failed_from_state,
+        "context_updates": _jsonb(dict(outcome.context_updates)),
+        "warnings": _jsonb(list(outcome.warnings)),
+        "error_message": _storable_text(outcome.error_message),
+        "schedulable": dest not in machine.TERMINAL_STATES,
+        "keep_recoveries": outcome.trigger == "fail",
+        "retry_increment": 1 if outcome.trigger == "retry" else 0,
+        "detail": _jsonb(detail) if detail else None,
+        "event_name": event.event_name if event is not None else None,
+        "event_data": _jsonb(event.data) if event is not None else None,
+        "key_status": _key_status(dest, outcome.trigger), "task_name": TASK_NAMES[workflow.kind]}
+
+
+def _key_status(dest: str, trigger: str | None) -> str | None:
+    """How the orchestration's idempotency key follows the workflow (None: unchanged)."""
+    if dest == "completed":
+        return "completed"
+    if dest in ("failed", "cancelled"):
+        return "failed"
+    return "processing" if trigger == "retry" else None
 
 
 class PostgresStore:
@@ -216,28 +299,18 @@ class PostgresStore:
             not_due = workflow.next_run_at is None or workflow.next_run_at > now
             if workflow.is_terminal or held or (not_due and workflow.lease_owner is None):
                 return workflow, None
-            row = self._one(conn, "take_lease", workflow_id=workflow_id, owner=owner,
-                            ttl_s=ttl_s)
-            lease = self._leases(conn, [row], owner)[0]
+            lease = _lease(self._one(conn, "take_lease", workflow_id=workflow_id, owner=owner,
+                                     ttl_s=ttl_s), owner)
             return lease.workflow, lease
 
     def claim_due(self, owner: str, ttl_s: float, limit: int) -> list[models.Lease]:
-        """Takes the leases of up to ``limit`` due, unleased workflows (SKIP LOCKED)."""
-        with self._transaction() as conn:
-            rows = self._all(conn, "claim_due", owner=owner, ttl_s=ttl_s, limit=limit)
-            return self._leases(conn, rows, owner) if rows else []
+        """Takes the leases of up to ``limit`` due, unleased workflows (SKIP LOCKED).
 
-    def _leases(self, conn: psycopg.Connection, rows: list[dict],
-                owner: str) -> list[models.Lease]:
-        tasks = self._all(conn, "select_step_tasks", workflow_ids=[r["workflow_id"] for r in rows])
-        leases = []
-        for row in rows:
-            workflow = models.Workflow.from_row(row)
-            mine = tuple(models.Task.from_row(t) for t in tasks
-                         if t["workflow_id"] == workflow.workflow_id
-                         and t["step"] == workflow.state and t["attempt"] == workflow.retry_count)
-            leases.append(models.Lease(workflow, mine, owner, row["db_now"]))
-        return leases
+        One statement in autocommit mode: one round trip, its own short transaction.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            rows = self._all(conn, "claim_due", owner=owner, ttl_s=ttl_s, limit=limit)
+        return [_lease(row, owner) for row in rows]
 
     def finish(self, lease: models.Lease, outcome: models.Outcome, *,
                before_commit: Callable[[], None] | None = None) -> models.Workflow:
@@ -249,24 +322,52 @@ class PostgresStore:
             StaleState: the lease was lost (expired and taken over, or the workflow was
                 cancelled or retried meanwhile); nothing was written.
         """
-        with self._transaction() as conn:
-            row = self._one(conn, "lock_workflow", workflow_id=lease.workflow.workflow_id)
-            if row is None or row["lease_owner"] != lease.owner or row["version"] != lease.fence:
-                raise errors.StaleState(
-                    f"workflow {lease.workflow.workflow_id}: lease lost, result not applied",
-                    workflow_id=lease.workflow.workflow_id)
-            if outcome.task is not None:
-                self._one_task(conn, outcome.task)
-            if outcome.trigger is None:
-                conn.execute(self.queries["reschedule_workflow"], {
-                    "workflow_id": lease.workflow.workflow_id, "version": lease.fence,
-                    "run_in_s": max(0.0, outcome.run_in_s)})
-                workflow = dataclasses.replace(lease.workflow, lease_owner=None)
-            else:
-                workflow = self._transition(conn, models.Workflow.from_row(row), outcome)
-            if before_commit is not None:
+        return self.finish_and_renew(lease, outcome, None, before_commit=before_commit)[0]
+
+    def finish_and_renew(self, lease: models.Lease, outcome: models.Outcome,
+                         renew_ttl_s: float | None, *,
+                         before_commit: Callable[[], None] | None = None,
+                         ) -> tuple[models.Workflow, models.Lease | None]:
+        """Like :meth:`finish`; with ``renew_ttl_s``, a workflow left due now stays leased.
+
+        One statement (one round trip, one transaction): it locks the row with
+        ``SELECT … FOR UPDATE``, then applies the outcome only if the fence still holds.
+
+        Returns:
+            The workflow, and the renewed lease for its next step (or None: released).
+        """
+        workflow = lease.workflow
+        renew = renew_ttl_s is not None and (
+            outcome.dest not in machine.TERMINAL_STATES if outcome.trigger
+            else outcome.run_in_s <= 0)
+        params = {**_task_params(outcome.task), "workflow_id": workflow.workflow_id,
+                  "version": lease.fence, "owner": lease.owner, "renew": renew,
+                  "ttl_s": renew_ttl_s or 0.0}
+        if outcome.trigger is None:
+            name = "reschedule_workflow"
+            params["run_in_s"] = max(0.0, outcome.run_in_s)
+        else:
+            name = "transition_workflow"
+            params.update(_transition_params(workflow, outcome))
+        if before_commit is None:  # one statement in autocommit mode: its own transaction
+            with self._errors(), self.pool.connection() as conn:
+                row = self._one(conn, name, **params)
+        else:
+            with self._transaction() as conn:
+                row = self._one(conn, name, **params)
                 before_commit()
-            return workflow
+        if row is None:
+            raise errors.StaleState(
+                f"workflow {workflow.workflow_id}: lease lost, result not applied",
+                workflow_id=workflow.workflow_id)
+        if not renew:
+            return models.Workflow.from_row(row), None
+        next_lease = _lease(row, lease.owner)
+        if outcome.trigger is None and outcome.task is not None:  # read before its own write
+            next_lease = dataclasses.replace(next_lease, tasks=(*(
+                t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
+                outcome.task))
+        return next_lease.workflow, next_lease
 
     def apply(self, workflow_id: uuid.UUID,
               decide: Callable[[models.Workflow], models.Outcome | None]) -> models.Workflow:
@@ -287,45 +388,16 @@ class PostgresStore:
             outcome = decide(workflow)
             if outcome is None:
                 return workflow
-            if outcome.task is not None:
-                self._one_task(conn, outcome.task)
-            workflow = self._transition(conn, workflow, outcome)
+            row = self._one(conn, "transition_workflow", **_task_params(outcome.task),
+                            **_transition_params(workflow, outcome), workflow_id=workflow_id,
+                            version=workflow.version, owner=None, renew=False, ttl_s=0.0)
+            if row is None:
+                raise errors.StaleState(f"workflow {workflow_id} left state {workflow.state}",
+                                        workflow_id=workflow_id)
+            workflow = models.Workflow.from_row(row)
             if not workflow.is_terminal:
                 self._one(conn, "wake_workers", payload=str(workflow_id))
             return workflow
-
-    def _one_task(self, conn: psycopg.Connection, task: models.Task) -> None:
-        params = dataclasses.asdict(task)
-        for field in ("input_params_json", "output_result_summary_json", "error_details_json"):
-            params[field] = _jsonb(params[field]) if params[field] is not None else None
-        conn.execute(self.queries["upsert_task"], params)
-
-    def _transition(self, conn: psycopg.Connection, workflow: models.Workflow,
-                    outcome: models.Outcome) -> models.Workflow:
-        dest = outcome.dest
-        row = self._one(
-            conn, "transition_workflow", workflow_id=workflow.workflow_id, source=workflow.state,
-            version=workflow.version, dest=dest, failed_from_state=outcome.failed_from_state,
-            context_updates=_jsonb(dict(outcome.context_updates)),
-            warnings=_jsonb(list(outcome.warnings)),
-            error_message=_storable_text(outcome.error_message),
-            schedulable=dest not in machine.TERMINAL_STATES,
-            keep_recoveries=outcome.trigger == "fail",
-            retry_increment=1 if outcome.trigger == "retry" else 0)
-        if row is None:
-            raise errors.StaleState(
-                f"workflow {workflow.workflow_id} left state {workflow.state}",
-                workflow_id=workflow.workflow_id)
-        updated = models.Workflow.from_row(row)
-        detail = {**outcome.detail}
-        if outcome.error_message:
-            detail["reason"] = outcome.error_message
-        if outcome.warnings:
-            detail["warnings"] = list(outcome.warnings)
-        self._record(conn, updated, workflow.state, dest, outcome.trigger, detail,
-                     outcome.ui_event)
-        self._settle_key(conn, updated, outcome.trigger)
-        return updated
 
     def _record(self, conn: psycopg.Connection, workflow: models.Workflow, source: str | None,
                 dest: str, trigger: str, detail: Mapping[str, Any],
@@ -337,24 +409,6 @@ class PostgresStore:
             conn.execute(self.queries["insert_ui_event"], {
                 "workflow_id": workflow.workflow_id, "client_id": workflow.client_id,
                 "event_name": ui_event.event_name, "data": _jsonb(ui_event.data)})
-
-    def _settle_key(self, conn: psycopg.Connection, workflow: models.Workflow,
-                    trigger: str) -> None:
-        """Keeps the orchestration's idempotency key in step with the workflow's outcome."""
-        if workflow.state == "completed":
-            status, result, error = "completed", {"workflow_id": str(workflow.workflow_id),
-                                                  "warnings": workflow.warnings}, None
-        elif workflow.state in ("failed", "cancelled"):
-            status, result, error = "failed", None, {"state": workflow.state,
-                                                     "error": workflow.error_message}
-        elif trigger == "retry":
-            status, result, error = "processing", None, None
-        else:
-            return
-        conn.execute(self.queries["touch_idempotency_key"], {
-            "workflow_id": workflow.workflow_id, "task_name": TASK_NAMES[workflow.kind],
-            "status": status, "result_payload": _jsonb(result) if result else None,
-            "error_payload": _jsonb(error) if error else None})
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -406,6 +460,100 @@ class PostgresStore:
             row = self._one(conn, "count_unfinished")
         return row["workflows"], row["events"]
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Returns the database's gauges in one round trip (read at scrape time, never per step).
+
+        Returns:
+            ``workflows_by_state`` ({state: count}, every kind), ``oldest_due_s`` (how long
+            the longest-waiting due, unclaimed workflow has been due; 0.0 when none is) and
+            ``outbox_backlog`` (UI events not delivered yet).
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "metrics_snapshot")
+        return {"workflows_by_state": dict(row["workflows_by_state"]),
+                "oldest_due_s": row["oldest_due_s"], "outbox_backlog": row["outbox_backlog"]}
+
+    # -- dashboard reads ---------------------------------------------------------------------
+
+    def events_after(self, event_id: int, workflow_id: uuid.UUID | None = None,
+                     limit: int = 500) -> list[dict]:
+        """Returns history rows with a greater event id, oldest first, with kind and label.
+
+        Args:
+            event_id: Rows after this one (0: from the start).
+            workflow_id: Only this workflow's rows (None: every workflow's).
+            limit: Rows returned at most; call again from the last one for more.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            if workflow_id is None:
+                return self._all(conn, "events_after", after=event_id, limit=limit)
+            return self._all(conn, "workflow_events_after", workflow_id=workflow_id,
+                             after=event_id, limit=limit)
+
+    def get_events(self, event_ids: list[int]) -> list[dict]:
+        """Returns these history rows (those still stored), in event id order."""
+        with self._errors(), self.pool.connection() as conn:
+            return self._all(conn, "get_events", event_ids=event_ids)
+
+    def state_counts(self, kind: str | None = None) -> tuple[dict[str, int], int]:
+        """Returns workflows per state (of one kind, or all) and the newest event id.
+
+        Both come from one snapshot: a live page that shows the counts and then follows
+        the history after that id counts every later transition once.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "state_counts", kind=kind)
+        return dict(row["counts"]), row["last_event_id"]
+
+    def state_dwell_times(self, kind: str, days: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Returns {state: {samples, avg_s, median_s}}: the time workflows of ``kind`` started
+        in the last ``days`` days spent in each state they have left."""
+        with self._errors(), self.pool.connection() as conn:
+            rows = self._all(conn, "state_dwell_times", kind=kind, days=days)
+        return {r["state"]: {"samples": r["samples"], "avg_s": r["avg_s"],
+                             "median_s": r["median_s"]} for r in rows}
+
+    # -- gateway reads -----------------------------------------------------------------------
+
+    def list_workflows_page(self, *, state: str | None, kind: str | None, limit: int,
+                            after: tuple[datetime.datetime, uuid.UUID] | None) -> list[dict]:
+        """Returns up to ``limit`` workflow summaries, newest first, after a keyset.
+
+        Args:
+            after: ``(start_timestamp, workflow_id)`` of the previous page's last row, or None
+                for the first page.
+        """
+        after_ts, after_id = after or (None, None)
+        with self._errors(), self.pool.connection() as conn:
+            return self._all(conn, "list_workflows_page", state=state, kind=kind, limit=limit,
+                             after_ts=after_ts, after_id=after_id)
+
+    def workflow_with_clock(self, workflow_id: uuid.UUID) -> tuple[models.Workflow,
+                                                                     datetime.datetime]:
+        """Returns a workflow and the database's clock, read together.
+
+        Raises:
+            UnknownWorkflow: no such workflow.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "workflow_with_clock", workflow_id=workflow_id)
+        if row is None:
+            raise errors.UnknownWorkflow(workflow_id)
+        return models.Workflow.from_row(row), row["db_now"]
+
+    def schema_version(self, timeout_s: float) -> int | None:
+        """Returns the applied schema's version; None when the schema was never applied.
+
+        Raises:
+            StoreError: no connection within ``timeout_s``, or the query failed.
+        """
+        with self._errors(), self.pool.connection(timeout=timeout_s) as conn:
+            try:
+                row = self._one(conn, "schema_version")
+            except psycopg.errors.UndefinedTable:  # autocommit: the connection stays usable
+                return None
+        return row["version"] if row else None
+
     # -- UI event outbox ---------------------------------------------------------------------
 
     def claim_ui_events(self, limit: int, lock_s: float) -> list[models.OutboxEvent]:
@@ -431,19 +579,67 @@ class PostgresStore:
         with self._errors(), self.pool.connection() as conn:
             return self._all(conn, "select_ui_events", workflow_id=workflow_id)
 
+    # -- pruning -----------------------------------------------------------------------------
+
+    def prune_cutoff(self, older_than_s: float) -> datetime.datetime:
+        """Returns the database's ``now()`` minus ``older_than_s``: one prune run's cutoff."""
+        with self._errors(), self.pool.connection() as conn:
+            return self._one(conn, "prune_cutoff", older_than_s=older_than_s)["cutoff"]
+
+    def count_prunable(self, cutoff: datetime.datetime) -> dict[str, int]:
+        """Counts, per table, the rows a prune with ``cutoff`` would delete (no locks taken)."""
+        with self._errors(), self.pool.connection() as conn:
+            return dict(self._one(conn, "count_prunable", cutoff=cutoff))
+
+    def prune_batch(self, cutoff: datetime.datetime, batch_size: int,
+                    lock_timeout_s: float) -> dict[str, int]:
+        """Deletes up to ``batch_size`` finished workflows last changed before ``cutoff``, with
+        their task rows, history, UI events and settled idempotency keys, in one transaction.
+
+        Rows locked by anyone else are skipped (SKIP LOCKED), never waited on; any other lock
+        is waited on for at most ``lock_timeout_s``.
+
+        Returns:
+            Rows deleted per table (``workflow_instances`` first).
+
+        Raises:
+            StoreBusy: a lock was not granted in time; nothing was deleted.
+        """
+        with self._transaction() as conn:
+            self._one(conn, "set_lock_timeout", timeout_ms=str(max(1, int(lock_timeout_s * 1000))))
+            ids = [r["workflow_id"] for r in self._all(conn, "lock_prunable", cutoff=cutoff,
+                                                       batch_size=batch_size)]
+            if not ids:
+                return {"workflow_instances": 0, "task_instances": 0, "workflow_events": 0,
+                        "ui_event_outbox": 0, "idempotency_keys": 0}
+            counts = {"workflow_instances": len(ids),
+                      **self._one(conn, "count_pruned_rows", workflow_ids=ids)}
+            counts["idempotency_keys"] = conn.execute(self.queries["delete_pruned_keys"],
+                                                      {"workflow_ids": ids}).rowcount
+            conn.execute(self.queries["delete_pruned_workflows"], {"workflow_ids": ids})
+            return counts
+
     # -- wake-ups ----------------------------------------------------------------------------
 
-    def listener(self) -> Listener:
-        """Returns a dedicated connection that waits for wake-up notifications."""
-        return Listener(self.dsn, self.secrets)
+    def listener(self, channel: str = WAKE_CHANNEL) -> Listener:
+        """Returns a dedicated connection that waits for notifications on ``channel``."""
+        return Listener(self.dsn, self.secrets, channel)
 
 
 class Listener:
-    """LISTENs on the wake-up channel so that an idle worker sleeps instead of polling."""
+    """LISTENs on one channel: the wake-up channel, so that an idle worker sleeps instead of
+    polling, or :data:`EVENTS_CHANNEL`, which feeds the dashboard's live streams.
 
-    def __init__(self, dsn: str, secrets: Iterable[str]) -> None:
+    Attributes:
+        connections: How many times it has (re)connected; notifications sent while it was
+            not connected are lost, so a caller that counts on them reads what it missed.
+    """
+
+    def __init__(self, dsn: str, secrets: Iterable[str], channel: str = WAKE_CHANNEL) -> None:
         self.dsn = dsn
         self.secrets = tuple(secrets)
+        self.channel = channel
+        self.connections = 0
         self.conn: psycopg.Connection | None = None
 
     def wait(self, timeout: float) -> bool:
@@ -452,14 +648,27 @@ class Listener:
         Raises:
             StoreError: the connection failed (the next call reconnects).
         """
+        return bool(self.receive(timeout))
+
+    def receive(self, timeout: float) -> list[str]:
+        """Blocks until a notification or the timeout; returns the payloads that came (the
+        first one and every one already received with it), oldest first.
+
+        Raises:
+            StoreError: the connection failed (the next call reconnects).
+        """
         with wrap_db_errors(self.secrets):
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = psycopg.connect(self.dsn, autocommit=True)
-                    self.conn.execute("LISTEN cpoa_due")  # WAKE_CHANNEL
-                for _ in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1):
-                    return True
-                return False
+                    self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(
+                        psycopg.sql.Identifier(self.channel)))
+                    self.connections += 1
+                got = [n.payload for n in self.conn.notifies(timeout=max(0.0, timeout),
+                                                             stop_after=1)]
+                if got:  # drain what is already there, without waiting again
+                    got += [n.payload for n in self.conn.notifies(timeout=0.0)]
+                return got
             except psycopg.Error:
                 self.close()
                 raise

@@ -110,16 +110,22 @@ class Worker:
                 self._solo = future
         return len(leases)
 
-    def _advance(self, lease: Lease) -> None:
-        try:
-            self.engine.run(lease)
+    def _advance(self, lease: Lease | None) -> None:
+        """Runs a claimed workflow's step, and its next ones while it stays due (bounded)."""
+        for left in range(defaults.STEPS_PER_CLAIM - 1, -1, -1):
+            if lease is None:
+                return
+            keep_lease = left > 0 and not self.stopping.is_set()
+            try:
+                _, lease = self.engine.step(lease, keep_lease=keep_lease)
+            except errors.StoreError as exc:  # the lease expires and the sweeper requeues it
+                logger.warning("could not store a step result: %s", exc,
+                               extra={"action": "store_failed",
+                                      "workflow_id": str(lease.workflow.workflow_id)})
+                return
             self.advanced += 1
-            if lease.workflow.client_id:  # only then did the step queue a UI event
+            if lease is None or lease.workflow.client_id:  # a step may have queued a UI event
                 self.outbox_wake.set()
-        except errors.StoreError as exc:  # the lease expires and the sweeper requeues it
-            logger.warning("could not store a step result: %s", exc,
-                           extra={"action": "store_failed",
-                                  "workflow_id": str(lease.workflow.workflow_id)})
 
     def _done(self, future: concurrent.futures.Future) -> None:
         self._inflight.discard(future)
@@ -131,7 +137,7 @@ class Worker:
         until_due = self.store.seconds_until_due()
         if until_due == 0.0 and not self._inflight:
             # Something is due but unclaimable: an expired lease. Recover it now.
-            return 0.0 if self.store.requeue_expired_leases() else 0.05
+            return 0.0 if recovery.sweep(self.store) else 0.05
         bound = max(0.0, next_sweep - time.monotonic())
         if until_due is not None:
             bound = min(bound, until_due)

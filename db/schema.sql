@@ -48,6 +48,13 @@ CREATE INDEX IF NOT EXISTS workflow_instances_leased
     ON workflow_instances (lease_expires_at) WHERE lease_owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS workflow_instances_by_state
     ON workflow_instances (state, start_timestamp DESC);
+-- What `GET /v1/workflows` pages through (keyset: newest first, the id breaks ties).
+CREATE INDEX IF NOT EXISTS workflow_instances_by_start
+    ON workflow_instances (start_timestamp DESC, workflow_id DESC);
+-- What `cpoa prune` looks at: finished workflows (next_run_at NULL), oldest first. Working
+-- rows are not in it, so the hot updates of a running workflow never touch it.
+CREATE INDEX IF NOT EXISTS workflow_instances_finished
+    ON workflow_instances (last_updated_timestamp) WHERE next_run_at IS NULL;
 
 -- Every (kind, from, to) the machine allows; a trigger refuses any other state change.
 CREATE TABLE IF NOT EXISTS workflow_transitions (
@@ -183,6 +190,40 @@ CREATE OR REPLACE TRIGGER workflow_events_append_only
     BEFORE UPDATE ON workflow_events
     FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_history_update();
 
+-- Live dashboards (`cpoa serve`) LISTEN on cpoa_events. NOTIFY is delivered at COMMIT, in
+-- commit order, so a listener never sees an event that could still roll back.
+-- Payload: '<workflow_id>:<event_id>'.
+CREATE OR REPLACE FUNCTION cpoa_notify_history() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('cpoa_events', NEW.workflow_id::text || ':' || NEW.event_id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_notify
+    AFTER INSERT ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_notify_history();
+
+-- History rows leave only with their workflow: a DELETE of the workflow (what `cpoa prune`
+-- does) cascades here from the foreign key's trigger, at trigger depth 2; a DELETE aimed at
+-- workflow_events itself runs at depth 1 and is refused, so no workflow that still exists can
+-- lose part of its history (it always replays to the workflow's state).
+CREATE OR REPLACE FUNCTION cpoa_refuse_history_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'workflow_events rows are deleted only with their workflow (cpoa prune)'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_delete_with_workflow
+    BEFORE DELETE ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_history_delete();
+
 -- UI events, queued in the transition's transaction and delivered after commit, in seq order
 -- per workflow. event_id lets the receiver drop a duplicate delivery.
 CREATE TABLE IF NOT EXISTS ui_event_outbox (
@@ -201,3 +242,18 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
 );
 CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
     ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;
+-- Every event of a workflow: the ON DELETE CASCADE from workflow_instances (cpoa prune) looks
+-- rows up by workflow_id, and without this it scanned the whole outbox once per workflow.
+CREATE INDEX IF NOT EXISTS ui_event_outbox_by_workflow ON ui_event_outbox (workflow_id, seq);
+
+-- The version of this file: bump the number below with every change to it. `GET /healthz`
+-- compares it with the version the running code carries (cpoa.sql.schema_version()); applying
+-- an older file never lowers it.
+CREATE TABLE IF NOT EXISTS cpoa_schema_version (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    version     integer NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO cpoa_schema_version (version) VALUES (1)
+ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
+    WHERE cpoa_schema_version.version < EXCLUDED.version;

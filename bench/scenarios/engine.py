@@ -10,8 +10,8 @@ Without ``--stop-after`` the worker runs with ``until_idle`` (drains every workf
 ``--max-seconds`` stops it first; with it, the worker is stopped after that many step actions
 (the backlog scenario). Rates are over the time until the last step action returned.
 
-Timings: ``Engine.run`` (one step action: the agent request and the result's transaction),
-``PostgresStore.claim_due`` and ``PostgresStore.finish``, each wrapped by a subclass here.
+Timings: ``Engine.step`` (one step action: the agent request and the result's transaction),
+``PostgresStore.claim_due`` and ``PostgresStore.finish_and_renew``, each wrapped by a subclass here.
 Counts: round trips and statements by ``common.CountingConnection``; commits, tuples and WAL
 from the server (``pg_stat_database``, ``pg_current_wal_lsn``) before and after.
 """
@@ -33,8 +33,8 @@ from cpoa.store import PostgresStore
 from cpoa.worker import Worker
 
 
-class Timing:
-    """Mixin: times claim_due and finish of the store class it is mixed into."""
+class TimedStore(PostgresStore):
+    """CPOA's PostgresStore with claim_due and finish_and_renew timed."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -48,10 +48,10 @@ class Timing:
         self.claims.append((time.perf_counter() - started, len(leases)))
         return leases
 
-    def finish(self, lease, outcome, **kwargs):  # type: ignore[no-untyped-def]
+    def finish_and_renew(self, lease, outcome, *args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         try:
-            return super().finish(lease, outcome, **kwargs)
+            return super().finish_and_renew(lease, outcome, *args, **kwargs)
         finally:
             took = time.perf_counter() - started
             self.finishes.append(took)
@@ -59,12 +59,8 @@ class Timing:
                 self.completing.append(took)
 
 
-class TimedStore(Timing, PostgresStore):
-    """CPOA's PostgresStore, timed."""
-
-
 class TimedEngine(Engine):
-    """Engine whose run() (one step action) is timed; stops its worker after ``stop_after``."""
+    """Engine whose step() (one step action) is timed; stops its worker after ``stop_after``."""
 
     def __init__(self, *args, stop_after: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -73,14 +69,14 @@ class TimedEngine(Engine):
         self.stop_after = stop_after
         self.worker: Worker | None = None
 
-    def run(self, lease):  # type: ignore[no-untyped-def]
+    def step(self, lease, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        workflow = super().run(lease)
+        result = super().step(lease, **kwargs)
         self.last_end = time.perf_counter()
         self.runs.append(self.last_end - started)
         if self.stop_after and len(self.runs) >= self.stop_after and self.worker is not None:
             self.worker.stop()
-        return workflow
+        return result
 
 
 def main() -> None:
@@ -92,8 +88,6 @@ def main() -> None:
     parser.add_argument("--agent-url", default="http://127.0.0.1:9")
     parser.add_argument("--agent-pid", type=int, default=0)
     parser.add_argument("--poll-s", type=float, default=0.05)
-    parser.add_argument("--variant", choices=("cpoa", "lean"), default="cpoa",
-                        help="lean: the prototype of bench/experiments/lean_store.py")
     parser.add_argument("--stop-after", type=int, default=0,
                         help="stop after this many step actions (and do not drain)")
     parser.add_argument("--max-seconds", type=float, default=0.0,
@@ -104,17 +98,10 @@ def main() -> None:
     dbname = common.dbname_of(args.dsn)
     settings = settings_module.from_env(common.agent_env(args.agent_url, args.poll_s))
     pool = args.slots + 3  # slots + claim loop + outbox thread + spare
-    store_class, worker_class = TimedStore, Worker
-    if args.variant == "lean":
-        from bench.experiments.lean_store import LeanStore, LeanWorker
-
-        class TimedLeanStore(Timing, LeanStore):
-            pass
-        store_class, worker_class = TimedLeanStore, LeanWorker
-    store = store_class(args.dsn, min_size=pool, max_size=pool)
+    store = TimedStore(args.dsn, min_size=pool, max_size=pool)
     client = common.InstantClient() if args.client == "instant" else None
     engine = TimedEngine(store, settings, client=client, stop_after=args.stop_after)
-    worker = worker_class(engine, concurrency=args.slots, until_idle=not args.stop_after)
+    worker = Worker(engine, concurrency=args.slots, until_idle=not args.stop_after)
     engine.worker = worker
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         first_event = conn.execute("SELECT coalesce(max(event_id), 0) FROM workflow_events"
@@ -160,7 +147,7 @@ def main() -> None:
     claimed = sum(n for _, n in store.claims)
     per = max(transitions, 1)
     common.emit({
-        "slots": args.slots, "client": args.client, "variant": args.variant, "transitions": transitions,
+        "slots": args.slots, "client": args.client, "transitions": transitions,
         "step_actions": len(runs), "seconds": round(elapsed, 3), "wall_seconds": round(wall, 3),
         "transitions_per_s": round(transitions / elapsed, 1),
         "completed_workflows": completed,

@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import urllib.parse
+import urllib.request
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -53,6 +55,22 @@ class Reply:
     http_status: int = 0
 
 
+def _session() -> requests.Session:
+    """A Session that reads the environment once, not on every request, when it can.
+
+    ``trust_env`` makes requests look up proxies, the CA bundle and .netrc on every request
+    (about 0.3 ms of CPU, a third of a loopback request). Without proxies or a .netrc, the
+    only answer that can change is the CA bundle, which is read here once instead.
+    """
+    session = requests.Session()
+    netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    if not (urllib.request.getproxies() or os.path.exists(netrc)):
+        session.trust_env = False
+        session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                          or os.environ.get("CURL_CA_BUNDLE") or True)
+    return session
+
+
 class AgentClient:
     """Talks to the agents of one deployment.
 
@@ -70,7 +88,7 @@ class AgentClient:
                  poll_timeout_s: float = defaults.POLL_REQUEST_TIMEOUT_S,
                  notify_timeout_s: float = defaults.NOTIFY_TIMEOUT_S) -> None:
         self.settings = settings
-        self.session = session or requests.Session()
+        self.session = session or _session()
         self.submit_timeout_s = submit_timeout_s
         self.poll_timeout_s = poll_timeout_s
         self.notify_timeout_s = notify_timeout_s
@@ -354,3 +372,8 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures that a later attempt may not see (the step is tried again)."""
     return isinstance(exc, errors.AgentUnavailable)
 
+
+
+def timed_out(exc: BaseException) -> bool:
+    """True when a request got no answer within its timeout (a transient failure)."""
+    return isinstance(exc.__cause__, requests.Timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cpoa.engine import Engine
-from cpoa.gateway import api, dashboard
+from cpoa.gateway import api, dashboard, problems
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -16,6 +16,7 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="CPOA gateway", version="1", docs_url="/docs",
                   openapi_url="/openapi.json")
     app.state.engine = engine
+    problems.install(app)
     app.include_router(api.router)
     app.include_router(dashboard.router)
     return app

@@ -7,6 +7,8 @@ import importlib.resources
 import re
 
 _NAME = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+_VERSION = re.compile(r"^INSERT INTO cpoa_schema_version \(version\) VALUES \((\d+)\)$",
+                      re.MULTILINE)
 
 
 def read(filename: str) -> str:
@@ -15,9 +17,17 @@ def read(filename: str) -> str:
 
 
 def parse(text: str) -> dict[str, str]:
-    """Splits a queries file into {name: statement}; each block starts with ``-- name --``."""
+    """Splits a queries file into {name: statement}; each block starts with ``-- name --``.
+
+    Whole-line comments are dropped: shorter statements stay in psycopg's query cache (4 kB).
+    """
     parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    return {name: _uncommented(body) for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def _uncommented(body: str) -> str:
+    return "\n".join(line for line in body.strip().splitlines()
+                     if not line.lstrip().startswith("--"))
 
 
 @functools.cache
@@ -29,3 +39,12 @@ def queries() -> dict[str, str]:
 def schema() -> str:
     """Returns the DDL, safe to apply any number of times."""
     return read("schema.sql")
+
+
+@functools.cache
+def schema_version() -> int:
+    """Returns the version the packaged schema writes to ``cpoa_schema_version``."""
+    found = _VERSION.search(schema())
+    if found is None:  # a broken package, not a runtime condition
+        raise RuntimeError("schema.sql sets no cpoa_schema_version")
+    return int(found.group(1))

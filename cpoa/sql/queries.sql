@@ -44,20 +44,29 @@ WHERE workflow_id = %(workflow_id)s
 FOR UPDATE;
 
 -- take_lease --
--- An expired lease being taken over counts as one recovery of the workflow.
-UPDATE workflow_instances
-SET lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
-    version = version + 1,
-    recovery_attempts = recovery_attempts + (lease_owner IS NOT NULL)::int
-WHERE workflow_id = %(workflow_id)s
-RETURNING *, clock_timestamp() AS db_now;
+-- An expired lease being taken over counts as one recovery of the workflow. Returns the row
+-- with the current step's task rows (step_tasks, JSON) and the database's clock.
+WITH taken AS (
+    UPDATE workflow_instances
+    SET lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
+        version = version + 1,
+        recovery_attempts = recovery_attempts + (lease_owner IS NOT NULL)::int
+    WHERE workflow_id = %(workflow_id)s
+    RETURNING *
+)
+SELECT taken.*, clock_timestamp() AS db_now,
+    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+     FROM task_instances t WHERE t.workflow_id = taken.workflow_id AND t.step = taken.state
+       AND t.attempt = taken.retry_count) AS step_tasks
+FROM taken;
 
 -- claim_due --
--- Take the leases of up to %(limit)s due workflows that nobody holds; SKIP LOCKED lets many
--- workers claim at once without waiting on each other. A workflow being recovered (its last
--- lease expired) is claimed alone: if it kills its worker again, nothing else claimed with it
--- dies too and gets charged a recovery (a poison workflow must not take healthy ones along).
+-- Take the leases of up to %(limit)s due workflows that nobody holds, with their current step's
+-- task rows, in one statement (one round trip, autocommit); SKIP LOCKED lets many workers
+-- claim at once without waiting on each other. A workflow being recovered (its last lease
+-- expired) is claimed alone: if it kills its worker again, nothing else claimed with it dies
+-- too and gets charged a recovery (a poison workflow must not take healthy ones along).
 WITH due AS (
     SELECT workflow_id, recovery_attempts FROM workflow_instances
     WHERE lease_owner IS NULL AND next_run_at <= now()
@@ -68,69 +77,140 @@ WITH due AS (
     SELECT workflow_id FROM due WHERE NOT EXISTS (SELECT 1 FROM due WHERE recovery_attempts > 0)
     UNION ALL
     (SELECT workflow_id FROM due WHERE recovery_attempts > 0 LIMIT 1)
+), claimed AS (
+    UPDATE workflow_instances w
+    SET lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
+        version = w.version + 1
+    FROM picked
+    WHERE w.workflow_id = picked.workflow_id
+    RETURNING w.*
 )
-UPDATE workflow_instances w
-SET lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
-    version = w.version + 1
-FROM picked
-WHERE w.workflow_id = picked.workflow_id
-RETURNING w.*, clock_timestamp() AS db_now;
-
--- select_step_tasks --
-SELECT * FROM task_instances
-WHERE workflow_id = ANY(%(workflow_ids)s)
-ORDER BY created_at, item_key;
-
--- upsert_task --
-INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt, status,
-    idempotency_key, external_task_id, status_url, input_params_json,
-    output_result_summary_json, error_details_json, retry_count, first_submitted_at,
-    completed_at, next_poll_at, poll_deadline_at)
-VALUES (%(task_id)s, %(workflow_id)s, %(agent_name)s, %(step)s, %(item_key)s, %(attempt)s,
-    %(status)s, %(idempotency_key)s, %(external_task_id)s, %(status_url)s,
-    %(input_params_json)s, %(output_result_summary_json)s, %(error_details_json)s,
-    %(retry_count)s, %(first_submitted_at)s, %(completed_at)s, %(next_poll_at)s,
-    %(poll_deadline_at)s)
-ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
-    status = EXCLUDED.status,
-    external_task_id = EXCLUDED.external_task_id,
-    status_url = EXCLUDED.status_url,
-    input_params_json = EXCLUDED.input_params_json,
-    output_result_summary_json = EXCLUDED.output_result_summary_json,
-    error_details_json = EXCLUDED.error_details_json,
-    retry_count = EXCLUDED.retry_count,
-    first_submitted_at = EXCLUDED.first_submitted_at,
-    completed_at = EXCLUDED.completed_at,
-    next_poll_at = EXCLUDED.next_poll_at,
-    poll_deadline_at = EXCLUDED.poll_deadline_at,
-    updated_at = now();
+SELECT claimed.*, clock_timestamp() AS db_now,
+    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+     FROM task_instances t WHERE t.workflow_id = claimed.workflow_id AND t.step = claimed.state
+       AND t.attempt = claimed.retry_count) AS step_tasks
+FROM claimed;
 
 -- reschedule_workflow --
--- Stay in the state, release the lease, be due again in %(run_in_s)s seconds.
-UPDATE workflow_instances
-SET lease_owner = NULL, lease_expires_at = NULL,
-    next_run_at = now() + make_interval(secs => %(run_in_s)s),
-    last_updated_timestamp = now()
-WHERE workflow_id = %(workflow_id)s AND version = %(version)s;
+-- One statement, one round trip: lock the row (SELECT … FOR UPDATE), then stay in the state,
+-- due again in %(run_in_s)s seconds, and store the step's task row, if the lease is still
+-- %(owner)s's at the fenced version (no row back: it was lost and nothing was written). The
+-- lease is released, or renewed with %(renew)s (due now: the same worker goes on with it;
+-- step_tasks is read before this statement's own task write).
+WITH locked AS (
+    SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
+), kept AS (
+    UPDATE workflow_instances w
+    SET lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
+        lease_expires_at = CASE WHEN %(renew)s
+                                THEN now() + make_interval(secs => %(ttl_s)s) END,
+        next_run_at = now() + make_interval(secs => %(run_in_s)s),
+        last_updated_timestamp = now(),
+        version = w.version + %(renew)s::int
+    FROM locked
+    WHERE w.workflow_id = locked.workflow_id AND w.version = %(version)s
+      AND w.lease_owner = %(owner)s
+    RETURNING w.*
+), task AS (
+    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
+        status, idempotency_key, external_task_id, status_url, input_params_json,
+        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
+        completed_at, next_poll_at, poll_deadline_at)
+    SELECT %(task_id)s, kept.workflow_id, %(agent_name)s, %(step)s, %(item_key)s, %(attempt)s,
+        %(status)s, %(idempotency_key)s, %(external_task_id)s, %(status_url)s,
+        %(input_params_json)s, %(output_result_summary_json)s, %(error_details_json)s,
+        %(retry_count)s, %(first_submitted_at)s, %(completed_at)s, %(next_poll_at)s,
+        %(poll_deadline_at)s
+    FROM kept WHERE %(has_task)s
+    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
+        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
+        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
+        output_result_summary_json = EXCLUDED.output_result_summary_json,
+        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
+        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
+        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
+        updated_at = now()
+)
+SELECT kept.*, clock_timestamp() AS db_now,
+    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+     FROM task_instances t WHERE t.workflow_id = kept.workflow_id AND t.step = kept.state
+       AND t.attempt = kept.retry_count) AS step_tasks
+FROM kept;
 
 -- transition_workflow --
--- Compare-and-set: applies only if the row is still in %(source)s at the fenced version.
-UPDATE workflow_instances
-SET state = %(dest)s,
-    failed_from_state = %(failed_from_state)s,
-    context_data_json = context_data_json || %(context_updates)s,
-    warnings = warnings || %(warnings)s,
-    error_message = %(error_message)s,
-    lease_owner = NULL, lease_expires_at = NULL,
-    next_run_at = CASE WHEN %(schedulable)s THEN now() END,
-    end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,
-    last_updated_timestamp = now(),
-    version = version + 1,
-    recovery_attempts = CASE WHEN %(keep_recoveries)s THEN recovery_attempts ELSE 0 END,
-    retry_count = retry_count + %(retry_increment)s
-WHERE workflow_id = %(workflow_id)s AND state = %(source)s AND version = %(version)s
-RETURNING *;
+-- One statement, one round trip: lock the row (SELECT … FOR UPDATE), then compare-and-set:
+-- move it from %(source)s to %(dest)s only if it is still there at the fenced version (and,
+-- for a worker's step, still leased by %(owner)s). The same statement stores the step's task
+-- row, the history row, the UI event and the settled idempotency key, each selected from the
+-- UPDATE's RETURNING, so a lost race writes nothing at all.
+-- With %(renew)s a worker keeps the lease of a workflow that stays due and goes on with the
+-- next step itself (its task rows come back as step_tasks).
+WITH locked AS (
+    SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
+), moved AS (
+    UPDATE workflow_instances w
+    SET state = %(dest)s,
+        failed_from_state = %(failed_from_state)s,
+        context_data_json = w.context_data_json || %(context_updates)s,
+        warnings = w.warnings || %(warnings)s,
+        error_message = %(error_message)s,
+        lease_owner = CASE WHEN %(renew)s AND %(schedulable)s THEN w.lease_owner END,
+        lease_expires_at = CASE WHEN %(renew)s AND %(schedulable)s
+                                THEN now() + make_interval(secs => %(ttl_s)s) END,
+        next_run_at = CASE WHEN %(schedulable)s THEN now() END,
+        end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,
+        last_updated_timestamp = now(),
+        version = w.version + 1,
+        recovery_attempts = CASE WHEN %(keep_recoveries)s THEN w.recovery_attempts ELSE 0 END,
+        retry_count = w.retry_count + %(retry_increment)s
+    FROM locked
+    WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
+      AND w.version = %(version)s
+      AND (%(owner)s::text IS NULL OR w.lease_owner = %(owner)s::text)
+    RETURNING w.*
+), task AS (
+    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
+        status, idempotency_key, external_task_id, status_url, input_params_json,
+        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
+        completed_at, next_poll_at, poll_deadline_at)
+    SELECT %(task_id)s, moved.workflow_id, %(agent_name)s, %(step)s, %(item_key)s, %(attempt)s,
+        %(status)s, %(idempotency_key)s, %(external_task_id)s, %(status_url)s,
+        %(input_params_json)s, %(output_result_summary_json)s, %(error_details_json)s,
+        %(retry_count)s, %(first_submitted_at)s, %(completed_at)s, %(next_poll_at)s,
+        %(poll_deadline_at)s
+    FROM moved WHERE %(has_task)s
+    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
+        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
+        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
+        output_result_summary_json = EXCLUDED.output_result_summary_json,
+        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
+        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
+        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
+        updated_at = now()
+), history AS (
+    INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)
+    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s FROM moved
+), ui AS (
+    INSERT INTO ui_event_outbox (workflow_id, client_id, event_name, data)
+    SELECT workflow_id, client_id, %(event_name)s::text, %(event_data)s::jsonb FROM moved
+    WHERE %(event_name)s::text IS NOT NULL AND client_id IS NOT NULL
+), settled AS (
+    UPDATE idempotency_keys k
+    SET status = %(key_status)s::text, locked_at = now(),
+        result_payload = CASE WHEN %(key_status)s::text = 'completed' THEN jsonb_build_object(
+            'workflow_id', moved.workflow_id::text, 'warnings', moved.warnings) END,
+        error_payload = CASE WHEN %(key_status)s::text = 'failed' THEN jsonb_build_object(
+            'state', moved.state, 'error', moved.error_message) END
+    FROM moved
+    WHERE %(key_status)s::text IS NOT NULL AND k.workflow_id = moved.workflow_id
+      AND k.task_name = %(task_name)s
+)
+SELECT moved.*, clock_timestamp() AS db_now,
+    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+     FROM task_instances t WHERE t.workflow_id = moved.workflow_id AND t.step = moved.state
+       AND t.attempt = moved.retry_count) AS step_tasks
+FROM moved;
 
 -- insert_history --
 INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)
@@ -224,3 +304,170 @@ WHERE seq = %(seq)s;
 
 -- select_ui_events --
 SELECT * FROM ui_event_outbox WHERE workflow_id = %(workflow_id)s ORDER BY seq;
+
+-- ---- prune: `cpoa prune` deletes finished workflows in short batches (cpoa/prune.py) ----
+
+-- prune_cutoff --
+-- One cutoff for a whole prune run, on the database's clock like every other time.
+SELECT now() - make_interval(secs => %(older_than_s)s) AS cutoff;
+
+-- count_prunable --
+-- The dry run: what lock_prunable and its deletes would remove with no batch limit (same
+-- WHERE as lock_prunable; rows locked by a worker at the time would be skipped, not counted).
+WITH prunable AS (
+    SELECT w.workflow_id FROM workflow_instances w
+    WHERE w.next_run_at IS NULL AND w.last_updated_timestamp < %(cutoff)s
+      AND w.state IN ('completed', 'failed', 'cancelled') AND w.lease_owner IS NULL
+      AND NOT EXISTS (SELECT 1 FROM ui_event_outbox o
+                      WHERE o.workflow_id = w.workflow_id AND o.delivered_at IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM idempotency_keys k
+                      WHERE k.workflow_id = w.workflow_id AND k.status = 'processing')
+)
+SELECT
+    (SELECT count(*) FROM prunable) AS workflow_instances,
+    (SELECT count(*) FROM task_instances JOIN prunable USING (workflow_id)) AS task_instances,
+    (SELECT count(*) FROM workflow_events JOIN prunable USING (workflow_id)) AS workflow_events,
+    (SELECT count(*) FROM ui_event_outbox JOIN prunable USING (workflow_id)) AS ui_event_outbox,
+    (SELECT count(*) FROM idempotency_keys JOIN prunable USING (workflow_id))
+        AS idempotency_keys;
+
+-- lock_prunable --
+-- The next batch, oldest first: finished (terminal, unscheduled, unleased) before the cutoff,
+-- every UI event delivered, no idempotency key still 'processing'. SKIP LOCKED: a row that a
+-- worker, cancel or retry holds is left for the next run instead of waited on; a row changed
+-- since this statement's snapshot is re-checked against the WHERE on its new version, and
+-- anything that could add an undelivered event or reopen the workflow changes the row first.
+SELECT w.workflow_id FROM workflow_instances w
+WHERE w.next_run_at IS NULL AND w.last_updated_timestamp < %(cutoff)s
+  AND w.state IN ('completed', 'failed', 'cancelled') AND w.lease_owner IS NULL
+  AND NOT EXISTS (SELECT 1 FROM ui_event_outbox o
+                  WHERE o.workflow_id = w.workflow_id AND o.delivered_at IS NULL)
+  AND NOT EXISTS (SELECT 1 FROM idempotency_keys k
+                  WHERE k.workflow_id = w.workflow_id AND k.status = 'processing')
+ORDER BY w.last_updated_timestamp
+LIMIT %(batch_size)s
+FOR UPDATE OF w SKIP LOCKED;
+
+-- count_pruned_rows --
+-- The rows of a locked batch that ON DELETE CASCADE is about to remove (exact: nothing can be
+-- added to a workflow whose row this transaction holds FOR UPDATE).
+SELECT
+    (SELECT count(*) FROM task_instances WHERE workflow_id = ANY(%(workflow_ids)s))
+        AS task_instances,
+    (SELECT count(*) FROM workflow_events WHERE workflow_id = ANY(%(workflow_ids)s))
+        AS workflow_events,
+    (SELECT count(*) FROM ui_event_outbox WHERE workflow_id = ANY(%(workflow_ids)s))
+        AS ui_event_outbox;
+
+-- delete_pruned_keys --
+-- idempotency_keys has no foreign key (agents share the table): deleted by workflow_id.
+DELETE FROM idempotency_keys
+WHERE workflow_id = ANY(%(workflow_ids)s) AND status IN ('completed', 'failed');
+
+-- delete_pruned_workflows --
+-- Cascades to task_instances, workflow_events (its delete trigger allows a cascade only) and
+-- ui_event_outbox.
+DELETE FROM workflow_instances WHERE workflow_id = ANY(%(workflow_ids)s);
+
+-- set_lock_timeout --
+-- For this transaction only: wait at most %(timeout_ms)s ms for a row lock, then fail.
+SELECT set_config('lock_timeout', %(timeout_ms)s, true);
+
+-- dashboard reads --
+
+-- events_after --
+-- History rows of every workflow after %(after)s, oldest first, with the workflow's kind and
+-- topic (or query). Ids are taken at INSERT, not at COMMIT: across workflows a lower id may
+-- commit after a higher one (live streams follow NOTIFY, which comes in commit order).
+SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
+       coalesce(w.trigger_event_details_json ->> 'topic',
+                w.trigger_event_details_json ->> 'query') AS label
+FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
+WHERE e.event_id > %(after)s
+ORDER BY e.event_id
+LIMIT %(limit)s;
+
+-- workflow_events_after --
+-- The same for one workflow; its ids do grow in commit order (its row lock serialises them).
+SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
+       coalesce(w.trigger_event_details_json ->> 'topic',
+                w.trigger_event_details_json ->> 'query') AS label
+FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
+WHERE e.workflow_id = %(workflow_id)s AND e.event_id > %(after)s
+ORDER BY e.event_id
+LIMIT %(limit)s;
+
+-- get_events --
+SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
+       coalesce(w.trigger_event_details_json ->> 'topic',
+                w.trigger_event_details_json ->> 'query') AS label
+FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
+WHERE e.event_id = ANY(%(event_ids)s)
+ORDER BY e.event_id;
+
+-- state_counts --
+-- Workflows per state (of one kind, or all) and the newest event id, from one snapshot (one
+-- statement): a page showing the counts follows the live stream from that id, counting each
+-- later transition exactly once.
+SELECT (SELECT coalesce(max(event_id), 0) FROM workflow_events) AS last_event_id,
+       coalesce((SELECT jsonb_object_agg(state, n) FROM (
+           SELECT state, count(*) AS n FROM workflow_instances
+           WHERE %(kind)s::text IS NULL OR kind = %(kind)s
+           GROUP BY state) per_state), '{}'::jsonb) AS counts;
+
+-- state_dwell_times --
+-- Seconds spent in each state by workflows of %(kind)s started in the last %(days)s days: from
+-- the event that entered the state to the workflow's next event (stays not over yet left out).
+SELECT to_state AS state, count(*) AS samples, avg(seconds) AS avg_s,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS median_s
+FROM (
+    SELECT e.to_state, EXTRACT(EPOCH FROM lead(e.at) OVER (
+               PARTITION BY e.workflow_id ORDER BY e.event_id) - e.at)::float8 AS seconds
+    FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
+    WHERE w.kind = %(kind)s AND w.start_timestamp > now() - make_interval(secs => %(days)s * 86400)
+) stays
+WHERE seconds IS NOT NULL
+GROUP BY to_state;
+
+-- metrics reads --
+
+-- metrics_snapshot --
+-- The database's gauges for /metrics, in one statement, each from an index: workflows per state
+-- (an index-only scan of workflow_instances_by_state, not of the wide rows), how long the oldest
+-- due and unclaimed workflow has waited (the first entry of the partial index
+-- workflow_instances_due) and the undelivered UI events (the partial index
+-- ui_event_outbox_pending, which holds only those).
+SELECT
+    coalesce((SELECT jsonb_object_agg(state, n) FROM (
+        SELECT state, count(*) AS n FROM workflow_instances GROUP BY state) per_state),
+        '{}'::jsonb) AS workflows_by_state,
+    coalesce((SELECT EXTRACT(EPOCH FROM now() - min(next_run_at))::float8
+              FROM workflow_instances
+              WHERE lease_owner IS NULL AND next_run_at IS NOT NULL AND next_run_at <= now()),
+             0.0) AS oldest_due_s,
+    (SELECT count(*) FROM ui_event_outbox WHERE delivered_at IS NULL) AS outbox_backlog;
+
+-- gateway reads --
+
+-- list_workflows_page --
+-- One page of `GET /v1/workflows`, newest first, strictly after the keyset (%(after_ts)s,
+-- %(after_id)s) of the previous page's last row: unlike an OFFSET, a workflow started between
+-- two pages neither repeats nor hides a row. The large JSON columns are left out.
+SELECT workflow_id, kind, state, failed_from_state, error_message, warnings, client_id,
+    user_id, idempotency_key, retry_count, start_timestamp, last_updated_timestamp,
+    end_timestamp, next_run_at, lease_owner
+FROM workflow_instances
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (start_timestamp, workflow_id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid))
+ORDER BY start_timestamp DESC, workflow_id DESC
+LIMIT %(limit)s;
+
+-- workflow_with_clock --
+-- A workflow with the database's clock, which its lease and schedule times are relative to.
+SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+WHERE workflow_id = %(workflow_id)s;
+
+-- schema_version --
+SELECT version FROM cpoa_schema_version;

@@ -718,3 +718,61 @@ def test_start_workflow__same_key_of_completed_workflow_changes_nothing(engine, 
     assert engine.start_workflow("podcast", {"topic": "tides"},
                                  idempotency_key="done") == workflow_id
     assert store.get_workflow(workflow_id) == before
+
+
+def test_finish__agent_text_with_lone_surrogates_is_stored_replaced(store):
+    """An agent's task id or status URL with a lone surrogate (undecodable bytes) is stored
+    with '?' in its place, never a driver exception that would lose the step."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    task = a_task(lease.workflow, external_task_id="ab\ud800", status_url="http://x/\udcff")
+    store.finish(lease, models.Outcome(task=task, run_in_s=60.0))
+    [stored] = store.get_tasks(workflow_id)
+    assert (stored.external_task_id, stored.status_url) == ("ab?", "http://x/?")
+
+
+def test_finish_and_renew__a_transition_keeps_the_lease_for_the_next_step(store):
+    """With renew, the workflow moves on still leased by the same owner at a new fence: no
+    other worker can claim it, and the old lease is fenced out."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    workflow, renewed = store.finish_and_renew(
+        lease, outcome(lease.workflow, "step_done", task=a_task(lease.workflow)), LONG_TTL_S)
+    assert workflow.state == "analyzing" and renewed is not None
+    assert renewed.owner == "w1" and renewed.fence == lease.fence + 1 and renewed.tasks == ()
+    stored = store.get_workflow(workflow_id)
+    assert stored.lease_owner == "w1" and stored.version == renewed.fence
+    assert store.claim_due("w2", LONG_TTL_S, limit=10) == []
+    with pytest.raises(errors.StaleState):
+        store.finish(lease, models.Outcome(run_in_s=0.0))
+    assert store.finish(renewed, outcome(renewed.workflow, "step_done")).state == "scripting"
+    assert store.get_workflow(workflow_id).lease_owner is None
+
+
+def test_finish_and_renew__due_now_reschedule_returns_the_written_task(store):
+    """A step left due now (more fan-out items) keeps its lease, and the renewed lease carries
+    the task row just written (the statement reads the step's tasks before writing it)."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    first = a_task(lease.workflow, item_key="a", status="submitted")
+    _, renewed = store.finish_and_renew(lease, models.Outcome(task=first, run_in_s=0.0),
+                                        LONG_TTL_S)
+    assert renewed is not None and [t.item_key for t in renewed.tasks] == ["a"]
+    second = first.evolve(status="succeeded")
+    _, again = store.finish_and_renew(renewed, models.Outcome(task=second, run_in_s=0.0),
+                                      LONG_TTL_S)
+    assert again is not None and [t.status for t in again.tasks] == ["succeeded"]
+
+
+def test_finish_and_renew__later_or_terminal_releases_the_lease(store):
+    """Renewal only applies to a workflow due now: a reschedule for later or a terminal
+    transition releases the lease as finish does."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    _, renewed = store.finish_and_renew(lease, models.Outcome(run_in_s=60.0), LONG_TTL_S)
+    assert renewed is None and store.get_workflow(workflow_id).lease_owner is None
+    other = create(store)
+    lease = take(store, other)
+    workflow, renewed = store.finish_and_renew(
+        lease, outcome(lease.workflow, "fail", error="boom"), LONG_TTL_S)
+    assert workflow.state == "failed" and renewed is None and workflow.lease_owner is None

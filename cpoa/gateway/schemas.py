@@ -1,0 +1,230 @@
+"""The JSON shapes of the gateway API (pydantic models): requests, answers, problems.
+
+Request models mirror what :mod:`cpoa.inputs` accepts, so that the OpenAPI document says it and
+a bad field is refused before the engine is called; the engine validates again all the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cpoa import defaults, inputs, machine
+
+STATES = tuple(sorted({state for kind in machine.KINDS for state in machine.states(kind)}))
+StateName = Literal[STATES]  # type: ignore[valid-type]
+KindName = Literal[tuple(sorted(machine.KINDS))]  # type: ignore[valid-type]
+
+Text = Annotated[str, Field(min_length=1, max_length=defaults.TOPIC_MAX_CHARS)]
+Identifier = Annotated[str, Field(min_length=1, max_length=inputs.TEXT_ID_MAX_CHARS)]
+Url = Annotated[str, Field(min_length=1, max_length=inputs.URL_MAX_CHARS,
+                           examples=["https://example.org/tides"])]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Request(BaseModel):
+    """A request body: exact JSON types, unknown fields refused (naming them)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class VoiceParams(_Request):
+    """How VFA should speak; every field optional."""
+
+    voice_name: Identifier | None = None
+    speaking_rate: Number | None = None
+    pitch: Number | None = None
+    language_code: Identifier | None = None
+
+
+class _Caller(_Request):
+    client_id: Identifier | None = Field(
+        None, description="the UI client that receives progress events (through ASF)")
+    user_id: Identifier | None = None
+
+
+class PodcastRequest(_Caller):
+    """`POST /v1/podcasts`: make an episode about a topic."""
+
+    topic: Text = Field(examples=["tidal power"])
+    urls: list[Url] = Field(default_factory=list, max_length=defaults.URLS_MAX,
+                            description="web pages to harvest; none: WCHA searches")
+    voice_params: VoiceParams | None = None
+    persona: Text | None = None
+    max_results: int | None = Field(None, ge=1, le=50)
+
+    def params(self) -> dict[str, Any]:
+        """The workflow parameters (``inputs.workflow_params`` of kind ``podcast``)."""
+        return self.model_dump(exclude_none=True, exclude={"client_id", "user_id"})
+
+
+class SnippetsRequest(_Caller):
+    """`POST /v1/snippets`: short snippets about the topics found for a query."""
+
+    query: Text = Field(examples=["ocean energy"])
+    limit: int = Field(5, ge=1, le=50, description="topics to discover")
+
+    def params(self) -> dict[str, Any]:
+        """The workflow parameters (``inputs.workflow_params`` of kind ``snippets``)."""
+        return self.model_dump(exclude={"client_id", "user_id"})
+
+
+class Started(BaseModel):
+    """A workflow was started, or found by its idempotency key."""
+
+    workflow_id: uuid.UUID
+    status_url: str = Field(description="its status, relative to this server")
+
+
+class WorkflowState(BaseModel):
+    """The state a workflow is in after an action."""
+
+    workflow_id: uuid.UUID
+    state: StateName
+
+
+class TaskView(BaseModel):
+    """One agent task attempt (a row of ``task_instances``)."""
+
+    task_id: uuid.UUID
+    step: str
+    agent: str
+    item_key: str
+    attempt: int
+    status: str
+    idempotency_key: str
+    external_task_id: str | None = None
+    retry_count: int
+    error: Any = None
+    next_poll_at: datetime.datetime | None = None
+
+
+class HistoryEntry(BaseModel):
+    """One transition of the append-only history."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str | None = Field(None, alias="from")
+    to: str
+    trigger: str
+    at: datetime.datetime
+    detail: Any = None
+
+
+class _Summary(BaseModel):
+    workflow_id: uuid.UUID
+    kind: KindName
+    state: StateName
+    progress: float = Field(ge=0, le=1)
+    warnings: list[str]
+    error: str | None = None
+    failed_from_state: str | None = None
+    client_id: str | None = None
+    idempotency_key: str | None = None
+    retry_count: int = Field(description="manual retries so far")
+    started_at: datetime.datetime | None = None
+    updated_at: datetime.datetime | None = None
+    ended_at: datetime.datetime | None = None
+    next_run_at: datetime.datetime | None = None
+    lease_owner: str | None = None
+
+
+class WorkflowStatus(_Summary):
+    """A workflow in full: input, outputs, task attempts and transition history."""
+
+    params: dict[str, Any]
+    outputs: dict[str, Any]
+    recovery_attempts: int
+    tasks: list[TaskView]
+    history: list[HistoryEntry]
+
+
+class WorkflowSummary(_Summary):
+    """A workflow as listed (no input, outputs or tasks)."""
+
+    user_id: str | None = None
+
+
+class WorkflowPage(BaseModel):
+    """One page of the listing, newest first."""
+
+    items: list[WorkflowSummary]
+    next_cursor: str | None = Field(
+        None, description="pass as `cursor` for the next page; null on the last page")
+
+
+class WhyTask(BaseModel):
+    """A task of the current step, as the diagnosis sees it."""
+
+    task_id: uuid.UUID
+    agent: str
+    step: str
+    item_key: str
+    attempt: int
+    status: str
+    external_task_id: str | None = None
+    status_url: str | None = None
+    result: Any = Field(None, description="what the agent answered (summary)")
+    error: Any = Field(None, description="the last failure, transient or final")
+    transient_failures: int = Field(description="requests that failed transiently so far")
+    attempts_per_request: int = Field(description="CPOA_SERVICE_RETRY_COUNT")
+    first_submitted_at: datetime.datetime | None = None
+    next_poll_at: datetime.datetime | None = None
+    next_poll_in_s: float | None = None
+    poll_deadline_at: datetime.datetime | None = None
+    deadline_in_s: float | None = Field(
+        None, description="transient failures are retried until this deadline, then the "
+                          "step fails")
+
+
+class Why(BaseModel):
+    """Why a workflow is (not) moving: one human sentence and the facts behind it."""
+
+    workflow_id: uuid.UUID
+    kind: KindName
+    state: StateName
+    reason: str = Field(examples=[("waiting for WCHA task 3f2a, next poll in 3.2 s, deadline "
+                                   "2026-11-24T10:05:00+00:00")])
+    now: datetime.datetime = Field(description="the database's clock")
+    due: bool
+    lease_owner: str | None = None
+    lease_expires_at: datetime.datetime | None = None
+    lease_expires_in_s: float | None = None
+    next_run_at: datetime.datetime | None = None
+    next_run_in_s: float | None = None
+    failed_from_state: str | None = None
+    error: str | None = None
+    retry_count: int = Field(description="manual retries so far")
+    recovery_attempts: int = Field(description="expired leases in this state")
+    max_recovery_attempts: int
+    recoveries_left: int = Field(description="expired leases before quarantine as failed")
+    tasks: list[WhyTask]
+
+
+class Health(BaseModel):
+    """Whether the gateway can serve: database reachable, schema applied and current."""
+
+    status: Literal["ok", "unavailable"]
+    database: Literal["reachable", "unreachable"]
+    schema_version: int | None = None
+    expected_schema_version: int
+    message: str | None = None
+
+
+class FieldProblem(BaseModel):
+    """One refused field."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """Every error answer: a stable code, a human message, the field at fault if any."""
+
+    error: str = Field(examples=["invalid_input"])
+    message: str
+    field: str | None = None
+    details: list[FieldProblem] | None = None

@@ -1,0 +1,171 @@
+// The workflow page: follows /events?workflow_id=… and keeps every part of the page current;
+// Cancel and Retry post to the JSON API (with the API token from this tab, if one is needed).
+import { element, follow, formatSeconds, setBadge, webUrl } from "./dom.js";
+
+const body = document.body;
+const workflowId = body.dataset.workflowId;
+const timeline = document.getElementById("timeline");
+const tasks = document.getElementById("tasks");
+const media = document.getElementById("media");
+const status = document.getElementById("action-status");
+const tokenField = document.getElementById("token");
+const TOKEN_KEY = "cpoa-api-token";
+
+/** An ISO time shown short, as the server renders it (views.short_time). */
+function timeCell(iso) {
+  const cell = element("td");
+  if (typeof iso === "string" && iso) {
+    cell.append(element("time", { datetime: iso }, iso.slice(0, 23).replace("T", " ")));
+  } else {
+    cell.textContent = "–";
+  }
+  return cell;
+}
+
+function text(value) {
+  return value === null || value === undefined ? "" : String(value);
+}
+
+/** Appends one transition, once (a replay after a reconnect may repeat it). */
+function onTransition(event) {
+  const eventId = Number(event.event_id);
+  if (!Number.isSafeInteger(eventId) || event.workflow_id !== workflowId) return;
+  if (timeline.querySelector(`tr[data-event-id="${eventId}"]`)) return;
+  const previous = timeline.lastElementChild;
+  let after = "";
+  if (previous && previous.dataset.at && typeof event.at === "string") {
+    after = formatSeconds((Date.parse(event.at) - Date.parse(previous.dataset.at)) / 1000);
+  }
+  const notes = [event.reason, ...(Array.isArray(event.warnings) ? event.warnings : [])]
+    .filter((note) => typeof note === "string" && note).join("\n");
+  const row = element("tr", { "data-event-id": eventId, "data-at": text(event.at) });
+  row.append(element("td", {}, eventId), timeCell(event.at),
+    element("td", {}, `${event.from || "●"} → ${text(event.to)}`),
+    element("td", {}, text(event.trigger)), element("td", {}, after),
+    element("td", { class: "error" }, notes));
+  timeline.append(row);
+}
+
+function taskRow(task) {
+  const row = element("tr", { "data-task-id": text(task.task_id), "data-status": text(task.status) });
+  const duration = formatSeconds(task.duration_s) + (task.running ? " (running)" : "");
+  const agentTask = element("td", {});
+  agentTask.append(element("code", {}, text(task.agent_task_id)));
+  row.append(element("td", {}, text(task.step)), element("td", {}, text(task.item_key)),
+    element("td", {}, text(task.attempt)), element("td", {}, text(task.agent)),
+    element("td", {}, text(task.status)), agentTask, timeCell(task.started_at),
+    element("td", {}, duration), element("td", {}, text(task.retries)),
+    element("td", { class: "error" }, text(task.error)));
+  return row;
+}
+
+function renderMedia(found) {
+  const parts = [];
+  const cover = webUrl(found.image_url);
+  if (cover) parts.push(element("img", { src: cover, alt: "Cover art", "data-testid": "cover" }));
+  const audio = webUrl(found.audio_url);
+  if (audio) {
+    const player = element("div", { class: "player" });
+    const current = media.querySelector("audio");
+    // Keep a playing element: replacing it would stop the episode at every update.
+    const audioElement = current && current.getAttribute("src") === audio ? current
+      : element("audio", { controls: true, preload: "metadata", src: audio, "data-testid": "audio" });
+    player.append(element("p", { "data-testid": "episode-title" }, text(found.title)), audioElement,
+      element("a", { href: audio, download: true, rel: "noopener", "data-testid": "download" }, "Download"));
+    parts.push(player);
+  }
+  const snippets = Array.isArray(found.snippets) ? found.snippets : [];
+  if (snippets.length) {
+    const list = element("ul", { class: "snippets", "data-testid": "snippets" });
+    for (const snippet of snippets) {
+      const item = element("li");
+      item.append(element("strong", {}, text(snippet.title)), ` ${text(snippet.summary)}`);
+      list.append(item);
+    }
+    parts.push(list);
+  }
+  media.replaceChildren(...parts);
+  media.hidden = parts.length === 0;
+}
+
+function setField(name, value, isTime = false) {
+  const cell = document.querySelector(`[data-field="${name}"]`);
+  if (!cell) return;
+  if (isTime) {
+    cell.replaceChildren(...timeCell(value).childNodes);
+  } else {
+    cell.textContent = value === null || value === undefined || value === "" ? "–" : String(value);
+  }
+}
+
+/** Applies the workflow's current data (sent after each batch of transitions). */
+function onSnapshot(view) {
+  if (view.workflow_id !== workflowId || typeof view.state !== "string") return;
+  setBadge(document.querySelector("[data-testid=state]"), view.state);
+  body.dataset.state = view.state;
+  const progress = document.querySelector("[data-testid=progress]");
+  if (typeof view.progress === "number") progress.value = view.progress;
+  for (const name of ["failed_from_state", "retry_count", "recovery_attempts", "lease_owner"]) {
+    setField(name, view[name]);
+  }
+  for (const name of ["started_at", "updated_at", "ended_at", "next_run_at"]) {
+    setField(name, view[name], true);
+  }
+  const error = document.querySelector("[data-testid=error]");
+  error.textContent = text(view.error);
+  error.hidden = !view.error;
+  const warnings = Array.isArray(view.warnings) ? view.warnings : [];
+  document.querySelector("[data-testid=warnings]").replaceChildren(
+    ...warnings.map((warning) => element("li", {}, text(warning))));
+  tasks.replaceChildren(...(Array.isArray(view.tasks) ? view.tasks : []).map(taskRow));
+  if (view.media && typeof view.media === "object") renderMedia(view.media);
+  document.getElementById("cancel").disabled = !view.can_cancel;
+  document.getElementById("retry").disabled = !view.can_retry;
+  const counts = view.state_counts && typeof view.state_counts === "object" ? view.state_counts : {};
+  for (const box of document.querySelectorAll("svg.statechart g.state")) {
+    box.classList.toggle("current", box.dataset.state === view.state);
+    const count = box.querySelector("text.count");
+    const n = counts[box.dataset.state];
+    if (count) count.textContent = `${Number.isInteger(n) ? n : 0} now`;
+  }
+}
+
+/** POSTs cancel or retry to the JSON API and says how it went. */
+async function act(action) {
+  const headers = { Accept: "application/json" };
+  const token = tokenField.value.trim();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  status.textContent = `${action}…`;
+  let answer;
+  try {
+    answer = await fetch(`/v1/workflows/${encodeURIComponent(workflowId)}/${action}`,
+      { method: "POST", headers });
+  } catch (error) {
+    status.textContent = `${action} failed: ${error}`;
+    return;
+  }
+  let payload = {};
+  try {
+    payload = await answer.json();
+  } catch {
+    payload = {};
+  }
+  if (answer.ok) {
+    status.textContent = `${action}: ${text(payload.state || "done")}`;
+  } else if (answer.status === 401) {
+    status.textContent = "This server needs its API token: enter it above and click again.";
+    tokenField.focus();
+  } else {
+    status.textContent = `${action} refused: ${text(payload.message || answer.statusText)}`;
+  }
+}
+
+tokenField.value = sessionStorage.getItem(TOKEN_KEY) || "";
+tokenField.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, tokenField.value));
+document.getElementById("cancel").addEventListener("click", () => act("cancel"));
+document.getElementById("retry").addEventListener("click", () => act("retry"));
+
+const url = new URL("/events", window.location.href);
+url.searchParams.set("workflow_id", workflowId);
+url.searchParams.set("last_event_id", body.dataset.lastEventId || "0");
+follow(url, { transition: onTransition, snapshot: onSnapshot });

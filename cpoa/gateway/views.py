@@ -1,0 +1,172 @@
+"""What the dashboard shows of a workflow, as JSON-ready data: one shape for the page the server
+renders and for the snapshots the live stream sends (so both always agree)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cpoa import events, machine, models
+
+URL_MAX_CHARS = 2000
+ERROR_MAX_CHARS = 2000
+
+
+def web_url(value: Any) -> str | None:
+    """Returns ``value`` if it is an absolute http(s) URL (the only kind a page may load)."""
+    if not isinstance(value, str) or len(value) > URL_MAX_CHARS:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return None
+    return value if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def short_time(value: str | None) -> str:
+    """Returns an ISO time as ``2026-11-24 07:40:30.788`` (the page shows the zone once)."""
+    return value[:23].replace("T", " ") if value else "–"
+
+
+def seconds_between(start: datetime.datetime | None, end: datetime.datetime | None) -> float | None:
+    """Seconds from ``start`` to ``end``, or None when either is unknown."""
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Returns a short human duration: ``0.42 s``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``."""
+    if seconds is None:
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def error_text(detail: Any) -> str | None:
+    """Returns a task's or an event's error as one line of text (the reason, if it has one)."""
+    if detail is None:
+        return None
+    if isinstance(detail, Mapping) and isinstance(detail.get("reason"), str):
+        text = detail["reason"]
+        if detail.get("status_code") is not None:
+            text = f"HTTP {detail['status_code']}: {text}"
+        if detail.get("transient"):
+            text = f"(transient, retried) {text}"
+    else:
+        text = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
+    return text[:ERROR_MAX_CHARS]
+
+
+def label(params: Mapping[str, Any]) -> str:
+    """Returns what a workflow is about: its topic (podcast) or query (snippets)."""
+    value = params.get("topic") or params.get("query") or ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def task_view(task: models.Task, now: datetime.datetime) -> dict[str, Any]:
+    """Returns one task attempt: who, when, how long, what the agent called it, what failed."""
+    started = task.first_submitted_at or task.created_at
+    return {
+        "task_id": str(task.task_id), "step": task.step, "item_key": task.item_key,
+        "attempt": task.attempt, "agent": task.agent_name, "status": task.status,
+        "agent_task_id": task.external_task_id, "idempotency_key": task.idempotency_key,
+        "retries": task.retry_count, "started_at": iso(started),
+        "finished_at": iso(task.completed_at),
+        "duration_s": seconds_between(started, task.completed_at or now),
+        "running": task.completed_at is None,
+        "error": error_text(task.error_details_json),
+    }
+
+
+def event_view(row: Mapping[str, Any], previous_at: datetime.datetime | None = None
+               ) -> dict[str, Any]:
+    """Returns one history row (from ``store.events_after`` or ``get_history``) for a page."""
+    detail = row.get("detail") or {}
+    warnings = detail.get("warnings") if isinstance(detail, Mapping) else None
+    return {
+        "event_id": row["event_id"], "workflow_id": str(row["workflow_id"]),
+        "kind": row.get("kind"), "label": row.get("label"),
+        "from": row["from_state"], "to": row["to_state"], "trigger": row["trigger"],
+        "at": iso(row["at"]), "after_s": seconds_between(previous_at, row["at"]),
+        "reason": error_text(detail.get("reason")) if isinstance(detail, Mapping) else None,
+        "warnings": [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list)
+        else [],
+    }
+
+
+def media(workflow: models.Workflow) -> dict[str, Any]:
+    """Returns the playable outputs of a workflow: audio and cover (podcast), snippets."""
+    context = workflow.context
+    audio = context.get("audio") if isinstance(context.get("audio"), Mapping) else {}
+    found: dict[str, Any] = {
+        "audio_url": web_url(audio.get("url")),
+        "audio_format": audio.get("format") if isinstance(audio.get("format"), str) else None,
+        "duration_s": audio.get("duration_s")
+        if isinstance(audio.get("duration_s"), (int, float)) else None,
+        "image_url": web_url(context.get("image_url")),
+        "title": _title(context),
+        "snippets": [],
+    }
+    for snippet in context.get("snippets") or []:
+        if isinstance(snippet, Mapping):
+            found["snippets"].append({
+                "title": str(snippet.get("title") or ""),
+                "summary": str(snippet.get("summary") or ""),
+                "image_url": web_url(snippet.get("image_url"))})
+    return found
+
+
+def _title(context: Mapping[str, Any]) -> str | None:
+    script = context.get("script")
+    if isinstance(script, Mapping) and isinstance(script.get("title"), str):
+        return script["title"]
+    return None
+
+
+def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
+                  now: datetime.datetime | None = None) -> dict[str, Any]:
+    """Returns the workflow page's data: state, progress, outcome, tasks, media, actions."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    state = workflow.state
+    return {
+        "workflow_id": str(workflow.workflow_id), "kind": workflow.kind, "state": state,
+        "label": label(workflow.params),
+        "progress": events.progress(workflow.kind, state, workflow.failed_from_state),
+        "failed_from_state": workflow.failed_from_state,
+        "error": workflow.error_message, "warnings": list(workflow.warnings),
+        "retry_count": workflow.retry_count, "recovery_attempts": workflow.recovery_attempts,
+        "started_at": iso(workflow.start_timestamp),
+        "updated_at": iso(workflow.last_updated_timestamp),
+        "ended_at": iso(workflow.end_timestamp), "next_run_at": iso(workflow.next_run_at),
+        "lease_owner": workflow.lease_owner,
+        "can_cancel": state not in machine.FINAL_STATES,
+        "can_retry": state == "failed",
+        "tasks": [task_view(t, now) for t in tasks],
+        "media": media(workflow),
+    }
+
+
+def timeline(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Returns the history rows of one workflow with the time spent before each."""
+    rows, previous = [], None
+    for row in history:
+        rows.append(event_view(row, previous))
+        previous = row["at"]
+    return rows
