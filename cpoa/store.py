@@ -122,7 +122,7 @@ def _task_from_json(document: dict[str, Any]) -> models.Task:
 
 
 def _task_params(task: models.Task | None) -> dict[str, Any]:
-    """The task columns of ``reschedule_workflow`` / ``transition_workflow``."""
+    """The task columns of ``finish_step`` (``has_task`` false: no task row is written)."""
     if task is None:
         return dict(_NO_TASK)
     params = {field: getattr(task, field) for field in _TASK_COLUMNS}
@@ -135,8 +135,18 @@ def _task_params(task: models.Task | None) -> dict[str, Any]:
     return params
 
 
-def _transition_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str, Any]:
-    """The transition columns of ``transition_workflow``: state, history, UI event, key."""
+def _step_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str, Any]:
+    """The parameters of ``finish_step`` but the fence's: task, state, history, UI event, key."""
+    params = {**_task_params(outcome.task), "workflow_id": workflow.workflow_id,
+              "source": workflow.state, "trigger": outcome.trigger,
+              "run_in_s": max(0.0, outcome.run_in_s), "context_updates": _jsonb({}),
+              "warnings": _jsonb([]), "retry_increment": 0, "detail": None,
+              "event_name": None, "event_data": None, "key_status": None,
+              "task_name": TASK_NAMES[workflow.kind]}
+    if outcome.trigger is None:  # stay in the state, as it is
+        return {**params, "dest": workflow.state, "schedulable": True, "keep_recoveries": True,
+                "failed_from_state": workflow.failed_from_state,
+                "error_message": _storable_text(workflow.error_message)}
     dest = outcome.dest
     detail = {**outcome.detail}
     if outcome.error_message:
@@ -145,18 +155,17 @@ def _transition_params(workflow: models.Workflow, outcome: models.Outcome) -> di
         detail["warnings"] = list(outcome.warnings)
     event = outcome.ui_event
     return {
-        "source": workflow.state, "dest": dest, "trigger": outcome.trigger,
-        "failed_from_state": outcome.failed_from_state,
+        **params, "dest": dest, "failed_from_state": outcome.failed_from_state,
         "context_updates": _jsonb(dict(outcome.context_updates)),
         "warnings": _jsonb(list(outcome.warnings)),
         "error_message": _storable_text(outcome.error_message),
-        "schedulable": dest not in machine.TERMINAL_STATES,
+        "schedulable": dest not in machine.TERMINAL_STATES, "run_in_s": 0.0,
         "keep_recoveries": outcome.trigger == "fail",
         "retry_increment": 1 if outcome.trigger == "retry" else 0,
         "detail": _jsonb(detail) if detail else None,
         "event_name": event.event_name if event is not None else None,
         "event_data": _jsonb(event.data) if event is not None else None,
-        "key_status": _key_status(dest, outcome.trigger), "task_name": TASK_NAMES[workflow.kind]}
+        "key_status": _key_status(dest, outcome.trigger)}
 
 
 def _key_status(dest: str, trigger: str | None) -> str | None:
@@ -340,21 +349,14 @@ class PostgresStore:
         renew = renew_ttl_s is not None and (
             outcome.dest not in machine.TERMINAL_STATES if outcome.trigger
             else outcome.run_in_s <= 0)
-        params = {**_task_params(outcome.task), "workflow_id": workflow.workflow_id,
-                  "version": lease.fence, "owner": lease.owner, "renew": renew,
-                  "ttl_s": renew_ttl_s or 0.0}
-        if outcome.trigger is None:
-            name = "reschedule_workflow"
-            params["run_in_s"] = max(0.0, outcome.run_in_s)
-        else:
-            name = "transition_workflow"
-            params.update(_transition_params(workflow, outcome))
+        params = {**_step_params(workflow, outcome), "version": lease.fence,
+                  "owner": lease.owner, "renew": renew, "ttl_s": renew_ttl_s or 0.0}
         if before_commit is None:  # one statement in autocommit mode: its own transaction
             with self._errors(), self.pool.connection() as conn:
-                row = self._one(conn, name, **params)
+                row = self._one(conn, "finish_step", **params)
         else:
             with self._transaction() as conn:
-                row = self._one(conn, name, **params)
+                row = self._one(conn, "finish_step", **params)
                 before_commit()
         if row is None:
             raise errors.StaleState(
@@ -388,8 +390,7 @@ class PostgresStore:
             outcome = decide(workflow)
             if outcome is None:
                 return workflow
-            row = self._one(conn, "transition_workflow", **_task_params(outcome.task),
-                            **_transition_params(workflow, outcome), workflow_id=workflow_id,
+            row = self._one(conn, "finish_step", **_step_params(workflow, outcome),
                             version=workflow.version, owner=None, renew=False, ttl_s=0.0)
             if row is None:
                 raise errors.StaleState(f"workflow {workflow_id} left state {workflow.state}",

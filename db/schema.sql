@@ -149,6 +149,15 @@ CREATE TABLE IF NOT EXISTS task_instances (
     UNIQUE (workflow_id, step, item_key, attempt)
 );
 
+-- The task rows of a workflow's current step attempt, as JSON, oldest first: what a lease
+-- carries (claim_due, take_lease and finish_step return it beside the workflow row).
+CREATE OR REPLACE FUNCTION cpoa_step_tasks(p_workflow_id uuid, p_step text, p_attempt integer)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+    FROM task_instances t
+    WHERE t.workflow_id = p_workflow_id AND t.step = p_step AND t.attempt = p_attempt
+$$;
+
 -- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     idempotency_key  text NOT NULL,
@@ -254,6 +263,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (1)
+INSERT INTO cpoa_schema_version (version) VALUES (2)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -56,9 +56,7 @@ WITH taken AS (
     RETURNING *
 )
 SELECT taken.*, clock_timestamp() AS db_now,
-    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
-     FROM task_instances t WHERE t.workflow_id = taken.workflow_id AND t.step = taken.state
-       AND t.attempt = taken.retry_count) AS step_tasks
+    cpoa_step_tasks(taken.workflow_id, taken.state, taken.retry_count) AS step_tasks
 FROM taken;
 
 -- claim_due --
@@ -87,65 +85,18 @@ WITH due AS (
     RETURNING w.*
 )
 SELECT claimed.*, clock_timestamp() AS db_now,
-    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
-     FROM task_instances t WHERE t.workflow_id = claimed.workflow_id AND t.step = claimed.state
-       AND t.attempt = claimed.retry_count) AS step_tasks
+    cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks
 FROM claimed;
 
--- reschedule_workflow --
--- One statement, one round trip: lock the row (SELECT … FOR UPDATE), then stay in the state,
--- due again in %(run_in_s)s seconds, and store the step's task row, if the lease is still
--- %(owner)s's at the fenced version (no row back: it was lost and nothing was written). The
--- lease is released, or renewed with %(renew)s (due now: the same worker goes on with it;
--- step_tasks is read before this statement's own task write).
-WITH locked AS (
-    SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
-), kept AS (
-    UPDATE workflow_instances w
-    SET lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN %(renew)s
-                                THEN now() + make_interval(secs => %(ttl_s)s) END,
-        next_run_at = now() + make_interval(secs => %(run_in_s)s),
-        last_updated_timestamp = now(),
-        version = w.version + %(renew)s::int
-    FROM locked
-    WHERE w.workflow_id = locked.workflow_id AND w.version = %(version)s
-      AND w.lease_owner = %(owner)s
-    RETURNING w.*
-), task AS (
-    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
-        status, idempotency_key, external_task_id, status_url, input_params_json,
-        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
-        completed_at, next_poll_at, poll_deadline_at)
-    SELECT %(task_id)s, kept.workflow_id, %(agent_name)s, %(step)s, %(item_key)s, %(attempt)s,
-        %(status)s, %(idempotency_key)s, %(external_task_id)s, %(status_url)s,
-        %(input_params_json)s, %(output_result_summary_json)s, %(error_details_json)s,
-        %(retry_count)s, %(first_submitted_at)s, %(completed_at)s, %(next_poll_at)s,
-        %(poll_deadline_at)s
-    FROM kept WHERE %(has_task)s
-    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
-        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
-        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
-        output_result_summary_json = EXCLUDED.output_result_summary_json,
-        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
-        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
-        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
-        updated_at = now()
-)
-SELECT kept.*, clock_timestamp() AS db_now,
-    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
-     FROM task_instances t WHERE t.workflow_id = kept.workflow_id AND t.step = kept.state
-       AND t.attempt = kept.retry_count) AS step_tasks
-FROM kept;
-
--- transition_workflow --
--- One statement, one round trip: lock the row (SELECT … FOR UPDATE), then compare-and-set:
--- move it from %(source)s to %(dest)s only if it is still there at the fenced version (and,
--- for a worker's step, still leased by %(owner)s). The same statement stores the step's task
--- row, the history row, the UI event and the settled idempotency key, each selected from the
--- UPDATE's RETURNING, so a lost race writes nothing at all.
--- With %(renew)s a worker keeps the lease of a workflow that stays due and goes on with the
--- next step itself (its task rows come back as step_tasks).
+-- finish_step --
+-- The whole result of one step (or of cancel / retry) in one statement, one round trip: lock
+-- the row (SELECT … FOR UPDATE); then, only if it is still in %(source)s at the fenced version
+-- (and, for a worker's step, still leased by %(owner)s), make the transition %(trigger)s to
+-- %(dest)s (no trigger: stay, due again in %(run_in_s)s s), and store the step's task row, the
+-- history row, the UI event and the settled idempotency key, each selected from the UPDATE's
+-- RETURNING: a lost race writes nothing at all. With %(renew)s the worker keeps the lease of a
+-- workflow left due now and goes on with its next step, whose task rows come back as
+-- step_tasks (read before this statement's own writes).
 WITH locked AS (
     SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
 ), moved AS (
@@ -155,13 +106,14 @@ WITH locked AS (
         context_data_json = w.context_data_json || %(context_updates)s,
         warnings = w.warnings || %(warnings)s,
         error_message = %(error_message)s,
-        lease_owner = CASE WHEN %(renew)s AND %(schedulable)s THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN %(renew)s AND %(schedulable)s
+        lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
+        lease_expires_at = CASE WHEN %(renew)s
                                 THEN now() + make_interval(secs => %(ttl_s)s) END,
-        next_run_at = CASE WHEN %(schedulable)s THEN now() END,
+        next_run_at = CASE WHEN %(schedulable)s
+                           THEN now() + make_interval(secs => %(run_in_s)s) END,
         end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,
         last_updated_timestamp = now(),
-        version = w.version + 1,
+        version = w.version + (%(trigger)s::text IS NOT NULL OR %(renew)s)::int,
         recovery_attempts = CASE WHEN %(keep_recoveries)s THEN w.recovery_attempts ELSE 0 END,
         retry_count = w.retry_count + %(retry_increment)s
     FROM locked
@@ -190,7 +142,8 @@ WITH locked AS (
         updated_at = now()
 ), history AS (
     INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)
-    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s FROM moved
+    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s::text, %(detail)s FROM moved
+    WHERE %(trigger)s::text IS NOT NULL
 ), ui AS (
     INSERT INTO ui_event_outbox (workflow_id, client_id, event_name, data)
     SELECT workflow_id, client_id, %(event_name)s::text, %(event_data)s::jsonb FROM moved
@@ -207,9 +160,7 @@ WITH locked AS (
       AND k.task_name = %(task_name)s
 )
 SELECT moved.*, clock_timestamp() AS db_now,
-    (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
-     FROM task_instances t WHERE t.workflow_id = moved.workflow_id AND t.step = moved.state
-       AND t.attempt = moved.retry_count) AS step_tasks
+    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
 FROM moved;
 
 -- insert_history --

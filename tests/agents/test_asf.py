@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
-import io
 import json
 import math
 import os
@@ -13,7 +11,6 @@ import pathlib
 import time
 import urllib.parse
 import uuid
-import wave
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +20,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from cpoa_agents.asf import FrontendAgent
 from cpoa_agents.service import MAX_BODY_BYTES, Response, Service
+from tests.media import PNG_1PX, tiny_wav
 
 UI = "/asf/internal/send_ui_update"
 NOTIFY = "/asf/internal/notify_new_audio"
@@ -31,8 +29,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HOSTILE = "<img src=x onerror=alert(1)><script>alert(1)</script>"
 PODCAST_STATES = ("fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing")
-PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
-                           "hgGAWjR9awAAAABJRU5ErkJggg==")
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                     reason="Chromium not installed: apt-get install chromium")
 
@@ -296,14 +292,6 @@ class MediaServer(Service):
         return [("GET", r"/tiny\.wav", lambda _: Response(200, tiny_wav(), "audio/wav")),
                 ("GET", r"/cover\.png", lambda _: Response(200, PNG_1PX, "image/png"))]
 
-
-def tiny_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """Half a second of 16-bit mono silence as WAV."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setparams((1, 2, rate, 0, "NONE", "not compressed"))
-        out.writeframes(b"\0\0" * int(seconds * rate))
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

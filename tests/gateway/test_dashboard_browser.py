@@ -3,14 +3,11 @@ through the API, driven by a real worker against a real agent, followed live; Re
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.server
-import io
 import os
 import pathlib
 import threading
-import wave
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,23 +19,14 @@ from cpoa.worker import Worker
 from tests.agent_server import Reply, ScriptedAgent
 from tests.fix_agents import engine_for
 from tests.fix_gateway import LiveGateway
+from tests.media import PNG_1PX, tiny_wav
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
-                           "hgGAWjR9awAAAABJRU5ErkJggg==")
 WAIT_MS = 20_000
 TOKEN = "tok-dashboard-7d41c9"
 
-
-def tiny_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """Half a second of 16-bit mono silence as WAV."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setparams((1, 2, rate, 0, "NONE", "not compressed"))
-        out.writeframes(b"\0\0" * int(seconds * rate))
-    return buffer.getvalue()
 
 
 @pytest.fixture
