@@ -6,6 +6,7 @@ No I/O here: the store applies a decision with a compare-and-set, the engine ask
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 
 import transitions
@@ -121,6 +122,16 @@ def decide(kind: str, state: str, trigger: str,
     Raises:
         InvalidTransition: if the trigger is not allowed in this state.
     """
+    dest, origin = _decided(kind, state, trigger, failed_from_state)
+    return WorkflowModel(state=dest, failed_from_state=origin)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decided(kind: str, state: str, trigger: str,
+             failed_from_state: str | None) -> tuple[str, str | None]:
+    """``decide`` on the `transitions` machine, remembered: the machine is pure, and adding a
+    model to it costs more than the rest of a step's Python (an InvalidTransition is not
+    remembered; it is raised again each time)."""
     if state not in states(kind):  # transitions would raise a bare ValueError
         raise errors.InvalidTransition(
             f"cannot {trigger} a {kind} workflow in unknown state {state}",
@@ -139,7 +150,7 @@ def decide(kind: str, state: str, trigger: str,
     if not moved:
         raise errors.InvalidTransition(
             f"cannot {trigger} a {kind} workflow in state {state}", state=state, trigger=trigger)
-    return model
+    return model.state, model.failed_from_state
 
 
 def build_machine(kind: str, model: object | str = "self") -> transitions.Machine:
