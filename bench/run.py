@@ -381,7 +381,7 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
             ("workflows/s (= transitions/s ÷ 6)", lambda e: e["workflows_per_s"]),
             ("transitions done in s (drained all?)",
              lambda e: f"{e['transitions']:,} in {e['seconds']:.0f} ({fmt(e['drained'])})"),
-            ("step action (Engine.run) p50 / p99 ms",
+            ("step action (Engine.step) p50 / p99 ms",
              lambda e: f"{fmt(e['run_ms_p50'])} / {fmt(e['run_ms_p99'])}"),
             ("claim_due p50 / p99 ms", lambda e: f"{fmt(e['claim_ms_p50'])} / "
                                                  f"{fmt(e['claim_ms_p99'])}"),
