@@ -247,12 +247,12 @@ def install_counting() -> None:
     """
     import psycopg_pool
 
-    from cpoa import store
+    from cpoa.store import postgres
     shim = types.SimpleNamespace(**{k: getattr(psycopg_pool, k) for k in dir(psycopg_pool)
                                     if not k.startswith("__")})
     shim.ConnectionPool = functools.partial(psycopg_pool.ConnectionPool,
                                             connection_class=CountingConnection)
-    store.psycopg_pool = shim
+    postgres.psycopg_pool = shim
 
 
 # -- the instant in-process client -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The only module that talks to PostgreSQL: one method per business operation, one transaction.
+"""PostgresStore: one method per business operation, each one transaction (or one statement).
 
 Every change to a workflow locks its row (``SELECT … FOR UPDATE``), checks the state and fencing
 version it expects, writes the change, its history row and its UI event, and commits: the
@@ -10,171 +10,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg import conninfo as pg_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cpoa import errors, logs, machine, models, sql
-from cpoa.settings import DatabaseSettings
+from cpoa import errors, machine, models, sql
+from cpoa.store.connection import (
+    CONNECT_TIMEOUT_S,
+    WAKE_CHANNEL,
+    Listener,
+    wrap_db_errors,
+)
+from cpoa.store.rows import (
+    TASK_NAMES,
+    jsonb,
+    lease_from_row,
+    step_params,
+    storable_text,
+)
 
 logger = logging.getLogger(__name__)
-
-WAKE_CHANNEL = "cpoa_due"
-EVENTS_CHANNEL = "cpoa_events"
-"""A trigger notifies it of every history row: ``<workflow_id>:<event_id>`` (dashboards)."""
-CONNECT_TIMEOUT_S = 10
-TASK_NAMES = {"podcast": "cpoa_orchestrate_podcast_task",
-              "snippets": "cpoa_orchestrate_snippets_task"}
-"""The ``idempotency_keys.task_name`` of CPOA's own orchestration, per kind."""
-
-
-def conninfo(database: DatabaseSettings, embedded_url: str = "") -> str:
-    """Returns a libpq connection string for the configured (or embedded) server."""
-    if database.embedded:
-        return embedded_url
-    extra = {"host": database.host, "port": database.port if database.host else None,
-             "user": database.user, "password": database.password, "dbname": database.dbname}
-    try:
-        return pg_conninfo.make_conninfo(database.url, **{k: v for k, v in extra.items() if v})
-    except psycopg.ProgrammingError:  # its message may quote the password: not shown
-        raise errors.ConfigError("CPOA_DATABASE_URL: not a valid connection string",
-                                 variable="CPOA_DATABASE_URL") from None
-
-
-@contextlib.contextmanager
-def wrap_db_errors(secrets: Iterable[str] = ()) -> Iterator[None]:
-    """Turns driver errors into the CPOA tree, with no secret in the message."""
-    try:
-        yield
-    except psycopg.errors.UniqueViolation as exc:
-        raise errors.DuplicateWorkflow(_clean(exc, secrets)) from exc
-    except (psycopg.errors.SerializationFailure, psycopg.errors.LockNotAvailable,
-            psycopg.errors.DeadlockDetected) as exc:
-        raise errors.StoreBusy(_clean(exc, secrets)) from exc
-    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        raise errors.StoreError(_clean(exc, secrets)) from exc
-
-
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def _storable_json(value: Any) -> str:
-    """JSON that PostgreSQL accepts: jsonb refuses U+0000 and lone surrogates, so U+0000
-    becomes U+FFFD and a lone surrogate "?" (stored as faithfully as the database allows)."""
-    text = json.dumps(value, ensure_ascii=False)
-    if "\\u0000" in text:
-        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
-def _storable_text(value: str | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-
-
-def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=_storable_json)
-
-
-def _clean(exc: BaseException, secrets: Iterable[str]) -> str:
-    return logs.redact(f"database error: {type(exc).__name__}: {exc}".strip(), secrets)
-
-
-# -- rows to and from domain objects ---------------------------------------------------------
-
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(models.Task))
-_TASK_JSON_FIELDS = ("input_params_json", "output_result_summary_json", "error_details_json")
-_TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
-               "next_poll_at", "poll_deadline_at")
-_TASK_COLUMNS = tuple(f for f in _TASK_FIELDS if f != "workflow_id")  # from the workflow row
-_NO_TASK = {**dict.fromkeys(_TASK_COLUMNS), "has_task": False}
-
-
-def _lease(row: Mapping[str, Any], owner: str) -> models.Lease:
-    """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``."""
-    return models.Lease(models.Workflow.from_row(row),
-                        tuple(_task_from_json(t) for t in row["step_tasks"]), owner,
-                        row["db_now"])
-
-
-def _task_from_json(document: dict[str, Any]) -> models.Task:
-    """A task from ``to_jsonb(task_instances row)``: ids and times back to their types."""
-    document["task_id"] = uuid.UUID(document["task_id"])
-    document["workflow_id"] = uuid.UUID(document["workflow_id"])
-    for field in _TASK_TIMES:
-        if document.get(field) is not None:
-            document[field] = datetime.datetime.fromisoformat(document[field])
-    return models.Task.from_row(document)
-
-
-def _task_params(task: models.Task | None) -> dict[str, Any]:
-    """The task columns of ``finish_step`` (``has_task`` false: no task row is written)."""
-    if task is None:
-        return dict(_NO_TASK)
-    params = {field: getattr(task, field) for field in _TASK_COLUMNS}
-    for field, value in params.items():
-        if field in _TASK_JSON_FIELDS:
-            params[field] = _jsonb(value) if value is not None else None
-        elif isinstance(value, str):  # an agent's task id or status URL may hold anything
-            params[field] = _storable_text(value)
-    params["has_task"] = True
-    return params
-
-
-def _step_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str, Any]:
-    """The parameters of ``finish_step`` but the fence's: task, state, history, UI event, key."""
-    params = {**_task_params(outcome.task), "workflow_id": workflow.workflow_id,
-              "source": workflow.state, "trigger": outcome.trigger,
-              "run_in_s": max(0.0, outcome.run_in_s), "context_updates": _jsonb({}),
-              "warnings": _jsonb([]), "retry_increment": 0, "detail": None,
-              "event_name": None, "event_data": None, "key_status": None,
-              "task_name": TASK_NAMES[workflow.kind]}
-    if outcome.trigger is None:  # stay in the state, as it is
-        return {**params, "dest": workflow.state, "schedulable": True, "keep_recoveries": True,
-                "failed_from_state": workflow.failed_from_state,
-                "error_message": _storable_text(workflow.error_message)}
-    dest = outcome.dest
-    detail = {**outcome.detail}
-    if outcome.error_message:
-        detail["reason"] = outcome.error_message
-    if outcome.warnings:
-        detail["warnings"] = list(outcome.warnings)
-    event = outcome.ui_event
-    return {
-        **params, "dest": dest, "failed_from_state": outcome.failed_from_state,
-        "context_updates": _jsonb(dict(outcome.context_updates)),
-        "warnings": _jsonb(list(outcome.warnings)),
-        "error_message": _storable_text(outcome.error_message),
-        "schedulable": dest not in machine.TERMINAL_STATES, "run_in_s": 0.0,
-        "keep_recoveries": outcome.trigger == "fail",
-        "retry_increment": 1 if outcome.trigger == "retry" else 0,
-        "detail": _jsonb(detail) if detail else None,
-        "event_name": event.event_name if event is not None else None,
-        "event_data": _jsonb(event.data) if event is not None else None,
-        "key_status": _key_status(dest, outcome.trigger)}
-
-
-def _key_status(dest: str, trigger: str | None) -> str | None:
-    """How the orchestration's idempotency key follows the workflow (None: unchanged)."""
-    if dest == "completed":
-        return "completed"
-    if dest in ("failed", "cancelled"):
-        return "failed"
-    return "processing" if trigger == "retry" else None
 
 
 class PostgresStore:
@@ -308,8 +169,9 @@ class PostgresStore:
             not_due = workflow.next_run_at is None or workflow.next_run_at > now
             if workflow.is_terminal or held or (not_due and workflow.lease_owner is None):
                 return workflow, None
-            lease = _lease(self._one(conn, "take_lease", workflow_id=workflow_id, owner=owner,
-                                     ttl_s=ttl_s), owner)
+            row = self._one(conn, "take_lease", workflow_id=workflow_id, owner=owner,
+                            ttl_s=ttl_s)
+            lease = lease_from_row(row, owner)
             return lease.workflow, lease
 
     def claim_due(self, owner: str, ttl_s: float, limit: int) -> list[models.Lease]:
@@ -319,7 +181,7 @@ class PostgresStore:
         """
         with self._errors(), self.pool.connection() as conn:
             rows = self._all(conn, "claim_due", owner=owner, ttl_s=ttl_s, limit=limit)
-        return [_lease(row, owner) for row in rows]
+        return [lease_from_row(row, owner) for row in rows]
 
     def finish(self, lease: models.Lease, outcome: models.Outcome, *,
                before_commit: Callable[[], None] | None = None) -> models.Workflow:
@@ -349,7 +211,7 @@ class PostgresStore:
         renew = renew_ttl_s is not None and (
             outcome.dest not in machine.TERMINAL_STATES if outcome.trigger
             else outcome.run_in_s <= 0)
-        params = {**_step_params(workflow, outcome), "version": lease.fence,
+        params = {**step_params(workflow, outcome), "version": lease.fence,
                   "owner": lease.owner, "renew": renew, "ttl_s": renew_ttl_s or 0.0}
         if before_commit is None:  # one statement in autocommit mode: its own transaction
             with self._errors(), self.pool.connection() as conn:
@@ -364,7 +226,7 @@ class PostgresStore:
                 workflow_id=workflow.workflow_id)
         if not renew:
             return models.Workflow.from_row(row), None
-        next_lease = _lease(row, lease.owner)
+        next_lease = lease_from_row(row, lease.owner)
         if outcome.trigger is None and outcome.task is not None:  # read before its own write
             next_lease = dataclasses.replace(next_lease, tasks=(*(
                 t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
@@ -390,7 +252,7 @@ class PostgresStore:
             outcome = decide(workflow)
             if outcome is None:
                 return workflow
-            row = self._one(conn, "finish_step", **_step_params(workflow, outcome),
+            row = self._one(conn, "finish_step", **step_params(workflow, outcome),
                             version=workflow.version, owner=None, renew=False, ttl_s=0.0)
             if row is None:
                 raise errors.StaleState(f"workflow {workflow_id} left state {workflow.state}",
@@ -405,11 +267,11 @@ class PostgresStore:
                 ui_event: models.UIEvent | None) -> None:
         conn.execute(self.queries["insert_history"], {
             "workflow_id": workflow.workflow_id, "from_state": source, "to_state": dest,
-            "trigger": trigger, "detail": _jsonb(dict(detail)) if detail else None})
+            "trigger": trigger, "detail": jsonb(dict(detail)) if detail else None})
         if ui_event is not None and workflow.client_id:
             conn.execute(self.queries["insert_ui_event"], {
                 "workflow_id": workflow.workflow_id, "client_id": workflow.client_id,
-                "event_name": ui_event.event_name, "data": _jsonb(ui_event.data)})
+                "event_name": ui_event.event_name, "data": jsonb(ui_event.data)})
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -572,7 +434,7 @@ class PostgresStore:
         """Records a failed delivery and when to try again."""
         with self._transaction() as conn:
             conn.execute(self.queries["mark_ui_event_failed"],
-                         {"seq": seq, "error": _storable_text(error[:500]),
+                         {"seq": seq, "error": storable_text(error[:500]),
                           "retry_in_s": retry_in_s})
 
     def get_ui_events(self, workflow_id: uuid.UUID) -> list[dict]:
@@ -625,57 +487,3 @@ class PostgresStore:
     def listener(self, channel: str = WAKE_CHANNEL) -> Listener:
         """Returns a dedicated connection that waits for notifications on ``channel``."""
         return Listener(self.dsn, self.secrets, channel)
-
-
-class Listener:
-    """LISTENs on one channel: the wake-up channel, so that an idle worker sleeps instead of
-    polling, or :data:`EVENTS_CHANNEL`, which feeds the dashboard's live streams.
-
-    Attributes:
-        connections: How many times it has (re)connected; notifications sent while it was
-            not connected are lost, so a caller that counts on them reads what it missed.
-    """
-
-    def __init__(self, dsn: str, secrets: Iterable[str], channel: str = WAKE_CHANNEL) -> None:
-        self.dsn = dsn
-        self.secrets = tuple(secrets)
-        self.channel = channel
-        self.connections = 0
-        self.conn: psycopg.Connection | None = None
-
-    def wait(self, timeout: float) -> bool:
-        """Blocks until a notification or the timeout; True when woken by a notification.
-
-        Raises:
-            StoreError: the connection failed (the next call reconnects).
-        """
-        return bool(self.receive(timeout))
-
-    def receive(self, timeout: float) -> list[str]:
-        """Blocks until a notification or the timeout; returns the payloads that came (the
-        first one and every one already received with it), oldest first.
-
-        Raises:
-            StoreError: the connection failed (the next call reconnects).
-        """
-        with wrap_db_errors(self.secrets):
-            try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = psycopg.connect(self.dsn, autocommit=True)
-                    self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(
-                        psycopg.sql.Identifier(self.channel)))
-                    self.connections += 1
-                got = [n.payload for n in self.conn.notifies(timeout=max(0.0, timeout),
-                                                             stop_after=1)]
-                if got:  # drain what is already there, without waiting again
-                    got += [n.payload for n in self.conn.notifies(timeout=0.0)]
-                return got
-            except psycopg.Error:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        """Closes the connection."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
