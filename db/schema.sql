@@ -121,7 +121,8 @@ $$;
 
 CREATE OR REPLACE TRIGGER workflow_instances_transition_allowed
     BEFORE UPDATE OF state ON workflow_instances
-    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_unknown_transition();
+    FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION cpoa_refuse_unknown_transition();
 
 -- One row per step attempt and per fan-out item.
 CREATE TABLE IF NOT EXISTS task_instances (
@@ -263,6 +264,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (2)
+INSERT INTO cpoa_schema_version (version) VALUES (3)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;
