@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -25,12 +24,9 @@ import celery.signals
 from cpoa import api, defaults, errors, inputs, logs, models
 from cpoa import engine as engine_module
 from cpoa import settings as settings_module
+from cpoa.store import TASK_NAMES
 
 logger = logging.getLogger(__name__)
-
-TASK_NAMES = {"podcast": "cpoa_orchestrate_podcast_task",
-              "snippets": "cpoa_orchestrate_snippets_task"}
-"""The Celery task of each workflow kind; the names are those of the idempotency table."""
 
 REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 """Broker schemes with a visibility timeout: an unacknowledged message comes back after it."""
@@ -65,6 +61,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> CelerySettings:
         ConfigError: naming the first variable whose value is unusable.
     """
     env = os.environ if env is None else env
+    reader = settings_module.EnvReader(env)
     broker = _url(env, "CPOA_CELERY_BROKER_URL", defaults.CELERY_BROKER_URL)
     backend = env.get("CPOA_CELERY_RESULT_BACKEND", "").strip()
     options = _transport_options(env, broker)
@@ -73,10 +70,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> CelerySettings:
         result_backend=None if backend == "disabled" else _url(
             env, "CPOA_CELERY_RESULT_BACKEND", broker),
         transport_options=options,
-        max_countdown_s=_number(env, "CPOA_CELERY_MAX_COUNTDOWN_SECONDS",
-                                defaults.CELERY_MAX_COUNTDOWN_S),
-        advances_per_run=int(_number(env, "CPOA_CELERY_ADVANCES_PER_RUN",
-                                     defaults.CELERY_ADVANCES_PER_RUN, whole=True)),
+        max_countdown_s=reader.number("CPOA_CELERY_MAX_COUNTDOWN_SECONDS",
+                                      defaults.CELERY_MAX_COUNTDOWN_S, positive=True),
+        advances_per_run=reader.integer("CPOA_CELERY_ADVANCES_PER_RUN",
+                                        defaults.CELERY_ADVANCES_PER_RUN, minimum=1),
     )
     visibility = options.get("visibility_timeout")
     if isinstance(visibility, (int, float)) and config.max_countdown_s >= visibility:
@@ -243,21 +240,6 @@ def _transport_options(env: Mapping[str, str], broker: str) -> dict[str, Any]:
     if not isinstance(given, dict):
         raise errors.ConfigError(f"{name}: expected a JSON object", variable=name)
     return {**options, **given}
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
-    """A positive finite number (a whole one with ``whole``)."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        kind = "whole number" if whole else "number"
-        raise errors.ConfigError(f"{name}: {raw!r} is not a {kind}", variable=name) from None
-    if not math.isfinite(value) or value <= 0:
-        raise errors.ConfigError(f"{name}: {raw!r} must be positive", variable=name)
-    return value
 
 
 @celery.signals.worker_init.connect

@@ -111,7 +111,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     Raises:
         ConfigError: naming the first variable whose value is unusable.
     """
-    reader = _Reader(os.environ if env is None else env)
+    reader = EnvReader(os.environ if env is None else env)
     agents = {name: _agent(reader, name) for name in POLLED_AGENTS}
     asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
     return Settings(
@@ -143,7 +143,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _agent(reader: _Reader, name: str) -> AgentSettings:
+def _agent(reader: EnvReader, name: str) -> AgentSettings:
     interval, timeout = defaults.POLLING_S[name]
     return AgentSettings(
         name=name,
@@ -156,7 +156,7 @@ def _agent(reader: _Reader, name: str) -> AgentSettings:
     )
 
 
-def _database(reader: _Reader) -> DatabaseSettings:
+def _database(reader: EnvReader) -> DatabaseSettings:
     url = reader.text("CPOA_DATABASE_URL", "")
     is_url = "://" in url
     try:
@@ -188,7 +188,7 @@ def _database(reader: _Reader) -> DatabaseSettings:
     )
 
 
-class _Reader:
+class EnvReader:
     """Reads typed values from an environment, naming the variable when one is bad."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
