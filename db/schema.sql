@@ -189,6 +189,13 @@ CREATE TABLE IF NOT EXISTS workflow_events (
 );
 CREATE INDEX IF NOT EXISTS workflow_events_by_workflow ON workflow_events (workflow_id, event_id);
 
+-- History rows with their workflow's kind and topic (or query): what the dashboard shows.
+CREATE OR REPLACE VIEW workflow_events_labelled AS
+SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
+       coalesce(w.trigger_event_details_json ->> 'topic',
+                w.trigger_event_details_json ->> 'query') AS label
+FROM workflow_events e JOIN workflow_instances w USING (workflow_id);
+
 CREATE OR REPLACE FUNCTION cpoa_refuse_history_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -264,6 +271,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (3)
+INSERT INTO cpoa_schema_version (version) VALUES (4)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -175,7 +175,9 @@ VALUES (%(workflow_id)s, %(client_id)s, %(event_name)s, %(data)s);
 SELECT pg_notify('cpoa_due', %(payload)s);
 
 -- select_workflow --
-SELECT * FROM workflow_instances WHERE workflow_id = %(workflow_id)s;
+-- A workflow with the database's clock, which its lease and schedule times are relative to.
+SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+WHERE workflow_id = %(workflow_id)s;
 
 -- select_tasks --
 SELECT * FROM task_instances WHERE workflow_id = %(workflow_id)s
@@ -330,31 +332,22 @@ SELECT set_config('lock_timeout', %(timeout_ms)s, true);
 -- History rows of every workflow after %(after)s, oldest first, with the workflow's kind and
 -- topic (or query). Ids are taken at INSERT, not at COMMIT: across workflows a lower id may
 -- commit after a higher one (live streams follow NOTIFY, which comes in commit order).
-SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
-       coalesce(w.trigger_event_details_json ->> 'topic',
-                w.trigger_event_details_json ->> 'query') AS label
-FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
-WHERE e.event_id > %(after)s
-ORDER BY e.event_id
+SELECT * FROM workflow_events_labelled
+WHERE event_id > %(after)s
+ORDER BY event_id
 LIMIT %(limit)s;
 
 -- workflow_events_after --
 -- The same for one workflow; its ids do grow in commit order (its row lock serialises them).
-SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
-       coalesce(w.trigger_event_details_json ->> 'topic',
-                w.trigger_event_details_json ->> 'query') AS label
-FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
-WHERE e.workflow_id = %(workflow_id)s AND e.event_id > %(after)s
-ORDER BY e.event_id
+SELECT * FROM workflow_events_labelled
+WHERE workflow_id = %(workflow_id)s AND event_id > %(after)s
+ORDER BY event_id
 LIMIT %(limit)s;
 
 -- get_events --
-SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
-       coalesce(w.trigger_event_details_json ->> 'topic',
-                w.trigger_event_details_json ->> 'query') AS label
-FROM workflow_events e JOIN workflow_instances w USING (workflow_id)
-WHERE e.event_id = ANY(%(event_ids)s)
-ORDER BY e.event_id;
+SELECT * FROM workflow_events_labelled
+WHERE event_id = ANY(%(event_ids)s)
+ORDER BY event_id;
 
 -- state_counts --
 -- Workflows per state (of one kind, or all) and the newest event id, from one snapshot (one
@@ -414,11 +407,6 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
        OR (start_timestamp, workflow_id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid))
 ORDER BY start_timestamp DESC, workflow_id DESC
 LIMIT %(limit)s;
-
--- workflow_with_clock --
--- A workflow with the database's clock, which its lease and schedule times are relative to.
-SELECT *, clock_timestamp() AS db_now FROM workflow_instances
-WHERE workflow_id = %(workflow_id)s;
 
 -- schema_version --
 SELECT version FROM cpoa_schema_version;

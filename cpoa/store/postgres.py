@@ -288,11 +288,14 @@ class PostgresStore:
         Raises:
             UnknownWorkflow: no such workflow.
         """
+        return models.Workflow.from_row(self._workflow_row(workflow_id))
+
+    def _workflow_row(self, workflow_id: uuid.UUID) -> dict:
         with self._errors(), self.pool.connection() as conn:
             row = self._one(conn, "select_workflow", workflow_id=workflow_id)
         if row is None:
             raise errors.UnknownWorkflow(workflow_id)
-        return models.Workflow.from_row(row)
+        return row
 
     def get_tasks(self, workflow_id: uuid.UUID) -> list[models.Task]:
         """Returns every task row of a workflow, oldest first."""
@@ -398,10 +401,7 @@ class PostgresStore:
         Raises:
             UnknownWorkflow: no such workflow.
         """
-        with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "workflow_with_clock", workflow_id=workflow_id)
-        if row is None:
-            raise errors.UnknownWorkflow(workflow_id)
+        row = self._workflow_row(workflow_id)
         return models.Workflow.from_row(row), row["db_now"]
 
     def schema_version(self, timeout_s: float) -> int | None:
