@@ -44,19 +44,10 @@ def _act(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
         timeout = _timeout_s(settings, step)
         task = task.evolve(first_submitted_at=started,
                            poll_deadline_at=started + datetime.timedelta(seconds=timeout))
-    if step.agent == "ASF":
-        try:
-            return _notify(client, settings, step, workflow, task, item, now, log)
-        except errors.AgentUnavailable as exc:  # tried again at a later advance, until due
-            _count_error(step, exc)
-            return _open(task.evolve(retry_count=task.retry_count + 1,
-                                     error_details_json={"reason": str(exc), "transient": True}),
-                         now(), _interval_s(settings, step), step)
-        except errors.AgentError as exc:
-            _count_error(step, exc)
-            return failed(task, str(exc), now(), status_code=exc.status_code)
     log = log.bind(agent_task_id=task.external_task_id) if task.external_task_id else log
     try:
+        if step.agent == "ASF":
+            return _notify(client, settings, step, workflow, task, item, now, log)
         if task.status == "submitted" and task.status_url:
             reply = client.poll(step.agent, _base(settings, step), task.status_url,
                                 workflow_id=str(workflow.workflow_id),
@@ -68,9 +59,10 @@ def _act(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
                                   idempotency_key=task.idempotency_key,
                                   workflow_id=str(workflow.workflow_id), log=log)
         return _after_reply(settings, step, task, reply, now)
-    except errors.AgentUnavailable as exc:
+    except errors.AgentUnavailable as exc:  # tried again at a later advance, until due
         _count_error(step, exc)
-        delay = exc.retry_after if exc.retry_after is not None else _interval_s(settings, step)
+        honour = exc.retry_after is not None and step.agent != "ASF"  # ASF: its own pace
+        delay = exc.retry_after if honour else _interval_s(settings, step)
         return _open(task.evolve(retry_count=task.retry_count + 1,
                                  error_details_json={"reason": str(exc), "transient": True}),
                      now(), delay, step)
@@ -80,7 +72,7 @@ def _act(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
 
 
 def _count_error(step: Step, exc: errors.AgentError) -> None:
-    metrics.agent_error(step.agent, "timeout" if agents.timed_out(exc) else metrics.error_kind(exc))
+    metrics.agent_error(step.agent, metrics.error_kind(exc))
 
 
 def _after_reply(settings: Settings, step: Step, task: models.Task, reply: agents.Reply,

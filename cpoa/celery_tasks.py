@@ -172,8 +172,7 @@ def drive(engine: engine_module.Engine, workflow_id: Any,
     """
     workflow_id = inputs.workflow_id(workflow_id)
     for _ in range(advances):
-        engine.advance(workflow_id)
-        workflow = engine.store.get_workflow(workflow_id)
+        workflow = engine.advance_workflow(workflow_id)
         wait_s = due_in(workflow, datetime.datetime.now(datetime.UTC))
         if wait_s is None or wait_s > 0:
             return workflow, wait_s

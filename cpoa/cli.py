@@ -108,12 +108,12 @@ def _drive(engine: Engine, workflow_id: Any, timeout: float) -> str:
     """Advances one workflow in this process until it is terminal, sleeping on its schedule."""
     deadline = time.monotonic() + timeout
     while True:
-        state = engine.advance(workflow_id)
-        if state in machine.TERMINAL_STATES:
-            return state
+        workflow = engine.advance_workflow(workflow_id)
+        if workflow.is_terminal:
+            return workflow.state
         if time.monotonic() > deadline:
-            raise errors.CPOAError(f"workflow {workflow_id} still {state} after {timeout:g} s")
-        workflow = engine.store.get_workflow(workflow_id)
+            raise errors.CPOAError(
+                f"workflow {workflow_id} still {workflow.state} after {timeout:g} s")
         if workflow.next_run_at is not None and workflow.lease_owner is None:
             now = datetime.datetime.now(datetime.timezone.utc)
             wait = (workflow.next_run_at - now).total_seconds()
@@ -408,8 +408,8 @@ def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
                                              lambda v: v.lower() in ("1", "true", "yes")),
                         help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE]")
     worker.add_argument(
-        "--metrics-port", type=int,
-        default=_env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, int),
+        "--metrics-port", type=port,
+        default=_env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, port),
         help="serve this process's Prometheus metrics on this port "
              "[env CPOA_METRICS_PORT, default 0: off]")
     worker.add_argument(

@@ -9,13 +9,8 @@ def mermaid(kind: str, current: str | None = None) -> str:
     """Returns a Mermaid ``stateDiagram-v2`` of one kind, optionally highlighting a state."""
     lines = ["stateDiagram-v2", f"    %% {kind} workflow",
              f"    [*] --> {machine.initial_state(kind)}"]
-    labels: dict[tuple[str, str], list[str]] = {}
-    for transition in machine.KINDS[kind][1]:
-        sources = transition["source"]
-        for source in [sources] if isinstance(sources, str) else sources:
-            labels.setdefault((source, transition["dest"]), []).append(transition["trigger"])
-    for (source, dest), triggers in labels.items():
-        lines.append(f"    {source} --> {dest}: {', '.join(sorted(set(triggers)))}")
+    for (source, dest), triggers in machine.labelled_edges(kind).items():
+        lines.append(f"    {source} --> {dest}: {', '.join(triggers)}")
     for state in sorted(machine.FINAL_STATES):
         lines.append(f"    {state} --> [*]")
     if current:

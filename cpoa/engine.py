@@ -87,11 +87,14 @@ class Engine:
             InvalidInput: the id is not a UUID.
             UnknownWorkflow: no such workflow.
         """
+        return self.advance_workflow(workflow_id).state
+
+    def advance_workflow(self, workflow_id: Any) -> models.Workflow:
+        """Like :meth:`advance`, returning the workflow as stored afterwards (not only its
+        state), for callers that schedule their next call on it."""
         workflow, lease = self.store.lease(inputs.workflow_id(workflow_id), self.owner,
                                            self.settings.lease_ttl_s)
-        if lease is None:
-            return workflow.state
-        return self.run(lease).state
+        return workflow if lease is None else self.run(lease)
 
     def cancel(self, workflow_id: Any) -> str:
         """Cancels a working or failed workflow; returns ``"cancelled"``.
@@ -256,28 +259,36 @@ class Engine:
         return workflow_id
 
 
+def summary(workflow: models.Workflow) -> dict[str, Any]:
+    """Returns the JSON-ready fields every view of a workflow shares (`describe`, the
+    dashboard's ``views.workflow_view``)."""
+    return {
+        "workflow_id": str(workflow.workflow_id), "kind": workflow.kind, "state": workflow.state,
+        "progress": events.progress(workflow.kind, workflow.state, workflow.failed_from_state),
+        "warnings": list(workflow.warnings), "error": workflow.error_message,
+        "failed_from_state": workflow.failed_from_state, "retry_count": workflow.retry_count,
+        "recovery_attempts": workflow.recovery_attempts,
+        "started_at": iso(workflow.start_timestamp),
+        "updated_at": iso(workflow.last_updated_timestamp),
+        "ended_at": iso(workflow.end_timestamp), "next_run_at": iso(workflow.next_run_at),
+        "lease_owner": workflow.lease_owner,
+    }
+
+
 def describe(workflow: models.Workflow, tasks: Sequence[models.Task],
              history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Returns the JSON-ready status of a workflow (what `cpoa status --json` prints)."""
     return {
-        "workflow_id": str(workflow.workflow_id), "kind": workflow.kind, "state": workflow.state,
-        "progress": events.progress(workflow.kind, workflow.state, workflow.failed_from_state),
-        "warnings": workflow.warnings, "error": workflow.error_message,
-        "failed_from_state": workflow.failed_from_state, "params": workflow.params,
-        "outputs": workflow.context, "client_id": workflow.client_id,
-        "idempotency_key": workflow.idempotency_key, "retry_count": workflow.retry_count,
-        "recovery_attempts": workflow.recovery_attempts,
-        "started_at": _iso(workflow.start_timestamp),
-        "updated_at": _iso(workflow.last_updated_timestamp),
-        "ended_at": _iso(workflow.end_timestamp), "next_run_at": _iso(workflow.next_run_at),
-        "lease_owner": workflow.lease_owner,
+        **summary(workflow),
+        "params": workflow.params, "outputs": workflow.context, "client_id": workflow.client_id,
+        "idempotency_key": workflow.idempotency_key,
         "tasks": [{"task_id": str(t.task_id), "step": t.step, "agent": t.agent_name,
                    "item_key": t.item_key, "attempt": t.attempt, "status": t.status,
                    "idempotency_key": t.idempotency_key, "external_task_id": t.external_task_id,
                    "retry_count": t.retry_count, "error": t.error_details_json,
-                   "next_poll_at": _iso(t.next_poll_at)} for t in tasks],
+                   "next_poll_at": iso(t.next_poll_at)} for t in tasks],
         "history": [{"from": h["from_state"], "to": h["to_state"], "trigger": h["trigger"],
-                     "at": _iso(h["at"]), "detail": h["detail"]} for h in history],
+                     "at": iso(h["at"]), "detail": h["detail"]} for h in history],
     }
 
 
@@ -303,5 +314,6 @@ def _summary(value: Any) -> Any:
     return value
 
 
-def _iso(value: datetime.datetime | None) -> str | None:
+def iso(value: datetime.datetime | None) -> str | None:
+    """Returns a time as ISO 8601, or None."""
     return value.isoformat() if value else None

@@ -11,8 +11,8 @@
     │   ├── DuplicateWorkflow
     │   └── StoreBusy            retryable: serialization failure, lock not available
     └── AgentError               an agent call failed (service, status_code, body)
-        ├── AgentTimeout         no answer in time, or the task outlived its deadline
         ├── AgentUnavailable     transient: connection refused, 429, 502, 503, 504, bodiless 5xx
+        │   └── AgentTimeout     no answer within the request's timeout
         ├── AgentRejected        permanent: 400, 404, 413, 422 or another 4xx
         ├── AgentTaskFailed      the agent ran the task and reports FAILURE or a business error
         └── InvalidAgentResult   the reply does not match the contract (names the field)
@@ -98,12 +98,12 @@ class AgentError(CPOAError):
                          url=url, retry_after=retry_after)
 
 
-class AgentTimeout(AgentError):
-    """The agent did not answer in time."""
-
-
 class AgentUnavailable(AgentError):
     """The agent is unavailable for now."""
+
+
+class AgentTimeout(AgentUnavailable):
+    """The agent did not answer in time."""
 
 
 class AgentRejected(AgentError):

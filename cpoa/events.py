@@ -35,10 +35,10 @@ def entered(workflow: models.Workflow, dest: str, *, failed_from_state: str | No
     message = MESSAGES.get(dest) or IMAGING_MESSAGES.get(workflow.kind, dest)
     if dest == "failed":
         message = f"Failed: {error}" if error else "Failed."
+    at, origin = ((workflow.state, workflow.failed_from_state) if dest == "cancelled"
+                  else (dest, failed_from_state))  # cancelled: keep how far it got
     data = {"workflow_id": str(workflow.workflow_id), "state": dest, "stage": dest,
-            "message": message, "progress": progress(workflow.kind, dest, failed_from_state)}
-    if dest == "cancelled":  # keep how far it got
-        data["progress"] = progress(workflow.kind, workflow.state, workflow.failed_from_state)
+            "message": message, "progress": progress(workflow.kind, at, origin)}
     if dest in machine.TERMINAL_STATES:
         all_warnings = [*workflow.warnings, *warnings]
         final = dest

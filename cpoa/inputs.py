@@ -15,6 +15,11 @@ VOICE_PARAMS = {"voice_name": str, "speaking_rate": (int, float), "pitch": (int,
                 "language_code": str}
 TEXT_ID_MAX_CHARS = 200
 URL_MAX_CHARS = 2048
+MAX_RESULTS_MIN, MAX_RESULTS_MAX = 1, 50
+"""Bounds of a podcast's optional ``max_results``."""
+SNIPPETS_LIMIT_DEFAULT = 5
+SNIPPETS_LIMIT_MIN, SNIPPETS_LIMIT_MAX = 1, 50
+"""Default and bounds of a snippets workflow's ``limit`` (topics to discover)."""
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -63,16 +68,17 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     if params.get("persona") is not None:
         cleaned["persona"] = text(params["persona"], "persona")
     if params.get("max_results") is not None:
-        cleaned["max_results"] = integer(params["max_results"], "max_results", 1, 50)
+        cleaned["max_results"] = integer(params["max_results"], "max_results", MAX_RESULTS_MIN,
+                                         MAX_RESULTS_MAX)
     return cleaned
 
 
 def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:
     _only(params, ("query", "limit"))
     limit = params.get("limit")
-    limit = 5 if limit is None else limit
+    limit = SNIPPETS_LIMIT_DEFAULT if limit is None else limit
     return {"query": text(params.get("query"), "query"),
-            "limit": integer(limit, "limit", 1, 50)}
+            "limit": integer(limit, "limit", SNIPPETS_LIMIT_MIN, SNIPPETS_LIMIT_MAX)}
 
 
 def text(value: Any, field: str, max_chars: int = defaults.TOPIC_MAX_CHARS) -> str:

@@ -96,14 +96,20 @@ def initial_state(kind: str) -> str:
     return _definition(kind)[2]
 
 
-def edges(kind: str) -> set[tuple[str, str]]:
-    """Returns every (source, dest) pair some trigger allows."""
-    pairs = set()
+def labelled_edges(kind: str) -> dict[tuple[str, str], list[str]]:
+    """Returns {(source, dest): sorted triggers} for every pair some trigger allows, in
+    definition order."""
+    labels: dict[tuple[str, str], set[str]] = {}
     for transition in _definition(kind)[1]:
         sources = transition["source"]
         for source in [sources] if isinstance(sources, str) else sources:
-            pairs.add((source, transition["dest"]))
-    return pairs
+            labels.setdefault((source, transition["dest"]), set()).add(transition["trigger"])
+    return {pair: sorted(triggers) for pair, triggers in labels.items()}
+
+
+def edges(kind: str) -> set[tuple[str, str]]:
+    """Returns every (source, dest) pair some trigger allows."""
+    return set(labelled_edges(kind))
 
 
 def decide(kind: str, state: str, trigger: str,

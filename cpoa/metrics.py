@@ -87,11 +87,7 @@ def transitioned(workflow: models.Workflow, dest: str, trigger: str | None = Non
 
 
 def error_kind(exc: BaseException) -> str:
-    """Returns the ``kind`` label of a failed agent request (one of :data:`ERROR_KINDS`).
-
-    A request that timed out is reported as ``AgentUnavailable`` by the client; the caller,
-    which can tell (``cpoa.agents.client.timed_out``), passes ``"timeout"`` itself.
-    """
+    """Returns the ``kind`` label of a failed agent request (one of :data:`ERROR_KINDS`)."""
     if isinstance(exc, errors.AgentTimeout):
         return "timeout"
     if isinstance(exc, errors.InvalidAgentResult):

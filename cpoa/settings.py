@@ -160,9 +160,9 @@ def _database(reader: EnvReader) -> DatabaseSettings:
     url = reader.text("CPOA_DATABASE_URL", "")
     is_url = "://" in url
     try:
-        scheme = urllib.parse.urlsplit(url).scheme if is_url else ""
-        if is_url:
-            urllib.parse.urlsplit(url).port  # a bad port or [IPv6 host raises here
+        parts = urllib.parse.urlsplit(url) if is_url else None
+        scheme = parts.scheme if parts else ""
+        _ = parts and parts.port  # a bad port or [IPv6 host raises here
     except ValueError:  # the message could quote the URL, password included: not shown
         raise errors.ConfigError("CPOA_DATABASE_URL: not a valid URL",
                                  variable="CPOA_DATABASE_URL") from None

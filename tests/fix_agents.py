@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,6 +49,13 @@ def settings(agent: ScriptedAgent) -> Settings:
 def engine(store: PostgresStore, settings: Settings) -> Engine:
     """An engine on the test database and the scripted agent."""
     return Engine(store, settings)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (nothing listens on it now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(check: Callable[[], object], timeout: float = 10.0,

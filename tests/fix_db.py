@@ -6,6 +6,7 @@ embedded PostgreSQL is started in a throwaway folder, so the suite really runs e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -14,22 +15,31 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg import conninfo as pg_conninfo
+from psycopg import sql as pg_sql
 
-from cpoa import embedded, sql
+from cpoa import embedded
 from cpoa.store import PostgresStore
+
+
+@contextlib.contextmanager
+def database_server(dsn: str | None = None, prefix: str = "cpoa-test-pg-") -> Iterator[str]:
+    """The given server, CPOA_TEST_DATABASE_URL, or an embedded one in a throwaway folder
+    (the test suite's and the chaos harness's)."""
+    dsn = dsn or os.environ.get("CPOA_TEST_DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        data_dir = os.path.join(folder, "pgdata")
+        yield embedded.start(data_dir, keep_running=False)
+        embedded.stop(data_dir)
 
 
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """An administrative connection string to the test server."""
-    configured = os.environ.get("CPOA_TEST_DATABASE_URL")
-    if configured:
-        yield configured
-        return
-    with tempfile.TemporaryDirectory(prefix="cpoa-test-pg-") as folder:
-        data_dir = os.path.join(folder, "pgdata")
-        yield embedded.start(data_dir, keep_running=False)
-        embedded.stop(data_dir)
+    with database_server() as dsn:
+        yield dsn
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -39,29 +49,51 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return pg_conninfo.make_conninfo(**params)
 
 
+@contextlib.contextmanager
+def database(server_dsn: str, *, template: str | None = None, schema: bool = False,
+             prefix: str = "cpoa_t_") -> Iterator[str]:
+    """A new database on the server (a copy of the ``template`` database if given, with the
+    schema applied if ``schema``); yields its connection string and drops it on exit."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    create = pg_sql.SQL("CREATE DATABASE {}").format(pg_sql.Identifier(name))
+    if template:
+        create += pg_sql.SQL(" TEMPLATE {}").format(pg_sql.Identifier(template))
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(create)
+    try:
+        dsn = with_dbname(server_dsn, name)
+        if schema:
+            store = PostgresStore(dsn, min_size=0, max_size=1)
+            try:
+                store.apply_schema()
+            finally:
+                store.close()
+        yield dsn
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
+            conn.execute(pg_sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                pg_sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A database with the schema applied, used as the template of every test database."""
-    name = f"cpoa_tpl_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(with_dbname(server_dsn, name), autocommit=True) as conn:
-        with conn.transaction():
-            conn.execute(sql.schema())
-    yield name
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database(server_dsn, schema=True, prefix="cpoa_tpl_") as template:
+        yield pg_conninfo.conninfo_to_dict(template)["dbname"]
 
 
 @pytest.fixture
 def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh database with the schema, dropped after the test."""
-    name = f"cpoa_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield with_dbname(server_dsn, name)
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database(server_dsn, template=template_db) as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def empty_dsn(server_dsn: str) -> Iterator[str]:
+    """A fresh database without the schema, dropped after the test."""
+    with database(server_dsn) as empty:
+        yield empty
 
 
 @pytest.fixture

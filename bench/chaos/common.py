@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 
@@ -17,8 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cpoa import embedded  # noqa: E402
-from tests.fix_db import with_dbname  # noqa: E402
+from tests.fix_db import database_server, with_dbname  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -53,17 +51,17 @@ class Context:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
+def server(dsn: str | None) -> contextlib.AbstractContextManager[str]:
     """The given server, CPOA_TEST_DATABASE_URL, or an embedded one in a throwaway folder."""
-    dsn = dsn or os.environ.get("CPOA_TEST_DATABASE_URL")
-    if dsn:
-        yield dsn
-        return
-    with tempfile.TemporaryDirectory(prefix="cpoa-chaos-pg-") as folder:
-        data_dir = os.path.join(folder, "pgdata")
-        yield embedded.start(data_dir, keep_running=False)
-        embedded.stop(data_dir)
+    return database_server(dsn, prefix="cpoa-chaos-pg-")
+
+
+def quick_run(module: Any, server_dsn: str, scratch: pathlib.Path) -> dict[str, Any]:
+    """Runs one scenario's quick version the way `bench/chaos/run.py --quick` does (the test
+    suite's chaos tests); prints the figures (shown with pytest -s or on failure)."""
+    result = module.run(Context(server_dsn, scratch, quick=True))
+    print(result)
+    return result
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -34,7 +34,7 @@ from cpoa import settings as settings_module
 from cpoa.engine import FAULT_POINTS, Engine
 from cpoa.store import PostgresStore, conninfo
 from cpoa.worker import Worker
-from tests.fix_agents import agent_env
+from tests.acceptance.helpers import cli_env
 
 CRASH_MARK = "chaos: SIGKILL at"
 """What a crashing worker prints on stderr just before it kills itself."""
@@ -44,11 +44,7 @@ CRASH_MARK = "chaos: SIGKILL at"
 
 def environment(dsn: str, agent_url: str, **overrides: str) -> dict[str, str]:
     """The environment of a worker: this database, every agent at ``agent_url``, fast polls."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CPOA_", "POSTGRES_", "PG"))}
-    env.update(agent_env(agent_url), CPOA_DATABASE_URL=dsn, PYTHONPATH=str(REPO),
-               DB_POOL_MAX_CONN="8")
-    env.update(overrides)
-    return env
+    return cli_env(dsn, agent_url, **{"DB_POOL_MAX_CONN": "8", **overrides})
 
 
 class Processes:

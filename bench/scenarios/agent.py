@@ -20,19 +20,22 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from typing import Any
 
 from bench.scenarios import common  # noqa: F401  (puts the repository on sys.path)
-from tests.agent_server import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent, default_result
+from tests.agent_server import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent
 
 
 class TimedAgent(ScriptedAgent):
-    """Tasks finish at a set time after their submit; polls see SUCCESS only from then on."""
+    """Tasks finish at a set time after their submit; polls see SUCCESS only from then on.
+
+    A thin layer over ScriptedAgent's tasks, as ``bench/chaos/agents.ChaosAgent`` is.
+    """
 
     def __init__(self, work_s: tuple[float, float]) -> None:
         self.work_s = work_s
         self.finishes: list[dict[str, Any]] = []
+        self.done_at: dict[str, float] = {}
         self.rng = random.Random(7)
         super().__init__(pending_polls=0, sync=False)
 
@@ -40,33 +43,26 @@ class TimedAgent(ScriptedAgent):
         if method == "GET" and path == "/bench/finishes":
             with self.lock:
                 return Reply(200, {"finishes": list(self.finishes)})
-        if path in (ASF_NOTIFY, ASF_UI) or method != "POST":
-            if method == "GET" and path.startswith("/v1/tasks/"):
-                return self._timed_poll(path.rsplit("/", 1)[-1])
-            return super()._default(method, path, headers, body)
-        key = headers.get("x-idempotency-key", "")
+        reply = super()._default(method, path, headers, body)
+        if (method != "POST" or path in (ASF_NOTIFY, ASF_UI) or not isinstance(reply.body, dict)
+                or "task_id" not in reply.body):
+            return reply
+        task_id = reply.body["task_id"]
         with self.lock:
-            task_id = self.by_key.get(key)
-            if task_id is None:
-                task_id = uuid.uuid4().hex
-                self.by_key[key] = task_id
-                self.work[key] += 1
-                done_at = time.time() + self.rng.uniform(*self.work_s)
-                self.tasks[task_id] = {"result": default_result(path, body or {}),
-                                       "done_at": done_at, "polls": 0}
+            if task_id not in self.done_at:  # the first answer naming a task created it
+                self.done_at[task_id] = time.time() + self.rng.uniform(*self.work_s)
                 self.finishes.append({"workflow_id": headers.get("x-workflow-id"),
-                                      "path": path, "done_at": done_at})
-        return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
+                                      "path": path, "done_at": self.done_at[task_id]})
+            if time.time() < self.done_at[task_id]:  # a resubmit before then: still running
+                return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
+        return reply
 
-    def _timed_poll(self, task_id: str) -> Reply:
+    def _poll(self, task_id: str) -> Reply:
         with self.lock:
-            task = self.tasks.get(task_id)
-            if task is None:
-                return Reply(404, {"error": "unknown task"})
-            task["polls"] += 1
-            if time.time() < task["done_at"]:
-                return Reply(202, {"task_id": task_id, "status": "PENDING"})
-        return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
+            done_at = self.done_at.get(task_id)
+        if done_at is not None and time.time() < done_at:
+            return Reply(202, {"task_id": task_id, "status": "PENDING"})
+        return super()._poll(task_id)
 
 
 def main() -> None:

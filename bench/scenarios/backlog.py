@@ -16,17 +16,17 @@ plan of the claim statement is shown with ``EXPLAIN (ANALYZE, BUFFERS)`` (rolled
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.scenarios import common
+from cpoa.steps import PODCAST
+from cpoa.store import TASK_NAMES
 
-TASK_NAME = "cpoa_orchestrate_podcast_task"
-STEPS = [("fetching", "WCHA"), ("analyzing", "TDA"), ("scripting", "PSWA"),
-         ("synthesizing", "VFA"), ("imaging", "IGA"), ("finalizing", "ASF")]
+TASK_NAME = TASK_NAMES["podcast"]
+STEPS = [(state, step.agent) for state, step in PODCAST.items()]
 
 
 def sample_context(dsn: str) -> dict[str, Any]:
@@ -46,14 +46,19 @@ def sample_context(dsn: str) -> dict[str, Any]:
     return status["outputs"]
 
 
+def _new_ids(conn: psycopg.Connection, count: int) -> None:
+    """A temporary table of ``count`` new workflow ids numbered ``g``, gone at COMMIT."""
+    conn.execute("""
+        CREATE TEMP TABLE new_ids ON COMMIT DROP AS
+        SELECT gen_random_uuid() AS workflow_id, g FROM generate_series(1, %(n)s) g""",
+                 {"n": count})
+
+
 def insert_finished(dsn: str, count: int, context: dict[str, Any]) -> None:
     """``count`` completed workflows with their keys, tasks and history rows."""
     steps = json.dumps([{"step": s, "agent": a} for s, a in STEPS])
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute("""
-            CREATE TEMP TABLE new_ids ON COMMIT DROP AS
-            SELECT gen_random_uuid() AS workflow_id, g FROM generate_series(1, %(n)s) g""",
-                     {"n": count})
+        _new_ids(conn, count)
         conn.execute("""
             INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
                 context_data_json, start_timestamp, last_updated_timestamp, end_timestamp,
@@ -99,10 +104,7 @@ def insert_due(dsn: str, count: int, context: dict[str, Any]) -> None:
         return
     states = [s for s, _ in STEPS]
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute("""
-            CREATE TEMP TABLE new_ids ON COMMIT DROP AS
-            SELECT gen_random_uuid() AS workflow_id, g FROM generate_series(1, %(n)s) g""",
-                     {"n": count})
+        _new_ids(conn, count)
         conn.execute("""
             INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
                 context_data_json, next_run_at)
@@ -187,6 +189,3 @@ def plans(dsn: str) -> dict[str, str]:
             status="completed", result_payload=None, error_payload=None),
     }
 
-
-def unique_owner() -> str:
-    return f"bench-{uuid.uuid4().hex[:6]}"

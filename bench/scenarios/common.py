@@ -284,15 +284,11 @@ class InstantClient:
 
 
 def agent_env(url: str, poll_s: float = 0.05, **overrides: str) -> dict[str, str]:
-    """Environment that points every agent at ``url`` (as the test suite's agent_env)."""
+    """The test suite's agent_env, with polls every ``poll_s`` and a 60 s lease."""
     from cpoa.settings import POLLED_AGENTS
-    from tests.agent_server import ASF_NOTIFY, ASF_UI
-    env = {f"{name}_SERVICE_URL": url for name in POLLED_AGENTS}
-    env.update({f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(poll_s) for name in POLLED_AGENTS})
-    env.update(ASF_NOTIFICATION_URL=url + ASF_NOTIFY, CPOA_ASF_SEND_UI_UPDATE_URL=url + ASF_UI,
-               CPOA_SERVICE_RETRY_BACKOFF_FACTOR="0.01", CPOA_LEASE_TTL_SECONDS="60")
-    env.update(overrides)
-    return env
+    from tests.fix_agents import agent_env as test_agent_env
+    polls = {f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(poll_s) for name in POLLED_AGENTS}
+    return test_agent_env(url, **{"CPOA_LEASE_TTL_SECONDS": "60", **polls, **overrides})
 
 
 # -- statistics and output -------------------------------------------------------------------

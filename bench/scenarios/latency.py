@@ -19,10 +19,9 @@ import psycopg
 import requests
 
 from bench.scenarios import common
+from cpoa.steps import PODCAST
 
-STATE_OF_PATH = {"/harvest": "fetching", "/discover_topics": "analyzing",
-                 "/weave_script": "scripting", "/forge_voice": "synthesizing",
-                 "/generate_image": "imaging"}
+STATE_OF_PATH = {step.path: state for state, step in PODCAST.items() if step.agent != "ASF"}
 
 
 def main() -> None:

@@ -178,15 +178,17 @@ class AgentClient:
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except requests.Timeout as exc:
             _log_failure(log, "agent request timed out", context, None, "")
-            raise errors.AgentUnavailable(f"{service} did not answer within {timeout:g} s",
-                                          service=service, url=url) from exc
+            raise errors.AgentTimeout(f"{service} did not answer within {timeout:g} s",
+                                      service=service, url=url) from exc
         except requests.RequestException as exc:
             _log_failure(log, "agent request failed", context, None, str(exc))
             raise errors.AgentUnavailable(
                 f"{service} unreachable: {type(exc).__name__}", service=service,
                 url=url) from exc
         body = logs.clip(raw, defaults.ERROR_BODY_CHARS)
-        payload = _parse_json(raw) if raw else None
+        value = _parse_json(raw) if raw else None
+        deep = value is not None and _deeper_than(value, MAX_JSON_DEPTH)
+        payload = None if deep else value
         answered = isinstance(payload, dict) and "status" in payload
         if status in TRANSIENT_STATUS or (status >= 500 and not answered):
             _log_failure(log, "agent answered with a transient error", context, status, body)
@@ -203,7 +205,6 @@ class AgentClient:
                                        service=service, status_code=status, url=url)
         if expect_json and status not in (404, 409) and not isinstance(payload, dict):
             _log_failure(log, "agent reply is not a JSON object", context, status, body)
-            deep = raw and _parse_json(raw, MAX_JSON_DEPTH * 1000) is not None
             got = (f"nested deeper than {MAX_JSON_DEPTH} levels" if deep
                    else f"got {body[:80]!r}")
             raise errors.InvalidAgentResult(
@@ -291,14 +292,12 @@ def _read_bounded(response: requests.Response, limit: int, service: str, url: st
     return b"".join(chunks)
 
 
-def _parse_json(raw: bytes, max_depth: int = 0) -> Any:
-    """The body as JSON, or None when it is not JSON or nested deeper than ``max_depth``
-    (MAX_JSON_DEPTH by default)."""
+def _parse_json(raw: bytes) -> Any:
+    """The body as JSON, or None when it is not JSON."""
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    return None if _deeper_than(value, max_depth or MAX_JSON_DEPTH) else value
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -372,8 +371,3 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures that a later attempt may not see (the step is tried again)."""
     return isinstance(exc, errors.AgentUnavailable)
 
-
-
-def timed_out(exc: BaseException) -> bool:
-    """True when a request got no answer within its timeout (a transient failure)."""
-    return isinstance(exc.__cause__, requests.Timeout)

@@ -61,12 +61,11 @@ def workflow_page(request: Request, workflow_id: str) -> HTMLResponse:
         # History first: the workflow and its tasks, read after, are at least as new, and
         # the stream replays whatever comes after the last row shown.
         history = store.get_history(wanted)
-        workflow = store.get_workflow(wanted)
+        view = live.snapshot(store, wanted)
     except errors.InvalidInput:
         return _html(pages.not_found(f"There is no workflow {workflow_id!r}."), 404)
-    view = views.workflow_view(workflow, store.get_tasks(wanted))
-    counts, _ = store.state_counts(workflow.kind)
-    dwell = store.state_dwell_times(workflow.kind, DWELL_DAYS)
+    counts = view.pop("state_counts")
+    dwell = store.state_dwell_times(view["kind"], DWELL_DAYS)
     last_event_id = history[-1]["event_id"] if history else 0
     return _html(pages.workflow_page(view, views.timeline(history), last_event_id, counts,
                                      dwell, DWELL_DAYS))

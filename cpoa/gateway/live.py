@@ -27,9 +27,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from cpoa import errors, inputs
+from cpoa import errors, inputs, machine
 from cpoa.gateway import hub as hubs
-from cpoa.gateway import views
+from cpoa.gateway import problems, views
 from cpoa.store import PostgresStore
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ REPLAY_PAGE = 500
 """History rows read per query while replaying."""
 RECENT_IDS = 4096
 """Event ids a stream remembers having sent (ids can commit out of order across workflows)."""
+KINDS = tuple(machine.KINDS)
+"""The ``kind`` values the all-workflows stream accepts."""
 
 
 
@@ -170,7 +172,7 @@ class Stream:
                  if sent.first_time(row["event_id"])]
         if summarize or (summarize is None and texts):
             if self.workflow_id is not None:
-                view = await self._read(self._snapshot)
+                view = await self._read(snapshot, self.store, self.workflow_id)
                 if view is not None:
                     texts.append(frame("snapshot", view))
             else:
@@ -179,12 +181,15 @@ class Stream:
                     texts.append(frame("counts", {"counts": counts[0], "kind": self.kind}))
         return texts
 
-    def _snapshot(self) -> dict[str, Any]:
-        assert self.workflow_id is not None
-        workflow = self.store.get_workflow(self.workflow_id)
-        view = views.workflow_view(workflow, self.store.get_tasks(self.workflow_id))
-        view["state_counts"] = self.store.state_counts(workflow.kind)[0]  # for the diagram
-        return view
+
+def snapshot(store: PostgresStore, workflow_id: uuid.UUID) -> dict[str, Any]:
+    """Returns the workflow page's data (:func:`views.workflow_view`) and, as
+    ``state_counts``, the workflows of its kind in each state (for the diagram); reads the
+    workflow, then its tasks, then the counts."""
+    workflow = store.get_workflow(workflow_id)
+    view = views.workflow_view(workflow, store.get_tasks(workflow_id))
+    view["state_counts"] = store.state_counts(workflow.kind)[0]
+    return view
 
 
 # -- the route and the hub's lifetime -------------------------------------------------------------
@@ -198,14 +203,11 @@ def hub_of(app: FastAPI) -> hubs.Hub:
     return hub
 
 
-def close(app: Any) -> None:
-    """Ends every stream of ``app`` (or of the application it wraps) and stops its listener."""
-    while app is not None:
-        hub = getattr(getattr(app, "state", None), "live_hub", None)
-        if hub is not None:
-            hub.close()
-            return
-        app = getattr(app, "app", None)  # through uvicorn's and Starlette's wrappers
+def close(app: FastAPI) -> None:
+    """Ends every stream of ``app`` and stops its listener (if it has a hub)."""
+    hub = getattr(app.state, "live_hub", None)
+    if hub is not None:
+        hub.close()
 
 
 @contextlib.asynccontextmanager
@@ -230,18 +232,17 @@ async def events(request: Request, workflow_id: str | None = None,
     try:
         after = _resume_point(request.headers.get("last-event-id"), last_event_id)
         wanted = inputs.workflow_id(workflow_id) if workflow_id else None
-        if kind is not None and kind not in ("podcast", "snippets"):
-            raise errors.InvalidInput("kind: expected podcast or snippets", field="kind")
+        if kind is not None and kind not in KINDS:
+            raise errors.InvalidInput(f"kind: expected {' or '.join(KINDS)}", field="kind")
     except errors.InvalidInput as exc:
-        return JSONResponse({"error": "invalid_input", "message": str(exc),
-                             "field": getattr(exc, "field", None)}, status_code=400)
+        return problems.problem(400, "invalid_input", str(exc), getattr(exc, "field", None))
     engine = request.app.state.engine
     if wanted is not None:
         try:
             await anyio.to_thread.run_sync(engine.store.get_workflow, wanted)
         except errors.UnknownWorkflow:
-            return JSONResponse({"error": "unknown_workflow", "field": "workflow_id",
-                                 "message": f"no workflow {wanted}"}, status_code=404)
+            return problems.problem(404, "unknown_workflow", f"no workflow {wanted}",
+                                    "workflow_id")
     heartbeat_s = getattr(request.app.state, "live_heartbeat_s", HEARTBEAT_S)
     stream = Stream(hub_of(request.app), engine.store, wanted, after, kind, heartbeat_s)
     return StreamingResponse(stream.frames(), media_type="text/event-stream",

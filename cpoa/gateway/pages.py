@@ -11,11 +11,11 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import diagram, machine
+from cpoa import diagram, engine, machine
 from cpoa.gateway import statechart, views
 from cpoa.gateway.markup import Markup, attributes, el, escape
 
-KINDS = ("podcast", "snippets")
+KINDS = tuple(machine.KINDS)
 STATE_ORDER = list(dict.fromkeys(s for kind in KINDS for s in machine.states(kind)))
 """Every state of every kind, in machine order (the filter's and the counts' order)."""
 ERROR_PREVIEW_CHARS = 160
@@ -109,7 +109,7 @@ def _row(workflow: Any) -> Markup:
     error = workflow.error_message or ""
     short = error[:ERROR_PREVIEW_CHARS] + ("…" if len(error) > ERROR_PREVIEW_CHARS else "")
     return el("tr", {"data-workflow-id": workflow_id, "data-state": workflow.state},
-              el("td", {}, el("time", {"datetime": views.iso(workflow.start_timestamp)},
+              el("td", {}, el("time", {"datetime": engine.iso(workflow.start_timestamp)},
                              _clock(workflow.start_timestamp))),
               el("td", {}, workflow.kind),
               el("td", {}, el("a", {"href": f"/workflows/{workflow_id}",
@@ -117,7 +117,7 @@ def _row(workflow: Any) -> Markup:
                               views.label(workflow.params) or workflow_id)),
               el("td", {}, _badge(workflow.state, "row-state")),
               el("td", {"data-cell": "updated"},
-                 el("time", {"datetime": views.iso(workflow.last_updated_timestamp)},
+                 el("time", {"datetime": engine.iso(workflow.last_updated_timestamp)},
                     _clock(workflow.last_updated_timestamp))),
               el("td", {"class_": "error", "data-cell": "error", "title": error}, short))
 
@@ -159,18 +159,19 @@ def workflow_page(view: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
 
 
 def _summary(view: Mapping[str, Any]) -> Markup:
-    facts = [("State", _badge(view["state"], "state")),
-             ("Progress", el("progress", {"max": 1, "value": view["progress"],
-                                          "data-testid": "progress"})),
-             ("Failed in", view["failed_from_state"] or "–"),
-             ("Started", _time(view["started_at"])), ("Updated", _time(view["updated_at"])),
-             ("Ended", _time(view["ended_at"])), ("Next run", _time(view["next_run_at"])),
-             ("Retries", view["retry_count"]), ("Recoveries", view["recovery_attempts"]),
-             ("Lease", view["lease_owner"] or "–")]
-    names = ["state", "progress", "failed_from_state", "started_at", "updated_at", "ended_at",
-             "next_run_at", "retry_count", "recovery_attempts", "lease_owner"]
+    facts = [("State", "state", _badge(view["state"], "state")),
+             ("Progress", "progress", el("progress", {"max": 1, "value": view["progress"],
+                                                      "data-testid": "progress"})),
+             ("Failed in", "failed_from_state", view["failed_from_state"] or "–"),
+             ("Started", "started_at", _time(view["started_at"])),
+             ("Updated", "updated_at", _time(view["updated_at"])),
+             ("Ended", "ended_at", _time(view["ended_at"])),
+             ("Next run", "next_run_at", _time(view["next_run_at"])),
+             ("Retries", "retry_count", view["retry_count"]),
+             ("Recoveries", "recovery_attempts", view["recovery_attempts"]),
+             ("Lease", "lease_owner", view["lease_owner"] or "–")]
     items = [Markup(el("dt", {}, label) + el("dd", {"data-field": name}, value))
-             for (label, value), name in zip(facts, names)]
+             for label, name, value in facts]
     warnings = [el("li", {}, w) for w in view["warnings"]]
     return Markup(
         el("dl", {"class_": "summary"}, items)

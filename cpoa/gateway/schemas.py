@@ -54,7 +54,7 @@ class PodcastRequest(_Caller):
                             description="web pages to harvest; none: WCHA searches")
     voice_params: VoiceParams | None = None
     persona: Text | None = None
-    max_results: int | None = Field(None, ge=1, le=50)
+    max_results: int | None = Field(None, ge=inputs.MAX_RESULTS_MIN, le=inputs.MAX_RESULTS_MAX)
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``podcast``)."""
@@ -65,7 +65,8 @@ class SnippetsRequest(_Caller):
     """`POST /v1/snippets`: short snippets about the topics found for a query."""
 
     query: Text = Field(examples=["ocean energy"])
-    limit: int = Field(5, ge=1, le=50, description="topics to discover")
+    limit: int = Field(inputs.SNIPPETS_LIMIT_DEFAULT, ge=inputs.SNIPPETS_LIMIT_MIN,
+                       le=inputs.SNIPPETS_LIMIT_MAX, description="topics to discover")
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``snippets``)."""

@@ -66,16 +66,6 @@ def layout(kind: str) -> dict[str, Box]:
     return boxes
 
 
-def labelled_edges(kind: str) -> dict[tuple[str, str], list[str]]:
-    """Returns {(source, dest): sorted triggers} for every pair the machine allows."""
-    labels: dict[tuple[str, str], set[str]] = {}
-    for transition in machine.KINDS[kind][1]:
-        sources = transition["source"]
-        for source in [sources] if isinstance(sources, str) else sources:
-            labels.setdefault((source, transition["dest"]), set()).add(transition["trigger"])
-    return {pair: sorted(triggers) for pair, triggers in labels.items()}
-
-
 def render(kind: str, current: str | None = None, counts: Mapping[str, int] | None = None,
            dwell: Mapping[str, Mapping[str, Any]] | None = None) -> Markup:
     """Returns the ``<svg>`` of a kind's machine.
@@ -112,7 +102,7 @@ def _defs() -> Markup:
 
 
 def _edges(kind: str, boxes: dict[str, Box]) -> Markup:
-    labels = labelled_edges(kind)
+    labels = machine.labelled_edges(kind)
     drawn: set[tuple[str, str]] = set()
     incoming = _incoming_order(labels, boxes)
     parts = []

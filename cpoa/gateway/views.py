@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import events, machine, models
+from cpoa import engine, machine, models
 
 URL_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 2000
@@ -24,10 +24,6 @@ def web_url(value: Any) -> str | None:
     except ValueError:
         return None
     return value if parts.scheme in ("http", "https") and parts.netloc else None
-
-
-def iso(value: datetime.datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def short_time(value: str | None) -> str:
@@ -87,8 +83,8 @@ def task_view(task: models.Task, now: datetime.datetime) -> dict[str, Any]:
         "task_id": str(task.task_id), "step": task.step, "item_key": task.item_key,
         "attempt": task.attempt, "agent": task.agent_name, "status": task.status,
         "agent_task_id": task.external_task_id, "idempotency_key": task.idempotency_key,
-        "retries": task.retry_count, "started_at": iso(started),
-        "finished_at": iso(task.completed_at),
+        "retries": task.retry_count, "started_at": engine.iso(started),
+        "finished_at": engine.iso(task.completed_at),
         "duration_s": seconds_between(started, task.completed_at or now),
         "running": task.completed_at is None,
         "error": error_text(task.error_details_json),
@@ -104,7 +100,7 @@ def event_view(row: Mapping[str, Any], previous_at: datetime.datetime | None = N
         "event_id": row["event_id"], "workflow_id": str(row["workflow_id"]),
         "kind": row.get("kind"), "label": row.get("label"),
         "from": row["from_state"], "to": row["to_state"], "trigger": row["trigger"],
-        "at": iso(row["at"]), "after_s": seconds_between(previous_at, row["at"]),
+        "at": engine.iso(row["at"]), "after_s": seconds_between(previous_at, row["at"]),
         "reason": error_text(detail.get("reason")) if isinstance(detail, Mapping) else None,
         "warnings": [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list)
         else [],
@@ -146,16 +142,8 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
     now = now or datetime.datetime.now(datetime.UTC)
     state = workflow.state
     return {
-        "workflow_id": str(workflow.workflow_id), "kind": workflow.kind, "state": state,
+        **engine.summary(workflow),
         "label": label(workflow.params),
-        "progress": events.progress(workflow.kind, state, workflow.failed_from_state),
-        "failed_from_state": workflow.failed_from_state,
-        "error": workflow.error_message, "warnings": list(workflow.warnings),
-        "retry_count": workflow.retry_count, "recovery_attempts": workflow.recovery_attempts,
-        "started_at": iso(workflow.start_timestamp),
-        "updated_at": iso(workflow.last_updated_timestamp),
-        "ended_at": iso(workflow.end_timestamp), "next_run_at": iso(workflow.next_run_at),
-        "lease_owner": workflow.lease_owner,
         "can_cancel": state not in machine.FINAL_STATES,
         "can_retry": state == "failed",
         "tasks": [task_view(t, now) for t in tasks],

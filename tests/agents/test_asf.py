@@ -16,45 +16,33 @@ from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from cpoa_agents.asf import FrontendAgent
 from cpoa_agents.service import MAX_BODY_BYTES, Response, Service
+from tests.agents.protocol import serving
+from tests.fix_browser import CHROMIUM, launch_chromium
 from tests.media import PNG_1PX, tiny_wav
 
 UI = "/asf/internal/send_ui_update"
 NOTIFY = "/asf/internal/notify_new_audio"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HOSTILE = "<img src=x onerror=alert(1)><script>alert(1)</script>"
 PODCAST_STATES = ("fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing")
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                     reason="Chromium not installed: apt-get install chromium")
 
 
-@contextlib.contextmanager
-def serving(data_dir: pathlib.Path) -> Iterator[FrontendAgent]:
-    """An ASF on a free loopback port, stopped on exit."""
-    agent = FrontendAgent(data_dir)
-    agent.start("127.0.0.1", 0)
-    try:
-        yield agent
-    finally:
-        agent.stop()
-
-
 @pytest.fixture
 def asf(tmp_path: pathlib.Path) -> Iterator[FrontendAgent]:
     """A running ASF with its journal in tmp_path."""
-    with serving(tmp_path / "asf") as agent:
+    with serving(FrontendAgent(tmp_path / "asf")) as agent:
         yield agent
 
 
 @pytest.fixture(scope="module")
 def shared_asf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontendAgent]:
     """One ASF for the tests that store nothing (refusals, static files): each stop costs 0.5 s."""
-    with serving(tmp_path_factory.mktemp("asf")) as agent:
+    with serving(FrontendAgent(tmp_path_factory.mktemp("asf"))) as agent:
         yield agent
 
 
@@ -194,9 +182,9 @@ def test_notify_new_audio__bad_input_names_field(shared_asf: FrontendAgent, fiel
 def test_send_ui_update__dedupe_and_state_survive_restart(tmp_path: pathlib.Path) -> None:
     """A restarted ASF reloads its journal: same sequence, same workflows, duplicates dropped."""
     event = ui_event("wf-1", "analyzing")
-    with serving(tmp_path) as first:
+    with serving(FrontendAgent(tmp_path)) as first:
         post(first, UI, event)
-    with serving(tmp_path) as second:
+    with serving(FrontendAgent(tmp_path)) as second:
         assert post(second, UI, event).json() == {"accepted": True, "duplicate": True, "seq": 1}
         assert post(second, UI, ui_event("wf-1", "scripting")).json()["seq"] == 2
         assert workflows(second)["wf-1"]["state"] == "scripting"
@@ -297,10 +285,8 @@ class MediaServer(Service):
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Headless Debian Chromium driven by Playwright (never `playwright install`)."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -15,24 +15,24 @@ from PIL import Image
 
 from tests.acceptance.helpers import cli_env, run_cli
 from tests.agents.audio_checks import median_pitch
+from tests.fix_db import database
 
 FILES = {"episode.mp3", "episode.wav", "cover.png", "script.json", "transcript.md",
          "chapters.json", "feed.xml"}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, server_dsn, template_db):
+def demo_dsn(server_dsn, template_db):
+    """A fresh database for the demo, dropped after the module."""
+    with database(server_dsn, template=template_db, prefix="cpoa_demo_") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, demo_dsn):
     """Runs `cpoa demo` once on a fresh database; yields (folder, status, seconds)."""
-    import uuid
-
-    import psycopg
-
-    from tests.fix_db import with_dbname
-    name = f"cpoa_demo_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     root = tmp_path_factory.mktemp("demo")
-    env = cli_env(with_dbname(server_dsn, name), "http://127.0.0.1:9")
+    env = cli_env(demo_dsn, "http://127.0.0.1:9")
     started = time.monotonic()
     result = run_cli(env, "demo", "tidal energy", "--output", str(root / "output"),
                      "--data-dir", str(root / "agents"), timeout=240)
@@ -43,8 +43,6 @@ def demo(tmp_path_factory, server_dsn, template_db):
     print(f"demo took {seconds:.1f} s for {status['outputs']['audio']['duration_s']:.0f} s "
           "of audio")
     yield root / "output" / workflow_id, status, result.stdout
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _wav(path: pathlib.Path) -> tuple[np.ndarray, int]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import pathlib
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +16,7 @@ from PIL import Image
 from cpoa.agents import results
 from cpoa_agents.iga import ImageAgent, derive_title
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.agents.protocol import finished, submit
+from tests.agents.protocol import finished, raw_get, serving, submit, succeeded
 
 PROMPT = ("Podcast cover art for \u201cThe Future of Renewable Energy\u201d, an episode about "
           "the future of renewable energy")
@@ -26,12 +24,7 @@ PROMPT = ("Podcast cover art for \u201cThe Future of Renewable Energy\u201d, an 
 
 def generate(agent: ImageAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """Submits, expects 202, waits for SUCCESS and returns the validated result."""
-    answer = submit(agent, body, key)
-    assert answer.status_code == 202, answer.text
-    report = finished(agent, answer.json()["task_id"])
-    assert report["status"] == "SUCCESS", report
-    results.image(report["result"])
-    return report["result"]
+    return succeeded(agent, body, results.image, key)
 
 
 def download(url: str) -> bytes:
@@ -41,26 +34,11 @@ def download(url: str) -> bytes:
     return answer.content
 
 
-def raw_get(agent: ImageAgent, path: str) -> int:
-    """GETs ``path`` byte for byte (no client-side ``..`` clean-up) and returns the status."""
-    host, port = urllib.parse.urlsplit(agent.base_url).netloc.split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()  # closing with the body unread would reset the agent's connection
-        return response.status
-    finally:
-        connection.close()
-
-
 @pytest.fixture(scope="module")
 def iga(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageAgent]:
     """One IGA shared by the module (each stop costs half a second)."""
-    agent = ImageAgent(tmp_path_factory.mktemp("iga"))
-    agent.start("127.0.0.1", 0)
-    yield agent
-    agent.stop()
+    with serving(ImageAgent(tmp_path_factory.mktemp("iga"))) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")

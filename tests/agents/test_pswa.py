@@ -7,7 +7,6 @@ import json
 import logging
 import pathlib
 import random
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ from cpoa import errors
 from cpoa.agents import results
 from cpoa_agents.pswa import ScriptAgent
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.agents.protocol import finished, submit
+from tests.agents.protocol import finished, serving, submit, succeeded
+from tests.fix_agents import free_port
 
 API_KEY = "sk-test-secret-123"
 THEMES = {  # subjects x facts x contexts: enough distinct sentences for a ~3000-word article
@@ -94,12 +94,7 @@ REQUEST: dict[str, Any] = {"topic": "the future of renewable energy", "content":
 
 def weave(agent: ScriptAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """Submits, expects 202, waits for SUCCESS and returns the validated result."""
-    answer = submit(agent, body, key)
-    assert answer.status_code == 202, answer.text
-    report = finished(agent, answer.json()["task_id"])
-    assert report["status"] == "SUCCESS", report
-    results.script(report["result"])
-    return report["result"]
+    return succeeded(agent, body, results.script, key)
 
 
 def lines(result: dict[str, Any]) -> list[dict[str, str]]:
@@ -110,10 +105,8 @@ def lines(result: dict[str, Any]) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def pswa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptAgent]:
     """A template-only PSWA (no PSWA_LLM_* from the environment) shared by the module."""
-    agent = ScriptAgent(tmp_path_factory.mktemp("pswa"), env={})
-    agent.start("127.0.0.1", 0)
-    yield agent
-    agent.stop()
+    with serving(ScriptAgent(tmp_path_factory.mktemp("pswa"), env={})) as agent:
+        yield agent
 
 
 class FakeLLM:
@@ -312,21 +305,17 @@ def test_weave_script_llm__invalid_answer_falls_back(llm_agent: Any, reply: str,
 
 def test_weave_script_llm__unreachable_server_falls_back(tmp_path: pathlib.Path) -> None:
     """A refused connection to the LLM gives the template script and records the failure."""
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     agent = ScriptAgent(tmp_path, llm_url=f"http://127.0.0.1:{port}/v1", llm_model="m", env={})
-    agent.start("127.0.0.1", 0)
-    try:
+    with serving(agent):
         result = weave(agent, REQUEST)
-    finally:
-        agent.stop()
     assert result["backend"] == "template" and "request failed" in result["llm_error"]
 
 
 def test_weave_script_llm__no_fallback_fails_with_reason(
         llm_agent: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """With fallback off an invalid answer fails the task with the reason; the key is not logged."""
+    """With fallback off an invalid answer fails the task with the reason; the key is not
+    logged."""
     caplog.set_level(logging.DEBUG)
     agent, fake = llm_agent("not json at all", via_args=True, llm_fallback=False)
     answer = submit(agent, REQUEST)

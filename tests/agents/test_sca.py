@@ -12,7 +12,7 @@ from cpoa.agents import results
 from cpoa_agents import corpus, sca, text
 from cpoa_agents.sca import SnippetAgent
 from cpoa_agents.service import MAX_BODY_BYTES
-from tests.agents.protocol import finished, submit
+from tests.agents.protocol import finished, serving, submit, succeeded
 
 TOPIC = {"topic_id": "topic-tidal", "title_suggestion": "Tidal Stream and Power",
          "summary": "The second approach, tidal stream power, places turbines directly in fast "
@@ -22,21 +22,14 @@ TOPIC = {"topic_id": "topic-tidal", "title_suggestion": "Tidal Stream and Power"
 
 def craft(agent: SnippetAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """Submits, expects 202, waits for SUCCESS and returns the validated result."""
-    answer = submit(agent, body, key)
-    assert answer.status_code == 202, answer.text
-    report = finished(agent, answer.json()["task_id"])
-    assert report["status"] == "SUCCESS", report
-    results.snippet(report["result"])
-    return report["result"]
+    return succeeded(agent, body, results.snippet, key)
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SnippetAgent]:
     """One SCA on a free loopback port, shared by the module."""
-    snippet_agent = SnippetAgent(tmp_path_factory.mktemp("sca"))
-    snippet_agent.start("127.0.0.1", 0)
-    yield snippet_agent
-    snippet_agent.stop()
+    with serving(SnippetAgent(tmp_path_factory.mktemp("sca"))) as snippet_agent:
+        yield snippet_agent
 
 
 def test_craft_snippet__extracts_two_to_three_sentences_from_the_brief(
@@ -67,7 +60,8 @@ def test_craft_snippet__short_brief_is_completed_from_keywords(agent: SnippetAge
 
 def test_craft_snippet__title_only_brief_without_topic_info(agent: SnippetAgent) -> None:
     """A bare title as the brief becomes the snippet title and two built sentences."""
-    result = craft(agent, {"topic_id": "topic-lagoons", "content_brief": "Tidal Range and Lagoons"})
+    result = craft(agent, {"topic_id": "topic-lagoons",
+                           "content_brief": "Tidal Range and Lagoons"})
     assert result["title"] == "Tidal Range and Lagoons"
     assert len(text.split_sentences(result["text_content"])) == 2
     assert result["text_content"].startswith("A short look at Tidal Range and Lagoons.")

@@ -12,7 +12,7 @@ from cpoa.agents import results
 from cpoa_agents import corpus, tda, text
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.tda import TopicAgent
-from tests.agents.protocol import finished, submit
+from tests.agents.protocol import finished, serving, submit, succeeded
 
 VOLCANO_WORDS = {"volcano", "volcanoes", "volcanic", "magma", "eruption", "eruptions", "lava",
                  "ash", "gas", "warning", "rock", "pressure", "explosive", "erupt"}
@@ -29,23 +29,18 @@ def content_of(*slugs: str) -> str:
 
 def discover(agent: TopicAgent, body: dict[str, Any], key: str | None = None) -> list[dict]:
     """Submits, expects 202, waits for SUCCESS and returns the validated topics."""
-    answer = submit(agent, body, key)
-    assert answer.status_code == 202, answer.text
-    report = finished(agent, answer.json()["task_id"])
-    assert report["status"] == "SUCCESS", report
-    assert report["result"]["status"] == "success"
-    topics = results.discovered_topics(report["result"])
-    assert topics == report["result"]["discovered_topics"]  # nothing to clean up
+    result = succeeded(agent, body, key=key)
+    assert result["status"] == "success"
+    topics = results.discovered_topics(result)
+    assert topics == result["discovered_topics"]  # nothing to clean up
     return topics
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TopicAgent]:
     """One TDA on a free loopback port, shared by the module."""
-    topic_agent = TopicAgent(tmp_path_factory.mktemp("tda"))
-    topic_agent.start("127.0.0.1", 0)
-    yield topic_agent
-    topic_agent.stop()
+    with serving(TopicAgent(tmp_path_factory.mktemp("tda"))) as topic_agent:
+        yield topic_agent
 
 
 def test_discover_topics__from_harvested_content_are_on_theme(agent: TopicAgent) -> None:

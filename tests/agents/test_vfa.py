@@ -1,4 +1,4 @@
-"""VFA over real HTTP: the protocol, real espeak-ng audio, two voices, timings, kill and restart."""
+"""VFA over real HTTP: the protocol, real espeak-ng audio, two voices, timings, kill, restart."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from cpoa_agents import audio
 from cpoa_agents.service import MAX_BODY_BYTES
 from cpoa_agents.vfa import MAX_SCRIPT_CHARS, VoiceAgent
 from tests.agents.audio_checks import median_pitch
-from tests.agents.protocol import finished
+from tests.agents.protocol import finished, raw_get, serving, submit
 from tests.agents.vfa_runner import VfaProcess
 from tests.fix_agents import wait_until
 
@@ -46,37 +46,17 @@ def script(turns_per_segment: int, segments: int, sentences: int = 2) -> dict[st
     return {"script_id": "script-1", "title": "Crash-proof podcasts", "segments": made}
 
 
-def submit(base: str, body: Any, key: str) -> requests.Response:
-    """POSTs a forge request with the protocol's headers."""
-    return requests.post(f"{base}/forge_voice", json=body, timeout=30,
-                         headers={"X-Idempotency-Key": key, "X-Workflow-ID": "wf-1"})
-
-
-def raw_get(base: str, path: str) -> tuple[int, bytes]:
-    """GETs ``path`` byte for byte (``requests`` would resolve ``..`` before sending)."""
-    parts = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def vfa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoiceAgent]:
     """One VFA agent on loopback with a fresh data folder."""
-    agent = VoiceAgent(tmp_path_factory.mktemp("vfa"))
-    agent.start("127.0.0.1", 0)
-    yield agent
-    agent.stop()
+    with serving(VoiceAgent(tmp_path_factory.mktemp("vfa"))) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")
 def episode(vfa: VoiceAgent) -> dict[str, Any]:
     """A two-segment, eight-turn episode forged over HTTP, with its downloaded WAV and MP3."""
-    response = submit(vfa.base_url, {"script": script(4, 2), "voice_params": {}}, "key-episode")
+    response = submit(vfa, {"script": script(4, 2), "voice_params": {}}, "key-episode")
     assert response.status_code == 202, response.text
     accepted = response.json()
     report = finished(vfa.base_url, accepted["task_id"])
@@ -117,7 +97,8 @@ def test_forge_voice__serves_wav_and_mp3(episode: dict[str, Any]) -> None:
 
 
 def test_forge_voice__host_and_guest_have_distinct_voices(episode: dict[str, Any]) -> None:
-    """The guest's median pitch, measured on the WAV inside guest turns, is far above the host's."""
+    """The guest's median pitch, measured on the WAV inside guest turns, is far above the
+    host's."""
     turns, samples, rate = episode["result"]["turns"], episode["samples"], episode["rate"]
     host = median_pitch(samples, rate, [(t["start_s"], t["end_s"]) for t in turns
                                         if t["speaker"] == "Host"])
@@ -156,7 +137,7 @@ def test_forge_voice__duration_matches_turn_timings(episode: dict[str, Any]) -> 
 def test_forge_voice__same_key_replays_same_task(vfa: VoiceAgent,
                                                  episode: dict[str, Any]) -> None:
     """Submitting the finished key again answers 200 with the same task and result."""
-    again = submit(vfa.base_url, {"script": script(4, 2), "voice_params": {}}, "key-episode")
+    again = submit(vfa, {"script": script(4, 2), "voice_params": {}}, "key-episode")
     assert again.status_code == 200
     assert again.json()["task_id"] == episode["accepted"]["task_id"]
     assert again.json()["result"] == episode["result"]
@@ -166,7 +147,7 @@ def test_forge_voice__cached_turns_are_not_synthesised_again(vfa: VoiceAgent,
                                                              episode: dict[str, Any]) -> None:
     """The same script under a new key reuses every cached turn and gives the same audio."""
     before = requests.get(f"{vfa.base_url}/stats", timeout=10).json()
-    response = submit(vfa.base_url, {"script": script(4, 2)}, "key-episode-again")
+    response = submit(vfa, {"script": script(4, 2)}, "key-episode-again")
     report = finished(vfa.base_url, response.json()["task_id"])
     after = requests.get(f"{vfa.base_url}/stats", timeout=10).json()
     assert after["synthesised_turns"] == before["synthesised_turns"]
@@ -185,7 +166,7 @@ def test_forge_voice__voice_params_shape_the_settings(vfa: VoiceAgent, params: d
                                                       pitch: int) -> None:
     """Voice parameters pick the voices, words per minute and espeak pitch that are reported."""
     body = {"script": script(2, 1, sentences=1), "voice_params": params}
-    response = submit(vfa.base_url, body, f"params-{sorted(params.items())}")
+    response = submit(vfa, body, f"params-{sorted(params.items())}")
     settings = finished(vfa.base_url, response.json()["task_id"])["result"]["tts_settings_used"]
     assert settings["voices"] == voices
     assert (settings["rate_wpm"], settings["espeak_pitch"]) == (wpm, pitch)
@@ -220,7 +201,7 @@ def test_forge_voice__voice_params_shape_the_settings(vfa: VoiceAgent, params: d
 def test_forge_voice__bad_input_names_the_field(vfa: VoiceAgent, body: dict[str, Any],
                                                 field: str) -> None:
     """A malformed request is refused with 422 naming the offending field."""
-    response = submit(vfa.base_url, body, f"bad-{field}-{len(str(body))}")
+    response = submit(vfa, body, f"bad-{field}-{len(str(body))}")
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
     assert response.json()["error"].startswith(field + ":")
@@ -247,7 +228,7 @@ def test_forge_voice__unspeakable_script_is_skipped(vfa: VoiceAgent) -> None:
     """A script with no letter or digit to speak finishes with a ``skipped`` result."""
     body = {"script": {"segments": [{"lines": [{"speaker": "Host", "text": "..."},
                                                {"speaker": "Guest", "text": " "}]}]}}
-    report = finished(vfa.base_url, submit(vfa.base_url, body, "unspeakable").json()["task_id"])
+    report = finished(vfa.base_url, submit(vfa, body, "unspeakable").json()["task_id"])
     assert report["status"] == "SUCCESS"
     assert report["result"]["status"] == "skipped" and report["result"]["message"]
 
@@ -260,7 +241,8 @@ def test_forge_voice__unspeakable_script_is_skipped(vfa: VoiceAgent) -> None:
 def test_get_audio__path_traversal_is_refused(vfa: VoiceAgent, episode: dict[str, Any],
                                               path: str) -> None:
     """Only existing episode files by their exact name are served; anything else is 404."""
-    status, body = raw_get(vfa.base_url, path)
+    status = raw_get(vfa, path)
+    body = status.body
     assert status == 404
     assert not body.startswith(b"SQLite")
 
@@ -273,7 +255,7 @@ def test_forge_voice__killed_mid_synthesis_resumes_without_redoing_turns(
     body = {"script": script(6, 5, sentences=4)}
     first = VfaProcess(tmp_path)
     try:
-        response = submit(first.base, body, "key-restart")
+        response = submit(first.base, body, "key-restart", path=VoiceAgent.path)
         assert response.status_code == 202
         task_id = response.json()["task_id"]
         wait_until(lambda: len(list((tmp_path / "turns").glob("*.wav"))) >= 3, timeout=60,

@@ -3,7 +3,6 @@ restarted agent does not synthesise the finished turns again."""
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
@@ -13,7 +12,7 @@ from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.worker import Worker
 from tests.agents.vfa_runner import VfaProcess
-from tests.fix_agents import agent_env, wait_until
+from tests.fix_agents import agent_env, free_port, wait_until
 
 TURNS = 30
 
@@ -25,12 +24,6 @@ def long_script() -> dict:
     return {"script_id": "s-long", "title": "A long one",
             "segments": [{"segment_title": f"Part {i}", "lines": lines[i * 6:(i + 1) * 6]}
                          for i in range(TURNS // 6)]}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from cpoa_agents import wcha
 from cpoa_agents.corpus import CorpusServer
 from cpoa_agents.service import MAX_BODY_BYTES, Handler, Request, Response, Service
 from cpoa_agents.wcha import HarvestAgent
-from tests.agents.protocol import finished, submit
+from tests.agents.protocol import finished, serving, submit, succeeded
 
 VOLCANO_SLUGS = {"how-volcanoes-erupt", "volcano-monitoring"}
 
@@ -41,12 +41,7 @@ class WebSite(Service):
 
 def harvest(agent: HarvestAgent, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """Submits, expects 202, waits for SUCCESS and returns the validated result."""
-    answer = submit(agent, body, key)
-    assert answer.status_code == 202, answer.text
-    report = finished(agent, answer.json()["task_id"])
-    assert report["status"] == "SUCCESS", report
-    results.harvest(report["result"])
-    return report["result"]
+    return succeeded(agent, body, results.harvest, key)
 
 
 def failure(agent: HarvestAgent, body: dict[str, Any]) -> str:
@@ -65,19 +60,15 @@ def netloc(url: str) -> str:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusServer]:
     """The sample-corpus server on a free loopback port."""
-    server = CorpusServer(tmp_path_factory.mktemp("corpus"))
-    server.start("127.0.0.1", 0)
-    yield server
-    server.stop()
+    with serving(CorpusServer(tmp_path_factory.mktemp("corpus"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSite]:
     """The scriptable web site on another free loopback port."""
-    server = WebSite(tmp_path_factory.mktemp("site"))
-    server.start("127.0.0.1", 0)
-    yield server
-    server.stop()
+    with serving(WebSite(tmp_path_factory.mktemp("site"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +77,15 @@ def agent(tmp_path_factory: pytest.TempPathFactory, library: CorpusServer,
     """WCHA as the demo runs it: corpus URL set, only the corpus server and the site allowed."""
     harvester = HarvestAgent(tmp_path_factory.mktemp("wcha"), corpus_url=library.base_url,
                              allowed_hosts=(netloc(library.base_url), netloc(site.base_url)))
-    harvester.start("127.0.0.1", 0)
-    yield harvester
-    harvester.stop()
+    with serving(harvester):
+        yield harvester
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HarvestAgent]:
     """WCHA with the defaults: no corpus server, no private address allowed."""
-    harvester = HarvestAgent(tmp_path_factory.mktemp("wcha-strict"))
-    harvester.start("127.0.0.1", 0)
-    yield harvester
-    harvester.stop()
+    with serving(HarvestAgent(tmp_path_factory.mktemp("wcha-strict"))) as harvester:
+        yield harvester
 
 
 def test_harvest__topic_ranks_corpus_server_articles_on_theme_first(

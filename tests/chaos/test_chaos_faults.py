@@ -8,18 +8,17 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from bench.chaos import (
-    common,
     scenario_agent_outage,
     scenario_bad_replies,
     scenario_bad_requests,
     scenario_db_faults,
     scenario_secrets,
 )
+from bench.chaos.common import quick_run
 from cpoa import errors
 from tests.acceptance.helpers import cli_env, run_cli
 from tests.agent_server import Reply
@@ -31,13 +30,6 @@ def scratch() -> Iterator[pathlib.Path]:
     """A short-named scratch folder (an embedded server's socket lives in it)."""
     with tempfile.TemporaryDirectory(prefix="cpoa-chaos-") as folder:
         yield pathlib.Path(folder)
-
-
-def quick_run(module: Any, server_dsn: str, scratch: pathlib.Path) -> dict[str, Any]:
-    """Runs one scenario's quick version the way `bench/chaos/run.py --quick` does."""
-    result = module.run(common.Context(server_dsn, scratch, quick=True))
-    print(result)  # the figures, shown with -s or on failure
-    return result
 
 
 # -- the scenarios ---------------------------------------------------------------------------

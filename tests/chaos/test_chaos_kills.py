@@ -4,7 +4,6 @@ workflow."""
 
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any
 
@@ -12,23 +11,16 @@ import pytest
 
 from bench.chaos import (
     agents,
-    common,
     scenario_boundaries,
     scenario_poison,
     scenario_storm,
     scenario_worker_kills,
     worker_proc,
 )
+from bench.chaos.common import quick_run
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from tests.fix_agents import agent_env
-
-
-def quick_run(module: Any, server_dsn: str, scratch: pathlib.Path) -> dict[str, Any]:
-    """Runs one scenario's quick version the way `bench/chaos/run.py --quick` does."""
-    result = module.run(common.Context(server_dsn, scratch, quick=True))
-    print(result)  # the figures, shown with -s or on failure
-    return result
 
 
 @pytest.mark.slow

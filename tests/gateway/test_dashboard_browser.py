@@ -12,18 +12,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from cpoa.store import PostgresStore
 from cpoa.worker import Worker
 from tests.agent_server import Reply, ScriptedAgent
 from tests.fix_agents import engine_for
+from tests.fix_browser import CHROMIUM, launch_chromium
 from tests.fix_gateway import LiveGateway
 from tests.media import PNG_1PX, tiny_wav
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 20_000
 TOKEN = "tok-dashboard-7d41c9"
 
@@ -64,10 +62,8 @@ def browser() -> Iterator[Any]:
     """Headless Debian Chromium (never `playwright install`)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Chromium not installed: apt-get install chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.mark.slow

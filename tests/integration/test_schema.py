@@ -9,12 +9,10 @@ import uuid
 
 import psycopg
 import pytest
-from psycopg import sql as pg_sql
 from psycopg.types.json import Jsonb
 
 from cpoa import machine, sql
 from cpoa.store import PostgresStore
-from tests.fix_db import with_dbname
 
 SCHEMA_FILE = pathlib.Path(__file__).resolve().parents[2] / "db" / "schema.sql"
 _KIND = re.compile(r"kind = '(\w+)'")
@@ -120,13 +118,9 @@ def test_apply_schema__twice_is_harmless(store, db):
     assert store.get_workflow(workflow_id).state == "fetching"
 
 
-def test_apply_schema__concurrently_on_empty_database(server_dsn):
+def test_apply_schema__concurrently_on_empty_database(empty_dsn):
     """Two stores applying the schema at once to an empty database both succeed."""
-    name = f"cpoa_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(pg_sql.SQL("CREATE DATABASE {}").format(pg_sql.Identifier(name)))
-    stores = [PostgresStore(with_dbname(server_dsn, name), min_size=1, max_size=1)
-              for _ in range(2)]
+    stores = [PostgresStore(empty_dsn, min_size=1, max_size=1) for _ in range(2)]
     barrier, failures = threading.Barrier(2), []
 
     def apply(store: PostgresStore) -> None:
@@ -148,9 +142,6 @@ def test_apply_schema__concurrently_on_empty_database(server_dsn):
     finally:
         for store in stores:
             store.close()
-        with psycopg.connect(server_dsn, autocommit=True) as conn:
-            conn.execute(pg_sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                pg_sql.Identifier(name)))
 
 
 def test_packaged_schema__equals_db_schema_sql():

@@ -15,7 +15,6 @@ from cpoa import errors, events, machine, models
 from cpoa import store as store_module
 from tests.agent_server import Reply
 from tests.fix_agents import drive, wait_until
-from tests.fix_db import with_dbname
 
 LONG_TTL_S = 30.0
 SHORT_TTL_S = 0.05
@@ -75,20 +74,6 @@ def count(db, table, workflow_id):
     query = sql.SQL("SELECT count(*) AS n FROM {} WHERE workflow_id = %s").format(
         sql.Identifier(table))
     return db.execute(query, (workflow_id,)).fetchone()["n"]
-
-
-def empty_database(server_dsn):
-    """Creates a database without the schema; returns its name."""
-    name = f"cpoa_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name
-
-
-def drop_database(server_dsn, name):
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
 
 
 # -- create_workflow / find_key ----------------------------------------------------------------
@@ -630,17 +615,15 @@ def test_get_ui_events__in_queue_order(store):
 
 # -- schema, wake-ups, errors ------------------------------------------------------------------
 
-def test_schema_applied__false_on_empty_database(server_dsn):
+def test_schema_applied__false_on_empty_database(empty_dsn):
     """schema_applied tells an empty database from one with the schema."""
-    name = empty_database(server_dsn)
-    empty = store_module.PostgresStore(with_dbname(server_dsn, name), min_size=1, max_size=1)
+    empty = store_module.PostgresStore(empty_dsn, min_size=1, max_size=1)
     try:
         assert empty.schema_applied() is False
         empty.apply_schema()
         assert empty.schema_applied() is True
     finally:
         empty.close()
-        drop_database(server_dsn, name)
 
 
 def test_listener__woken_by_new_workflow(store):

@@ -9,15 +9,8 @@ import urllib.request
 import pytest
 
 from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
-from tests.fix_agents import wait_until
+from tests.fix_agents import free_port, wait_until
 from tests.metrics.helpers import Samples, parse, transitions, value
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fetch(port: int) -> Samples | None:

@@ -7,16 +7,20 @@ must replay to the current state.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from cpoa import errors, events, machine, models
 from cpoa import settings as settings_module
@@ -24,7 +28,7 @@ from cpoa.engine import Engine
 from cpoa.store import PostgresStore
 from tests.agent_server import ScriptedAgent
 from tests.fix_agents import agent_env
-from tests.fix_db import with_dbname
+from tests.fix_db import database
 
 KIND = "podcast"
 MAX_WORKFLOWS = 5
@@ -57,13 +61,12 @@ class WorkflowRuns(RuleBasedStateMachine):
 
     def __init__(self, server_dsn: str, template_db: str, agent_url: str) -> None:
         super().__init__()
-        self.server_dsn = server_dsn
-        self.dbname = f"cpoa_p_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(server_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(self.dbname), sql.Identifier(template_db)))
-        self.store = PostgresStore(with_dbname(server_dsn, self.dbname), min_size=1,
-                                   max_size=2)
+        with contextlib.ExitStack() as stack:
+            dsn = stack.enter_context(database(server_dsn, template=template_db,
+                                               prefix="cpoa_p_"))
+            self.store = PostgresStore(dsn, min_size=1, max_size=2)
+            stack.callback(self.store.close)
+            self._cleanup = stack.pop_all()  # closed by teardown: the store, then the database
         self.engine = Engine(self.store, settings_module.from_env(agent_env(agent_url)))
         self.shadows: dict[uuid.UUID, machine.WorkflowModel] = {}
         self.keys: dict[uuid.UUID, str] = {}
@@ -73,10 +76,7 @@ class WorkflowRuns(RuleBasedStateMachine):
         self._snapshot: dict[uuid.UUID, tuple] = {}
 
     def teardown(self) -> None:
-        self.store.close()
-        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(self.dbname)))
+        self._cleanup.close()
 
     # -- the model -------------------------------------------------------------------------
 

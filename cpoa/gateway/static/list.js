@@ -3,7 +3,7 @@ import { element, follow, setBadge } from "./dom.js";
 
 const body = document.body;
 const rows = document.getElementById("rows");
-const empty = document.getElementById("empty") || document.querySelector("[data-testid=empty]");
+const empty = document.querySelector("[data-testid=empty]");
 const stateFilter = body.dataset.stateFilter || "";
 const kindFilter = body.dataset.kindFilter || "";
 const byId = new Map();

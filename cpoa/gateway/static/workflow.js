@@ -41,7 +41,7 @@ function onTransition(event) {
   const row = element("tr", { "data-event-id": eventId, "data-at": text(event.at) });
   row.append(element("td", {}, eventId), timeCell(event.at),
     element("td", {}, `${event.from || "●"} → ${text(event.to)}`),
-    element("td", {}, text(event.trigger)), element("td", {}, after),
+    element("td", {}, event.trigger), element("td", {}, after),
     element("td", { class: "error" }, notes));
   timeline.append(row);
 }
@@ -50,12 +50,12 @@ function taskRow(task) {
   const row = element("tr", { "data-task-id": text(task.task_id), "data-status": text(task.status) });
   const duration = formatSeconds(task.duration_s) + (task.running ? " (running)" : "");
   const agentTask = element("td", {});
-  agentTask.append(element("code", {}, text(task.agent_task_id)));
-  row.append(element("td", {}, text(task.step)), element("td", {}, text(task.item_key)),
-    element("td", {}, text(task.attempt)), element("td", {}, text(task.agent)),
-    element("td", {}, text(task.status)), agentTask, timeCell(task.started_at),
-    element("td", {}, duration), element("td", {}, text(task.retries)),
-    element("td", { class: "error" }, text(task.error)));
+  agentTask.append(element("code", {}, task.agent_task_id));
+  row.append(element("td", {}, task.step), element("td", {}, task.item_key),
+    element("td", {}, task.attempt), element("td", {}, task.agent),
+    element("td", {}, task.status), agentTask, timeCell(task.started_at),
+    element("td", {}, duration), element("td", {}, task.retries),
+    element("td", { class: "error" }, task.error));
   return row;
 }
 
@@ -70,7 +70,7 @@ function renderMedia(found) {
     // Keep a playing element: replacing it would stop the episode at every update.
     const audioElement = current && current.getAttribute("src") === audio ? current
       : element("audio", { controls: true, preload: "metadata", src: audio, "data-testid": "audio" });
-    player.append(element("p", { "data-testid": "episode-title" }, text(found.title)), audioElement,
+    player.append(element("p", { "data-testid": "episode-title" }, found.title), audioElement,
       element("a", { href: audio, download: true, rel: "noopener", "data-testid": "download" }, "Download"));
     parts.push(player);
   }
@@ -79,7 +79,7 @@ function renderMedia(found) {
     const list = element("ul", { class: "snippets", "data-testid": "snippets" });
     for (const snippet of snippets) {
       const item = element("li");
-      item.append(element("strong", {}, text(snippet.title)), ` ${text(snippet.summary)}`);
+      item.append(element("strong", {}, snippet.title), ` ${text(snippet.summary)}`);
       list.append(item);
     }
     parts.push(list);
@@ -116,7 +116,7 @@ function onSnapshot(view) {
   error.hidden = !view.error;
   const warnings = Array.isArray(view.warnings) ? view.warnings : [];
   document.querySelector("[data-testid=warnings]").replaceChildren(
-    ...warnings.map((warning) => element("li", {}, text(warning))));
+    ...warnings.map((warning) => element("li", {}, warning)));
   tasks.replaceChildren(...(Array.isArray(view.tasks) ? view.tasks : []).map(taskRow));
   if (view.media && typeof view.media === "object") renderMedia(view.media);
   document.getElementById("cancel").disabled = !view.can_cancel;
