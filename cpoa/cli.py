@@ -175,7 +175,7 @@ def command_prune(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def command_sweep(engine: Engine, args: argparse.Namespace) -> int:
-    count = recovery.sweep(engine.store)
+    count = len(recovery.sweep(engine.store).requeued)
     _print(args, {"requeued": count}, f"requeued {count} workflow(s)")
     return 0
 

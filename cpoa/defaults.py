@@ -46,8 +46,34 @@ POLLING_S = {"WCHA": (10.0, 300.0), "TDA": (5.0, 180.0), "SCA": (3.0, 180.0),
 IDEMPOTENCY_LOCK_TIMEOUT_S = 3600.0
 """An orchestration lock older than this, with no progress, may be taken over."""
 
-LEASE_TTL_S = 5 * 60.0
-"""How long a worker owns a workflow while it calls an agent (CPOA_LEASE_TTL_SECONDS)."""
+LEASE_TTL_S = 30.0
+"""How long a lease lasts without renewal (CPOA_LEASE_TTL_SECONDS). While an agent request is
+in flight the holder renews it every third of this (the heartbeat), so a long request never
+loses it; a process that stops (SIGSTOP, a hung interpreter) loses it this long after its last
+renewal. A worker that dies loses its leases at once (its liveness lock goes with its session)."""
+
+HEARTBEATS_PER_TTL = 3
+"""Lease renewals per lease TTL while a request is in flight."""
+
+RECOVERY_CHECK_S = 0.5
+"""While another worker holds a lease, how often a worker with free slots looks for dead
+leases (one statement): a dead worker's workflows are taken up within about this long."""
+
+TCP_KEEPALIVE_IDLE_S = 5.0
+"""Idle seconds before the first TCP keepalive probe on every database connection."""
+
+TCP_KEEPALIVE_INTERVAL_S = 2.0
+"""Seconds between keepalive probes."""
+
+TCP_KEEPALIVE_COUNT = 3
+"""Unanswered probes before the connection is declared dead: a machine that vanished loses
+its database sessions (and the leases they vouch for) within idle + interval * count = 11 s."""
+
+TCP_USER_TIMEOUT_S = 11.0
+"""Longest unacknowledged data may wait on a database connection before it is declared dead."""
+
+SLOT_ERROR_RETRY_S = 1.0
+"""After an unexpected error in a worker slot, how soon its workflow is tried again."""
 
 MAX_RECOVERY_ATTEMPTS = 5
 """Expired leases on one state before the workflow is quarantined as failed."""

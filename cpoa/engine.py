@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cpoa import attempt, errors, events, inputs, logs, machine, metrics, models, steps
+from cpoa import attempt, errors, events, heartbeat, inputs, logs, machine, metrics, models, steps
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -39,6 +39,12 @@ class Engine:
         owner: This process's lease owner name (host:pid:random by default).
         fault_hook: Called with a boundary name and the workflow at each boundary of a
             step (``FAULT_POINTS``); the fault-injection harness crashes the process there.
+
+    Attributes:
+        liveness: What vouches that this process is alive (a :class:`cpoa.store.Listener`
+            opened with ``liveness``; the worker sets it): its leases then carry its
+            ``liveness_key`` and die with its database session. None: the leases' expiry
+            alone decides (a one-off ``advance``).
     """
 
     def __init__(self, store: PostgresStore, settings: Settings,
@@ -49,6 +55,13 @@ class Engine:
         self.client = client or agents.AgentClient(settings)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.fault_hook = fault_hook
+        self.liveness: Any = None
+        self.heartbeat = heartbeat.Heartbeat(store, self.owner, settings.lease_ttl_s)
+
+    @property
+    def liveness_key(self) -> int | None:
+        """The key that vouches for the leases this engine takes now (None: none does)."""
+        return self.liveness.liveness_key if self.liveness is not None else None
 
     # -- the public operations ---------------------------------------------------------------
 
@@ -93,7 +106,7 @@ class Engine:
         """Like :meth:`advance`, returning the workflow as stored afterwards (not only its
         state), for callers that schedule their next call on it."""
         workflow, lease = self.store.lease(inputs.workflow_id(workflow_id), self.owner,
-                                           self.settings.lease_ttl_s)
+                                           self.settings.lease_ttl_s, self.liveness_key)
         return workflow if lease is None else self.run(lease)
 
     def cancel(self, workflow_id: Any) -> str:
@@ -154,7 +167,8 @@ class Engine:
         """
         log = logs.for_workflow(logger, lease.workflow.workflow_id)
         try:
-            outcome = self._decide(lease, log)
+            with self.heartbeat.holding(lease.workflow.workflow_id):
+                outcome = self._decide(lease, log)
         except Exception as exc:  # a bug must fail the workflow, never the worker
             log.exception("step crashed", extra={"action": "step_crashed",
                                                  "state": lease.workflow.state})

@@ -40,6 +40,7 @@ class Workflow:
     version: int = 0
     recovery_attempts: int = 0
     retry_count: int = 0
+    key_base: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Workflow:
@@ -60,9 +61,10 @@ class Workflow:
         return self.state in machine.TERMINAL_STATES
 
     @property
-    def key_base(self) -> str:
-        """The base of every downstream idempotency key (contract §2)."""
-        return self.idempotency_key or str(self.workflow_id)
+    def agent_key_base(self) -> str:
+        """The base of every downstream idempotency key (contract §2): the workflow id, or
+        for a workflow started before schema version 5 the base it has used all along."""
+        return self.key_base or str(self.workflow_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +118,23 @@ class Lease:
     def fence(self) -> int:
         """The version a result must still match to be applied."""
         return self.workflow.version
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """What a sweeper pass found and when its worker should look again.
+
+    Attributes:
+        requeued: The workflows whose dead leases were released (``workflow_id``, ``state``,
+            ``recovery_attempts``).
+        seconds: Until the earliest due workflow or lease expiry (0.0: something was just
+            requeued); None when nothing waits.
+        watch: Another live process holds a lease: its death would show only to a sweeper.
+    """
+
+    requeued: tuple[dict[str, Any], ...]
+    seconds: float | None
+    watch: bool
 
 
 @dataclasses.dataclass(frozen=True)

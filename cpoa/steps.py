@@ -60,7 +60,7 @@ class Step:
         (non-ASCII, control characters): those are percent-encoded, and so is ``%`` itself,
         so that two different keys never encode alike.
         """
-        key = f"{workflow.key_base}_{self.key}"
+        key = f"{workflow.agent_key_base}_{self.key}"
         if item_key:
             key += f"_{item_key}"
         if workflow.retry_count:

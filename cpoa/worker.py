@@ -1,8 +1,11 @@
 """The worker: N slots in one process claim due workflows (SKIP LOCKED) and advance them.
 
-It sleeps on LISTEN/NOTIFY and on the schedule stored in the rows, never in a tight loop;
-sweeps expired leases at start and periodically; delivers the UI-event outbox on its own
-thread; and on ``stop()`` (SIGTERM) finishes the transitions in flight, then returns.
+It sleeps on LISTEN/NOTIFY and on the schedule stored in the rows, never in a tight loop. Its
+LISTEN connection also vouches for its leases (a session advisory lock: when the process
+dies, they die with its session); while another worker holds leases, a worker with free slots
+looks for dead ones every RECOVERY_CHECK_S (one statement), so a crashed worker's workflows
+are taken up within about that long. It delivers the UI-event outbox on its own thread, and on
+``stop()`` (SIGTERM) finishes the transitions in flight, then returns.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import threading
 import time
 
-from cpoa import defaults, errors, outbox, recovery
+from cpoa import defaults, errors, logs, outbox, recovery
 from cpoa.engine import Engine
 from cpoa.models import Lease
 
@@ -48,6 +51,9 @@ class Worker:
         self._inflight: set[concurrent.futures.Future] = set()
         self._solo: concurrent.futures.Future | None = None
         self._outage = _Outage()
+        self._due_at = 0.0
+        """When (monotonic) the last schedule said something becomes due or a lease expires."""
+        self._listener = self.store.listener(liveness=True)
 
     def stop(self) -> None:
         """Asks the worker to finish what it is doing and return (safe from a signal handler)."""
@@ -60,6 +66,11 @@ class Worker:
         logger.info("worker started", extra={"action": "worker_start",
                                              "owner": self.engine.owner,
                                              "concurrency": self.concurrency})
+        try:  # vouch for this process before its first claim
+            self._listener.connect()
+        except errors.StoreError:
+            pass  # the listener thread keeps trying; leases meanwhile rely on their expiry
+        self.engine.liveness = self._listener
         threads = [threading.Thread(target=self._listen, name="cpoa-listen", daemon=True),
                    threading.Thread(target=self._deliver, name="cpoa-outbox", daemon=True)]
         for thread in threads:
@@ -73,22 +84,23 @@ class Worker:
                 self.stop()
         threads[1].join(timeout=defaults.NOTIFY_TIMEOUT_S * 2)
         threads[0].join(timeout=LISTEN_POLL_S * 2)  # release its connection before returning
+        self.engine.liveness = None
         logger.info("worker stopped", extra={"action": "worker_stop", "advanced": self.advanced})
 
     # -- the claim loop ----------------------------------------------------------------------
 
     def _loop(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        next_sweep = 0.0
+        woken = True
         while not self.stopping.is_set():
+            woken = woken or self.wake.is_set()
             self.wake.clear()
             try:
-                if time.monotonic() >= next_sweep:
-                    recovery.sweep(self.store)
-                    next_sweep = time.monotonic() + self.settings.sweep_interval_s
-                claimed = self._claim(pool)
+                # A wake-up that was only a timeout, with nothing due yet, needs no claim.
+                claimed = self._claim(pool) if woken or time.monotonic() >= self._due_at else 0
                 if self.until_idle and not self._inflight and not claimed and self._idle():
                     return
-                wait_s = 0.0 if claimed else self._seconds_to_wait(next_sweep)
+                wait_s = 0.0 if claimed else self._seconds_to_wait()
+                woken = False
                 self._outage.over()
             except errors.StoreError as exc:
                 wait_s = self._outage.pause(exc)
@@ -101,12 +113,13 @@ class Worker:
         free = self.concurrency - len(self._inflight)
         if free <= 0 or (self._solo is not None and not self._solo.done()):
             return 0  # a workflow under recovery runs alone until it is done
-        leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free)
+        leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free,
+                                      self.engine.liveness_key)
         for lease in leases:
             future = pool.submit(self._advance, lease)
             self._inflight.add(future)
             future.add_done_callback(self._done)
-            if lease.workflow.recovery_attempts:
+            if lease.workflow.recovery_attempts > 1:  # claim_due's rule: a suspect runs alone
                 self._solo = future
         return len(leases)
 
@@ -123,6 +136,12 @@ class Worker:
                                extra={"action": "store_failed",
                                       "workflow_id": str(lease.workflow.workflow_id)})
                 return
+            except Exception:  # a bug here must not cost the workflow a recovery
+                logs.for_workflow(logger, lease.workflow.workflow_id).exception(
+                    "unexpected error in a worker slot; workflow released",
+                    extra={"action": "slot_error", "state": lease.workflow.state})
+                self._release(lease)
+                return
             self.advanced += 1
             if lease is None or lease.workflow.client_id:  # a step may have queued a UI event
                 self.outbox_wake.set()
@@ -131,17 +150,30 @@ class Worker:
         self._inflight.discard(future)
         self.wake.set()
 
-    def _seconds_to_wait(self, next_sweep: float) -> float:
+    def _release(self, lease: Lease) -> None:
+        try:
+            self.store.release_lease(lease, defaults.SLOT_ERROR_RETRY_S)
+        except errors.StoreError:
+            pass  # the lease then runs out (one TTL) and the workflow is recovered
+
+    def _seconds_to_wait(self) -> float:
+        """Sweeps dead leases and returns how long to sleep (one statement)."""
         if len(self._inflight) >= self.concurrency:
             return defaults.IDLE_WAIT_MAX_S  # a finishing slot sets `wake`
-        until_due = self.store.seconds_until_due()
-        if until_due == 0.0 and not self._inflight:
-            # Something is due but unclaimable: an expired lease. Recover it now.
-            return 0.0 if recovery.sweep(self.store) else 0.05
-        bound = max(0.0, next_sweep - time.monotonic())
-        if until_due is not None:
-            bound = min(bound, until_due)
-        return min(bound, defaults.IDLE_WAIT_MAX_S)
+        solo = self._solo is not None and not self._solo.done()
+        schedule = recovery.sweep(self.store, self.engine.owner)
+        if schedule.requeued:
+            self._due_at = 0.0  # claim them now
+            return 0.0
+        wait_s = defaults.IDLE_WAIT_MAX_S
+        if schedule.seconds is not None and not solo:  # a solo's end sets `wake`
+            # A lease that runs out exactly then is requeued by the sweep after the wait.
+            wait_s = min(wait_s, schedule.seconds + 0.01)
+        if schedule.watch:
+            wait_s = min(wait_s, defaults.RECOVERY_CHECK_S)
+        self._due_at = time.monotonic() + (schedule.seconds if schedule.seconds is not None
+                                           else defaults.IDLE_WAIT_MAX_S)
+        return wait_s
 
     def _idle(self) -> bool:
         workflows, events = self.store.count_unfinished()
@@ -150,7 +182,7 @@ class Worker:
     # -- helper threads ----------------------------------------------------------------------
 
     def _listen(self) -> None:
-        listener = self.store.listener()
+        listener = self._listener
         outage = _Outage()
         try:
             while not self.stopping.is_set():

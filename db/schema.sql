@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS workflow_instances (
     recovery_attempts           integer NOT NULL DEFAULT 0,
     -- Manual retries: the n-th one suffixes agent idempotency keys with _r<n>.
     retry_count                 integer NOT NULL DEFAULT 0,
+    -- The base of the keys sent to agents (contract §2): NULL means the workflow id. Only
+    -- workflows started before schema version 5 have one (their caller's key, kept).
+    key_base                    text,
+    -- The lease holder's liveness: the key of a session-level advisory lock its process holds
+    -- on a connection of its own. When that session ends (the process died), the lease is
+    -- recoverable at once, not only at lease_expires_at. NULL: the expiry alone decides.
+    lease_liveness_key          bigint,
     CONSTRAINT workflow_state_known CHECK (
         (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'synthesizing',
                                         'imaging', 'finalizing', 'completed', 'failed', 'cancelled'))
@@ -39,6 +46,21 @@ CREATE TABLE IF NOT EXISTS workflow_instances (
     CONSTRAINT failed_records_origin CHECK (state <> 'failed' OR failed_from_state IS NOT NULL),
     CONSTRAINT lease_is_whole CHECK ((lease_owner IS NULL) = (lease_expires_at IS NULL))
 );
+
+-- Schema version 5, in place on an older database: workflows already started keep the keys
+-- they have sent (their caller's key, when they had one); new ones use their workflow id.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'workflow_instances'::regclass AND attname = 'key_base'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE workflow_instances ADD COLUMN key_base text;
+        UPDATE workflow_instances SET key_base = idempotency_key
+        WHERE idempotency_key IS NOT NULL;
+    END IF;
+END
+$$;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
 
 -- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
 CREATE INDEX IF NOT EXISTS workflow_instances_due
@@ -159,6 +181,25 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
     WHERE t.workflow_id = p_workflow_id AND t.step = p_step AND t.attempt = p_attempt
 $$;
 
+-- The advisory-lock keys held right now by sessions of this database (pg_locks is not
+-- transactional: it is the lock table as it is at this instant). A worker process holds one
+-- such lock for as long as it lives (cpoa/store/connection.py, Listener); its leases carry the
+-- key in lease_liveness_key.
+CREATE OR REPLACE FUNCTION cpoa_live_session_keys() RETURNS SETOF bigint
+LANGUAGE sql STABLE AS $$
+    SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+$$;
+
+-- Is a lease still held? Unexpired, and its holder's session (when it named one) alive.
+CREATE OR REPLACE FUNCTION cpoa_lease_live(p_owner text, p_expires_at timestamptz,
+                                           p_liveness_key bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_owner IS NOT NULL AND p_expires_at > now()
+       AND (p_liveness_key IS NULL OR p_liveness_key IN (SELECT cpoa_live_session_keys()))
+$$;
+
 -- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     idempotency_key  text NOT NULL,
@@ -271,6 +312,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (4)
+INSERT INTO cpoa_schema_version (version) VALUES (5)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

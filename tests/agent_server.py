@@ -29,6 +29,7 @@ class Reply:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     delay_s: float = 0.0
     drop: bool = False  # close the connection without answering
+    trickle_s: float = 0.0  # send the body one byte at a time, this long apart
 
 
 def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +65,12 @@ class ScriptedAgent:
 
     Attributes:
         requests: Every request received, as dicts (method, path, headers, body).
-        work: How many times real work started per idempotency key (duplicates show as > 1).
+        work: Every submit received per idempotency key, counted each time it arrives (not
+            only the first time a key is seen): a step submitted twice shows as 2, even though
+            this agent, being idempotent, does the work once. Only a crash between a submit
+            and the record of its answer may cause a second submit of a key.
+        work_items: Every submit per piece of work: (X-Workflow-ID, path, request body), so
+            the same work sent under two different keys shows too.
         ui_events: UI events delivered to the ASF endpoint, in arrival order.
     """
 
@@ -76,6 +82,7 @@ class ScriptedAgent:
             collections.deque)
         self.requests: list[dict[str, Any]] = []
         self.work: collections.Counter[str] = collections.Counter()
+        self.work_items: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.tasks: dict[str, dict[str, Any]] = {}
         self.by_key: dict[str, str] = {}
         self.ui_events: list[dict[str, Any]] = []
@@ -113,13 +120,26 @@ class ScriptedAgent:
         with self.lock:
             return [r for r in self.requests if r["path"] == path and r["method"] == method]
 
+    def duplicates(self) -> dict[str, int]:
+        """Keys submitted more than once, with their counts (every submit counted)."""
+        with self.lock:
+            return {key: n for key, n in self.work.items() if n != 1}
+
+    def _count(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
+        if method != "POST" or path in (ASF_UI, "/health"):
+            return
+        self.work[headers.get("x-idempotency-key", "")] += 1
+        body = raw.decode("utf-8", "replace")
+        self.work_items[(headers.get("x-workflow-id", ""), path, body)] += 1
+
     # -- the default, well-behaved agent --------------------------------------------------------
 
     def _default(self, method: str, path: str, headers: dict[str, str],
                  body: Any) -> Reply:
-        if path in (ASF_NOTIFY, ASF_UI):
-            if path == ASF_UI:
-                self.ui_events.append(body)
+        if path == ASF_UI:
+            self.ui_events.append(body)
+            return Reply(200, {"ok": True})
+        if path == ASF_NOTIFY:
             return Reply(200, {"ok": True})
         if method == "GET" and path.startswith("/v1/tasks/"):
             return self._poll(path.rsplit("/", 1)[-1])
@@ -131,7 +151,6 @@ class ScriptedAgent:
             if task_id is None:
                 task_id = uuid.uuid4().hex
                 self.by_key[key] = task_id
-                self.work[key] += 1
                 result = self.results.get(path) or default_result(path, body or {})
                 self.tasks[task_id] = {"result": result, "polls": 0}
             task = self.tasks[task_id]
@@ -178,6 +197,7 @@ class ScriptedAgent:
                 with agent.lock:
                     agent.requests.append({"method": method, "path": path, "headers": headers,
                                            "body": body, "at": time.monotonic()})
+                    agent._count(method, path, headers, raw)
                     scripted = agent.scripts[route].popleft() if agent.scripts[route] else None
                 reply = scripted or agent._default(method, path, headers, body)
                 if scripted is None:
@@ -208,6 +228,12 @@ class ScriptedAgent:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if not reply.trickle_s:
+                    self.wfile.write(payload)
+                    return
+                for index in range(len(payload)):
+                    self.wfile.write(payload[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle_s)
 
         return Handler

@@ -21,6 +21,7 @@ import backoff
 import requests
 
 from cpoa import defaults, errors, logs
+from cpoa.agents import deadline
 from cpoa.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _session() -> requests.Session:
     (about 0.3 ms of CPU, a third of a loopback request). Without proxies or a .netrc, the
     only answer that can change is the CA bundle, which is read here once instead.
     """
-    session = requests.Session()
+    session = deadline.mount(requests.Session())
     netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     if not (urllib.request.getproxies() or os.path.exists(netrc)):
         session.trust_env = False
@@ -166,25 +167,25 @@ class AgentClient:
                       lost_on_404: bool = False, expect_json: bool = True) -> tuple[int, Any]:
         log = log or logs.WorkflowLogger(logger, {})
         context = {"service": service, "url": url, "method": method}
-        try:
-            with self.session.request(method, url, json=json_body, headers=headers,
-                                      timeout=timeout, stream=True,
-                                      allow_redirects=False) as response:
-                status = response.status_code
-                # An oversized error page of a transient failure is still a transient failure.
-                transient = status in TRANSIENT_STATUS or status >= 500
-                raw = _read_bounded(response, self.settings.max_response_bytes, service, url,
-                                    truncate=transient)
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except requests.Timeout as exc:
-            _log_failure(log, "agent request timed out", context, None, "")
-            raise errors.AgentTimeout(f"{service} did not answer within {timeout:g} s",
-                                      service=service, url=url) from exc
-        except requests.RequestException as exc:
-            _log_failure(log, "agent request failed", context, None, str(exc))
-            raise errors.AgentUnavailable(
-                f"{service} unreachable: {type(exc).__name__}", service=service,
-                url=url) from exc
+        # `timeout` bounds the whole request (connect, send, headers and whole body), not
+        # only each socket operation: a trickling answer cannot hold the step for longer.
+        with deadline.guard(timeout) as cut_off:
+            try:
+                with self.session.request(method, url, json=json_body, headers=headers,
+                                          timeout=timeout, stream=True,
+                                          allow_redirects=False) as response:
+                    status = response.status_code
+                    # An oversized error page of a transient failure is still transient.
+                    transient = status in TRANSIENT_STATUS or status >= 500
+                    raw = _read_bounded(response, self.settings.max_response_bytes, service,
+                                        url, truncate=transient)
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+            except (requests.RequestException, OSError) as exc:
+                failure = exc
+            else:
+                failure = None
+        if failure is not None:
+            self._raise_failure(failure, cut_off.expired, service, url, timeout, log, context)
         body = logs.clip(raw, defaults.ERROR_BODY_CHARS)
         value = _parse_json(raw) if raw else None
         deep = value is not None and _deeper_than(value, MAX_JSON_DEPTH)
@@ -211,6 +212,18 @@ class AgentClient:
                 f"{service} reply: expected a JSON object, {got}",
                 service=service, field="body", status_code=status, url=url)
         return status, payload
+
+    @staticmethod
+    def _raise_failure(exc: Exception, expired: bool, service: str, url: str, timeout: float,
+                       log: logging.LoggerAdapter, context: Mapping[str, object]) -> None:
+        """Raises the CPOA error for a request that got no complete answer."""
+        if expired or isinstance(exc, requests.Timeout):
+            _log_failure(log, "agent request timed out", context, None, "")
+            raise errors.AgentTimeout(f"{service} did not answer within {timeout:g} s",
+                                      service=service, url=url) from exc
+        _log_failure(log, "agent request failed", context, None, str(exc))
+        raise errors.AgentUnavailable(f"{service} unreachable: {type(exc).__name__}",
+                                      service=service, url=url) from exc
 
     def _wait_times(self) -> Generator[float, Any, None]:
         """factor * 2**n between attempts, or the agent's Retry-After when it sent one."""

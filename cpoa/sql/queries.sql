@@ -21,13 +21,17 @@ UPDATE idempotency_keys SET status = %(status)s, locked_at = now(),
 WHERE workflow_id = %(workflow_id)s AND task_name = %(task_name)s;
 
 -- take_over_stale_workflow --
--- IDEMPOTENCY_LOCK_TIMEOUT_SECONDS: an orchestration that made no progress for that long is
--- taken over: its lease (if any) is dropped and it is due now. Counts as one recovery.
+-- IDEMPOTENCY_LOCK_TIMEOUT_SECONDS: an orchestration that made no progress for that long and
+-- that nobody runs is taken over: a dead lease (expired, or its holder's session gone) is
+-- released and counted as one recovery, and the workflow is due now. A live lease is never
+-- touched, and a workflow waiting for its next poll (next_run_at ahead) is not stale.
 UPDATE workflow_instances
-SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = now(), version = version + 1,
-    recovery_attempts = recovery_attempts + 1
-WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
+SET lease_owner = NULL, lease_expires_at = NULL, lease_liveness_key = NULL,
+    next_run_at = now(), version = version + 1,
+    recovery_attempts = recovery_attempts + (lease_owner IS NOT NULL)::int
+WHERE workflow_id = %(workflow_id)s AND next_run_at <= now()
   AND last_updated_timestamp < now() - make_interval(secs => %(timeout_s)s)
+  AND NOT cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key)
 RETURNING workflow_id;
 
 -- insert_workflow --
@@ -39,17 +43,21 @@ RETURNING *;
 
 -- lock_workflow --
 -- Every change to a workflow begins here: the row lock serialises it with every other one.
-SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+-- lease_live: somebody holds the lease now (unexpired, its holder's session alive).
+SELECT *, clock_timestamp() AS db_now,
+    cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS lease_live
+FROM workflow_instances
 WHERE workflow_id = %(workflow_id)s
 FOR UPDATE;
 
 -- take_lease --
--- An expired lease being taken over counts as one recovery of the workflow. Returns the row
+-- A dead lease being taken over counts as one recovery of the workflow. Returns the row
 -- with the current step's task rows (step_tasks, JSON) and the database's clock.
 WITH taken AS (
     UPDATE workflow_instances
     SET lease_owner = %(owner)s,
         lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
+        lease_liveness_key = %(liveness_key)s,
         version = version + 1,
         recovery_attempts = recovery_attempts + (lease_owner IS NOT NULL)::int
     WHERE workflow_id = %(workflow_id)s
@@ -62,9 +70,10 @@ FROM taken;
 -- claim_due --
 -- Take the leases of up to %(limit)s due workflows that nobody holds, with their current step's
 -- task rows, in one statement (one round trip, autocommit); SKIP LOCKED lets many workers
--- claim at once without waiting on each other. A workflow being recovered (its last lease
--- expired) is claimed alone: if it kills its worker again, nothing else claimed with it dies
--- too and gets charged a recovery (a poison workflow must not take healthy ones along).
+-- claim at once without waiting on each other. A workflow recovered more than once in this
+-- state is claimed alone: if it kills its worker again, nothing else claimed with it dies too
+-- and gets charged a recovery (a poison workflow must not take healthy ones along). After one
+-- death it is claimed like any other, so a crashed worker's workflows are taken up together.
 WITH due AS (
     SELECT workflow_id, recovery_attempts FROM workflow_instances
     WHERE lease_owner IS NULL AND next_run_at <= now()
@@ -72,13 +81,14 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), picked AS (
-    SELECT workflow_id FROM due WHERE NOT EXISTS (SELECT 1 FROM due WHERE recovery_attempts > 0)
+    SELECT workflow_id FROM due WHERE NOT EXISTS (SELECT 1 FROM due WHERE recovery_attempts > 1)
     UNION ALL
-    (SELECT workflow_id FROM due WHERE recovery_attempts > 0 LIMIT 1)
+    (SELECT workflow_id FROM due WHERE recovery_attempts > 1 LIMIT 1)
 ), claimed AS (
     UPDATE workflow_instances w
     SET lease_owner = %(owner)s,
         lease_expires_at = now() + make_interval(secs => %(ttl_s)s),
+        lease_liveness_key = %(liveness_key)s,
         version = w.version + 1
     FROM picked
     WHERE w.workflow_id = picked.workflow_id
@@ -109,6 +119,7 @@ WITH locked AS (
         lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
         lease_expires_at = CASE WHEN %(renew)s
                                 THEN now() + make_interval(secs => %(ttl_s)s) END,
+        lease_liveness_key = CASE WHEN %(renew)s THEN w.lease_liveness_key END,
         next_run_at = CASE WHEN %(schedulable)s
                            THEN now() + make_interval(secs => %(run_in_s)s) END,
         end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,
@@ -193,31 +204,66 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s)
 ORDER BY start_timestamp DESC, workflow_id
 LIMIT %(limit)s;
 
--- requeue_expired_leases --
--- The sweeper: a lease that expired was held by a worker that died or hung. Release it, make
--- the workflow due now and count the recovery; the next advance quarantines past the maximum.
-WITH expired AS (
+-- requeue_dead_leases --
+-- The sweeper: a lease that expired, or whose holder's session is gone, was held by a worker
+-- that died or hung. Release it, make the workflow due now and count the recovery; the next
+-- advance quarantines past the maximum. Rows locked right now (their holder is finishing the
+-- step) are skipped. Then, from the same statement: how long the caller may sleep (until the
+-- earliest due workflow or lease expiry; 0 when something was requeued; NULL when nothing
+-- waits) and whether another process holds a lease its session vouches for (`watch`: that
+-- process may die at any moment, and its death shows only here, so the caller looks again
+-- soon).
+WITH live AS (
+    SELECT cpoa_live_session_keys() AS key
+), dead AS (
     SELECT workflow_id FROM workflow_instances
-    WHERE lease_owner IS NOT NULL AND lease_expires_at < now()
+    WHERE lease_owner IS NOT NULL
+      AND (lease_expires_at < now()
+           OR (lease_liveness_key IS NOT NULL
+               AND lease_liveness_key NOT IN (SELECT key FROM live)))
     FOR UPDATE SKIP LOCKED
+), requeued AS (
+    UPDATE workflow_instances w
+    SET lease_owner = NULL, lease_expires_at = NULL, lease_liveness_key = NULL,
+        next_run_at = now(), recovery_attempts = w.recovery_attempts + 1,
+        version = w.version + 1
+    FROM dead
+    WHERE w.workflow_id = dead.workflow_id
+    RETURNING w.workflow_id, w.state, w.recovery_attempts
+), earliest AS (
+    SELECT LEAST(
+        (SELECT min(next_run_at) FROM workflow_instances
+         WHERE lease_owner IS NULL AND next_run_at IS NOT NULL),
+        (SELECT min(lease_expires_at) FROM workflow_instances WHERE lease_owner IS NOT NULL)
+    ) AS next_at
 )
-UPDATE workflow_instances w
-SET lease_owner = NULL, lease_expires_at = NULL, next_run_at = now(),
-    recovery_attempts = w.recovery_attempts + 1, version = w.version + 1
-FROM expired
-WHERE w.workflow_id = expired.workflow_id
-RETURNING w.workflow_id, w.state, w.recovery_attempts;
+SELECT coalesce((SELECT jsonb_agg(jsonb_build_object(
+           'workflow_id', workflow_id, 'state', state, 'recovery_attempts', recovery_attempts))
+       FROM requeued), '[]'::jsonb) AS requeued,
+    CASE WHEN EXISTS (SELECT 1 FROM requeued) THEN 0.0
+         WHEN next_at IS NOT NULL
+         THEN GREATEST(0, EXTRACT(EPOCH FROM next_at - now()))::float8 END AS seconds,
+    EXISTS (SELECT 1 FROM workflow_instances
+            WHERE lease_owner IS NOT NULL AND lease_owner <> %(owner)s
+              AND lease_liveness_key IN (SELECT key FROM live)) AS watch
+FROM earliest;
 
--- seconds_until_due --
--- How long a worker may sleep: until the earliest due workflow or the earliest lease expiry.
--- NULL when nothing waits (GREATEST ignores a NULL argument, so it must not see one).
-SELECT CASE WHEN next_at IS NOT NULL
-            THEN GREATEST(0, EXTRACT(EPOCH FROM next_at - now()))::float8 END AS seconds
-FROM (SELECT LEAST(
-    (SELECT min(next_run_at) FROM workflow_instances
-     WHERE lease_owner IS NULL AND next_run_at IS NOT NULL),
-    (SELECT min(lease_expires_at) FROM workflow_instances WHERE lease_owner IS NOT NULL)
-) AS next_at) AS earliest;
+-- renew_leases --
+-- The heartbeat: leases of this owner whose agent request is still in flight run on; nothing
+-- else changes (no version bump: the step's result is fenced by the version it started with).
+UPDATE workflow_instances
+SET lease_expires_at = now() + make_interval(secs => %(ttl_s)s)
+WHERE workflow_id = ANY(%(workflow_ids)s) AND lease_owner = %(owner)s;
+
+-- release_lease --
+-- A step that could not run (an unexpected error in this process, not the workflow's fault):
+-- give the lease back, fenced like a result, and try again after %(run_in_s)s seconds, with
+-- no recovery charged.
+UPDATE workflow_instances
+SET lease_owner = NULL, lease_expires_at = NULL, lease_liveness_key = NULL,
+    next_run_at = now() + make_interval(secs => %(run_in_s)s), version = version + 1
+WHERE workflow_id = %(workflow_id)s AND version = %(version)s AND lease_owner = %(owner)s
+RETURNING workflow_id;
 
 -- count_unfinished --
 SELECT

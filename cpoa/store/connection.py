@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import psycopg
 import psycopg_pool
 from psycopg import conninfo as pg_conninfo
 
-from cpoa import errors, logs
+from cpoa import defaults, errors, logs
 from cpoa.settings import DatabaseSettings
 
 WAKE_CHANNEL = "cpoa_due"
 EVENTS_CHANNEL = "cpoa_events"
 """A trigger notifies it of every history row: ``<workflow_id>:<event_id>`` (dashboards)."""
 CONNECT_TIMEOUT_S = 10
+LIVENESS_KEY_BITS = 62
+"""A liveness key is a random non-negative bigint (its two halves read back as oids)."""
+
+
+def keepalive_kwargs() -> dict[str, Any]:
+    """libpq's TCP keepalives: a connection to a server that vanished without closing it
+    (a machine gone, a cut cable) fails within about idle + interval * count seconds instead
+    of hanging until the kernel gives up (minutes)."""
+    return {"keepalives": 1, "keepalives_idle": int(defaults.TCP_KEEPALIVE_IDLE_S),
+            "keepalives_interval": int(defaults.TCP_KEEPALIVE_INTERVAL_S),
+            "keepalives_count": defaults.TCP_KEEPALIVE_COUNT,
+            "tcp_user_timeout": int(defaults.TCP_USER_TIMEOUT_S * 1000)}
+
+
+def server_keepalive_options(dsn: str) -> str:
+    """The connection's ``options`` with the server's side of the keepalives added: the
+    server ends the session of a client that vanished (and so releases its advisory locks)
+    within the same bound. Options already in ``dsn`` are kept."""
+    given = pg_conninfo.conninfo_to_dict(dsn).get("options") or ""
+    ours = (f"-c tcp_keepalives_idle={int(defaults.TCP_KEEPALIVE_IDLE_S)}"
+            f" -c tcp_keepalives_interval={int(defaults.TCP_KEEPALIVE_INTERVAL_S)}"
+            f" -c tcp_keepalives_count={defaults.TCP_KEEPALIVE_COUNT}"
+            f" -c tcp_user_timeout={int(defaults.TCP_USER_TIMEOUT_S * 1000)}")
+    return f"{given} {ours}".strip()
 
 
 def conninfo(database: DatabaseSettings, embedded_url: str = "") -> str:
@@ -53,17 +79,51 @@ class Listener:
     """LISTENs on one channel: the wake-up channel, so that an idle worker sleeps instead of
     polling, or :data:`EVENTS_CHANNEL`, which feeds the dashboard's live streams.
 
+    With ``liveness``, its connection also vouches for its process: it holds a session-level
+    advisory lock on a random key for as long as it is open. The process's leases carry that
+    key; when the process dies, PostgreSQL ends the session, the lock goes, and the leases are
+    recoverable at once (``cpoa_lease_live`` in schema.sql). Each (re)connection takes a new
+    key, so leases taken under a lost connection are never vouched for again.
+
     Attributes:
         connections: How many times it has (re)connected; notifications sent while it was
             not connected are lost, so a caller that counts on them reads what it missed.
+        liveness_key: The key held now; None while not connected (or without ``liveness``).
     """
 
-    def __init__(self, dsn: str, secrets: Iterable[str], channel: str = WAKE_CHANNEL) -> None:
+    def __init__(self, dsn: str, secrets: Iterable[str], channel: str = WAKE_CHANNEL, *,
+                 liveness: bool = False) -> None:
         self.dsn = dsn
         self.secrets = tuple(secrets)
         self.channel = channel
+        self.liveness = liveness
         self.connections = 0
         self.conn: psycopg.Connection | None = None
+        self.liveness_key: int | None = None
+
+    def connect(self) -> None:
+        """Connects (if not connected), LISTENs and, with ``liveness``, takes a new key.
+
+        Raises:
+            StoreError: the connection failed.
+        """
+        if self.conn is not None and not self.conn.closed:
+            return
+        with wrap_db_errors(self.secrets):
+            try:
+                self.conn = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                    options=server_keepalive_options(self.dsn), **keepalive_kwargs())
+                self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(
+                    psycopg.sql.Identifier(self.channel)))
+                if self.liveness:
+                    key = secrets.randbits(LIVENESS_KEY_BITS)
+                    self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    self.liveness_key = key
+                self.connections += 1
+            except psycopg.Error:
+                self.close()
+                raise
 
     def wait(self, timeout: float) -> bool:
         """Blocks until a notification or the timeout; True when woken by a notification.
@@ -80,13 +140,9 @@ class Listener:
         Raises:
             StoreError: the connection failed (the next call reconnects).
         """
+        self.connect()
         with wrap_db_errors(self.secrets):
             try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = psycopg.connect(self.dsn, autocommit=True)
-                    self.conn.execute(psycopg.sql.SQL("LISTEN {}").format(
-                        psycopg.sql.Identifier(self.channel)))
-                    self.connections += 1
                 got = [n.payload for n in self.conn.notifies(timeout=max(0.0, timeout),
                                                              stop_after=1)]
                 if got:  # drain what is already there, without waiting again
@@ -97,7 +153,8 @@ class Listener:
                 raise
 
     def close(self) -> None:
-        """Closes the connection."""
+        """Closes the connection (and gives up the liveness key with it)."""
+        self.liveness_key = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -25,6 +25,7 @@ from cpoa.store.connection import (
     CONNECT_TIMEOUT_S,
     WAKE_CHANNEL,
     Listener,
+    keepalive_kwargs,
     wrap_db_errors,
 )
 from cpoa.store.rows import (
@@ -55,7 +56,8 @@ class PostgresStore:
         self.queries = sql.queries()
         self.pool = psycopg_pool.ConnectionPool(
             dsn, min_size=min_size, max_size=max(max_size, min_size, 1), open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row}, name="cpoa")
+            kwargs={"autocommit": True, "row_factory": dict_row, **keepalive_kwargs()},
+            name="cpoa")
         with self._errors():
             # One direct connection first: a down server fails now with libpq's own reason,
             # not after the pool's 30 s of silent retries.
@@ -149,9 +151,14 @@ class PostgresStore:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def lease(self, workflow_id: uuid.UUID, owner: str,
-              ttl_s: float) -> tuple[models.Workflow, models.Lease | None]:
-        """Takes the workflow's lease if it is due and free (or its lease expired).
+    def lease(self, workflow_id: uuid.UUID, owner: str, ttl_s: float,
+              liveness_key: int | None = None) -> tuple[models.Workflow, models.Lease | None]:
+        """Takes the workflow's lease if it is due and free (or its lease is dead: expired,
+        or its holder's session gone).
+
+        Args:
+            liveness_key: The advisory lock this caller's process holds for as long as it
+                lives (:class:`Listener`), or None when only the lease's expiry vouches for it.
 
         Returns:
             The workflow, and the lease or None when it is not this caller's to run now.
@@ -164,24 +171,42 @@ class PostgresStore:
             if row is None:
                 raise errors.UnknownWorkflow(workflow_id)
             workflow = models.Workflow.from_row(row)
-            now = row["db_now"]
-            held = workflow.lease_owner is not None and workflow.lease_expires_at > now
-            not_due = workflow.next_run_at is None or workflow.next_run_at > now
-            if workflow.is_terminal or held or (not_due and workflow.lease_owner is None):
+            not_due = workflow.next_run_at is None or workflow.next_run_at > row["db_now"]
+            if workflow.is_terminal or row["lease_live"] or (
+                    not_due and workflow.lease_owner is None):
                 return workflow, None
             row = self._one(conn, "take_lease", workflow_id=workflow_id, owner=owner,
-                            ttl_s=ttl_s)
+                            ttl_s=ttl_s, liveness_key=liveness_key)
             lease = lease_from_row(row, owner)
             return lease.workflow, lease
 
-    def claim_due(self, owner: str, ttl_s: float, limit: int) -> list[models.Lease]:
+    def claim_due(self, owner: str, ttl_s: float, limit: int,
+                  liveness_key: int | None = None) -> list[models.Lease]:
         """Takes the leases of up to ``limit`` due, unleased workflows (SKIP LOCKED).
 
         One statement in autocommit mode: one round trip, its own short transaction.
         """
         with self._errors(), self.pool.connection() as conn:
-            rows = self._all(conn, "claim_due", owner=owner, ttl_s=ttl_s, limit=limit)
+            rows = self._all(conn, "claim_due", owner=owner, ttl_s=ttl_s, limit=limit,
+                             liveness_key=liveness_key)
         return [lease_from_row(row, owner) for row in rows]
+
+    def renew_leases(self, owner: str, workflow_ids: Iterable[uuid.UUID], ttl_s: float) -> None:
+        """Extends the leases ``owner`` still holds on these workflows (the heartbeat)."""
+        with self._errors(), self.pool.connection() as conn:
+            conn.execute(self.queries["renew_leases"], {
+                "owner": owner, "workflow_ids": list(workflow_ids), "ttl_s": ttl_s})
+
+    def release_lease(self, lease: models.Lease, run_in_s: float) -> bool:
+        """Gives a lease back unused, due again in ``run_in_s``, with no recovery charged.
+
+        Returns:
+            False when the lease was no longer this holder's (nothing changed).
+        """
+        with self._errors(), self.pool.connection() as conn:
+            return self._one(conn, "release_lease", workflow_id=lease.workflow.workflow_id,
+                             version=lease.fence, owner=lease.owner,
+                             run_in_s=run_in_s) is not None
 
     def finish(self, lease: models.Lease, outcome: models.Outcome, *,
                before_commit: Callable[[], None] | None = None) -> models.Workflow:
@@ -275,10 +300,23 @@ class PostgresStore:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def requeue_expired_leases(self) -> list[dict]:
-        """Releases every expired lease and makes its workflow due (one sweeper pass)."""
-        with self._transaction() as conn:
-            return self._all(conn, "requeue_expired_leases")
+    def requeue_dead_leases(self, owner: str = "") -> models.Schedule:
+        """One sweeper pass: releases every dead lease (expired, or its holder's session
+        gone) and makes its workflow due; one statement.
+
+        Args:
+            owner: The caller's lease owner name: its own leases are not what it watches.
+
+        Returns:
+            The workflows requeued, and the caller's schedule: how long it may sleep, and
+            whether another process holds a lease whose death it should look for soon.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "requeue_dead_leases", owner=owner)
+        requeued = tuple({**r, "workflow_id": uuid.UUID(r["workflow_id"])}
+                         for r in row["requeued"])
+        return models.Schedule(requeued=requeued, seconds=row["seconds"],
+                               watch=row["watch"])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -314,11 +352,6 @@ class PostgresStore:
         with self._errors(), self.pool.connection() as conn:
             rows = self._all(conn, "list_workflows", state=state, kind=kind, limit=limit)
         return [models.Workflow.from_row(r) for r in rows]
-
-    def seconds_until_due(self) -> float | None:
-        """Seconds until the next workflow is due or a lease expires; None when nothing waits."""
-        with self._errors(), self.pool.connection() as conn:
-            return self._one(conn, "seconds_until_due")["seconds"]
 
     def count_unfinished(self) -> tuple[int, int]:
         """Returns (non-terminal workflows, UI events due for delivery)."""
@@ -484,6 +517,7 @@ class PostgresStore:
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    def listener(self, channel: str = WAKE_CHANNEL) -> Listener:
-        """Returns a dedicated connection that waits for notifications on ``channel``."""
-        return Listener(self.dsn, self.secrets, channel)
+    def listener(self, channel: str = WAKE_CHANNEL, *, liveness: bool = False) -> Listener:
+        """Returns a dedicated connection that waits for notifications on ``channel`` (and,
+        with ``liveness``, vouches for this process's leases: see :class:`Listener`)."""
+        return Listener(self.dsn, self.secrets, channel, liveness=liveness)

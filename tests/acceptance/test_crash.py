@@ -10,7 +10,16 @@ import pytest
 from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
 from tests.fix_agents import wait_until
 
-LEASE_S = "1.5"
+RESUME_DEADLINE_S = 5.0
+"""Generous bound on kill -> the survivor's submit; the benchmark reports the real figure."""
+
+
+def live_workers(db) -> int:
+    """Worker processes whose liveness lock is held in the test database."""
+    return db.execute(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()["n"]
 
 
 @pytest.mark.slow
@@ -20,31 +29,36 @@ LEASE_S = "1.5"
     ("podcast", ["--topic", "tides"], "/forge_voice"),
     ("snippets", ["--query", "ocean", "--limit", "2"], "/craft_snippet"),
 ])
-def test_worker__sigkill_mid_step_resumes_without_duplicate_work(dsn, agent, store, kind,
+def test_worker__sigkill_mid_request_survivor_takes_over_at_once(dsn, db, agent, store, kind,
                                                                  params, path):
-    """A worker killed after the agent accepted a step's work is replaced; the step's work
-    is not done twice and the workflow completes."""
-    env = cli_env(dsn, agent.url, CPOA_LEASE_TTL_SECONDS=LEASE_S,
-                  CPOA_SWEEP_INTERVAL_SECONDS="0.2")
+    """With default settings, a worker SIGKILLed inside an agent request loses its lease with
+    its database session: a second worker, running all along with free slots, takes the
+    workflow up within seconds (not the lease TTL) and completes it; the interrupted step is
+    submitted again under the same key (the agent replays it) and nothing else twice."""
+    env = cli_env(dsn, agent.url)  # no lease, sweep or polling overrides
     workflow_id = run_cli(env, "start", kind, *params).stdout.strip()
-    agent.delay_next(path, 30.0)  # accepted, counted, and the answer never arrives in time
-    doomed = spawn_cli(env, "worker", "--concurrency", "2")
+    agent.delay_next(path, 60.0)  # accepted, counted, and the answer never arrives in time
+    victim = spawn_cli(env, "worker", "--concurrency", "2")
+    survivor = None
     try:
         wait_until(lambda: agent.requests_to(path), timeout=20)
+        survivor = spawn_cli(env, "worker", "--concurrency", "2")
+        wait_until(lambda: live_workers(db) == 2, timeout=20)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        killed_at = time.monotonic()
+        wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=30)
     finally:
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait(timeout=10)
-    killed_at = time.monotonic()
-    worker = run_cli(env, "worker", "--until-idle", timeout=60)
-    assert worker.returncode == 0, worker.stderr[-2000:]
-    assert store.get_workflow(workflow_id).state == "completed"
+        for proc in (victim, survivor):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
     resumed = [r["at"] for r in agent.requests_to(path) if r["at"] > killed_at]
-    assert resumed, "the new worker never resumed the step"
-    assert resumed[0] - killed_at <= float(LEASE_S) + 5.0
-    duplicates = {key: count for key, count in agent.work.items() if count != 1}
-    assert duplicates == {}
-    keys = [r["headers"]["x-idempotency-key"] for r in agent.requests_to(path)]
-    assert len(set(keys)) == (2 if path == "/craft_snippet" else 1)
+    assert resumed, "the survivor never resumed the step"
+    assert resumed[0] - killed_at <= RESUME_DEADLINE_S
+    interrupted = agent.requests_to(path)[0]["headers"]["x-idempotency-key"]
+    assert agent.duplicates() == {interrupted: 2}
+    assert store.get_workflow(workflow_id).recovery_attempts == 0  # reset by the transition
     print(f"kill->resume {resumed[0] - killed_at:.2f}s at {path}")
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 import requests
 
+from cpoa import errors
+from cpoa import settings as settings_module
 from cpoa.agents.client import AgentClient
 from tests.agent_server import ASF_NOTIFY, Reply, ScriptedAgent
-from tests.fix_agents import (drive, engine_for, failed_with, leave, sent,
+from tests.fix_agents import (agent_env, drive, engine_for, failed_with, leave, sent,
                                step_task, wait_until)
 
 STEP_KEYS = {"/harvest": "wcha", "/discover_topics": "tda", "/weave_script": "pswa",
@@ -83,7 +85,7 @@ def test_submit__replay_of_a_completed_key_is_success(engine, agent, store):
     task = step_task(store, workflow_id, "fetching")
     assert (task.status, task.external_task_id, task.error_details_json) == (
         "succeeded", earlier, None)
-    assert agent.work[key] == 1
+    assert agent.work[key] == 2  # the seed and CPOA's one submit, answered by the replay
     assert len(sent(agent, "/v1/tasks")) == 1  # only the seeding poll
 
 
@@ -116,7 +118,7 @@ def test_submit__409_with_task_keeps_polling_it(engine, agent, store):
     assert leave(engine, workflow_id, "fetching") == "analyzing"
     assert len(sent(agent, "/harvest")) == 2  # the seed and CPOA's one submit
     assert [p["path"] for p in sent(agent, "/v1/tasks")] == [f"/v1/tasks/{running}"]
-    assert agent.work[key] == 1
+    assert agent.work[key] == 2
 
 
 # -- transient errors ----------------------------------------------------------------------------
@@ -309,13 +311,14 @@ def test_headers__every_request_names_the_workflow_and_its_step_key(engine, agen
     assert [r["path"] for r in agent.requests if r["method"] == "POST"] == list(STEP_KEYS)
 
 
-def test_headers__caller_key_is_the_base_of_podcast_keys(engine, agent):
-    """With a caller idempotency key, the downstream keys are ``<key>_<step>``."""
+def test_headers__caller_key_is_not_the_base_of_downstream_keys(engine, agent):
+    """With a caller idempotency key, the downstream keys are still ``<workflow_id>_<step>``:
+    the caller's key dedupes the start of the workflow, not the agents' work."""
     workflow_id = engine.start_workflow("podcast", {"topic": "tides"}, idempotency_key="ep-42")
     assert drive(engine, workflow_id) == "completed"
     posts = [r for r in agent.requests if r["method"] == "POST"]
     assert [r["headers"]["x-idempotency-key"] for r in posts] == [
-        "ep-42_wcha", "ep-42_tda", "ep-42_pswa", "ep-42_vfa", "ep-42_iga", "ep-42_asf"]
+        f"{workflow_id}_{step}" for step in STEP_KEYS.values()]
     assert {r["headers"]["x-workflow-id"] for r in agent.requests} == {str(workflow_id)}
 
 
@@ -326,21 +329,25 @@ def test_headers__snippet_keys_name_the_topic_and_the_snippet(engine, agent):
     assert drive(engine, workflow_id) == "completed"
     keys = sorted(r["headers"]["x-idempotency-key"] for r in agent.requests
                   if r["method"] == "POST")
-    assert keys == ["batch-7_iga_sn-t0", "batch-7_iga_sn-t1", "batch-7_sca_t0",
-                    "batch-7_sca_t1", "batch-7_tda"]
+    base = str(workflow_id)
+    assert keys == [f"{base}_iga_sn-t0", f"{base}_iga_sn-t1", f"{base}_sca_t0",
+                    f"{base}_sca_t1", f"{base}_tda"]
     by_item = {t.item_key: t.idempotency_key for t in engine.store.get_tasks(workflow_id)
                if t.step == "crafting"}
-    assert by_item == {"t0": "batch-7_sca_t0", "t1": "batch-7_sca_t1"}
+    assert by_item == {"t0": f"{base}_sca_t0", "t1": f"{base}_sca_t1"}
 
 
 @pytest.mark.parametrize("caller_key,base", [
     ("\u30a8\u30d4\u30bd\u30fc\u30c9-1", "%E3%82%A8%E3%83%94%E3%82%BD%E3%83%BC%E3%83%89-1"),
     ("ep\n42", "ep%0A42"), ("50%off", "50%25off"), ("spring show", "spring show")],
     ids=["non_ascii", "newline", "percent", "space"])
-def test_headers__caller_key_unfit_for_a_header_is_percent_encoded(engine, agent, store,
-                                                                   caller_key, base):
-    """A caller key with characters a header cannot carry is sent percent-encoded."""
+def test_headers__legacy_key_base_unfit_for_a_header_is_percent_encoded(engine, agent, store,
+                                                                        db, caller_key, base):
+    """A workflow started before schema version 5 keeps its caller key as the base of its
+    keys; characters a header cannot carry are sent percent-encoded."""
     workflow_id = engine.start_workflow("podcast", {"topic": "tides"}, idempotency_key=caller_key)
+    db.execute("UPDATE workflow_instances SET key_base = idempotency_key WHERE workflow_id = %s",
+               (workflow_id,))
     assert drive(engine, workflow_id) == "completed"
     posts = [r for r in agent.requests if r["method"] == "POST"]
     assert [r["headers"]["x-idempotency-key"] for r in posts] == [
@@ -368,6 +375,20 @@ def test_poll__409_without_body_keeps_polling(engine, agent, store):
     workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
     assert drive(engine, workflow_id) == "completed"
     assert len(sent(agent, "/v1/tasks")) == 5 + 2  # one poll per polled step, two repeated
+
+
+def test_submit__trickling_answer_is_cut_at_the_request_deadline(store, agent):
+    """An answer whose body trickles in a byte at a time (each byte well within the per-read
+    timeout) is cut at the request's whole deadline and reported as a timeout."""
+    settings = settings_module.from_env(agent_env(agent.url, CPOA_SERVICE_RETRY_COUNT="1"))
+    client = AgentClient(settings, submit_timeout_s=1.0)
+    body = b'{"status": "SUCCESS", "result": {"status": "success", "content": "slow"}}'
+    agent.script("POST", "/harvest", Reply(200, body, trickle_s=0.05))  # 3.6 s in all
+    with pytest.raises(errors.AgentTimeout, match="within 1 s"):
+        client.submit("WCHA", agent.url, "/harvest", {"topic": "t"}, idempotency_key="k",
+                      workflow_id="w")
+    assert client.submit("WCHA", agent.url, "/harvest", {"topic": "t"}, idempotency_key="k2",
+                         workflow_id="w").outcome == "accepted"  # the pool is usable again
 
 
 def test_submit__oversized_503_page_is_still_transient(store, agent):

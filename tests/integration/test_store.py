@@ -47,7 +47,7 @@ def a_task(workflow, **changes):
     """A task row of the workflow's current step."""
     task = models.Task(task_id=uuid.uuid4(), workflow_id=workflow.workflow_id,
                        agent_name="WCHA", step=workflow.state,
-                       idempotency_key=f"{workflow.key_base}_wcha", attempt=workflow.retry_count)
+                       idempotency_key=f"{workflow.agent_key_base}_wcha", attempt=workflow.retry_count)
     return task.evolve(**changes)
 
 
@@ -134,10 +134,20 @@ def test_find_key__unknown_key_is_none(store):
     assert store.find_key("known", "snippets") is None
 
 
-def test_take_over_stale__workflow_without_progress_is_made_due(store):
-    """A workflow with no progress for the timeout loses its lease, is due now and counts it."""
-    workflow_id = create(store, key="k-stale")
+def test_take_over_stale__live_lease_is_never_touched(store):
+    """A repeated start never takes a lease from a worker that is alive and in its request."""
+    workflow_id = create(store, key="k-live")
     lease = take(store, workflow_id, "w1")
+    assert store.take_over_stale(workflow_id, "podcast", 0.0) is False
+    assert store.get_workflow(workflow_id) == lease.workflow
+    assert store.finish(lease, outcome(lease.workflow, "step_done")).state == "analyzing"
+
+
+def test_take_over_stale__expired_lease_is_released_and_counted(store):
+    """A workflow with no progress for the timeout whose lease expired is due now, and the
+    dead lease counts as one recovery; the late holder's result is refused."""
+    workflow_id = create(store, key="k-stale")
+    lease = take(store, workflow_id, "w1", ttl_s=SHORT_TTL_S)
     assert store.take_over_stale(workflow_id, "podcast", 3600.0) is False
     assert wait_until(lambda: store.take_over_stale(workflow_id, "podcast", SHORT_TTL_S))
     workflow = store.get_workflow(workflow_id)
@@ -146,6 +156,29 @@ def test_take_over_stale__workflow_without_progress_is_made_due(store):
     assert store.find_key("k-stale", "podcast")["status"] == "processing"
     with pytest.raises(errors.StaleState):
         store.finish(lease, outcome(lease.workflow, "step_done"))
+
+
+def test_take_over_stale__dead_session_lease_is_released_at_once(store):
+    """A lease whose holder's liveness session ended is dead long before it expires."""
+    workflow_id = create(store, key="k-dead")
+    holder = store.listener(liveness=True)
+    holder.connect()
+    _, lease = store.lease(workflow_id, "w1", LONG_TTL_S, holder.liveness_key)
+    assert store.take_over_stale(workflow_id, "podcast", 0.0) is False  # alive
+    holder.close()  # the process died: PostgreSQL ends its session
+    assert wait_until(lambda: store.take_over_stale(workflow_id, "podcast", 0.0))
+    assert store.get_workflow(workflow_id).recovery_attempts == 1
+    with pytest.raises(errors.StaleState):
+        store.finish(lease, outcome(lease.workflow, "step_done"))
+
+
+def test_take_over_stale__workflow_waiting_for_its_next_poll_is_not_stale(store):
+    """An unleased workflow scheduled for later is waiting, not stale, however old."""
+    workflow_id = create(store, key="k-wait")
+    lease = take(store, workflow_id)
+    store.finish(lease, models.Outcome(task=a_task(lease.workflow, status="submitted"),
+                                       run_in_s=60.0))
+    assert store.take_over_stale(workflow_id, "podcast", 0.0) is False
 
 
 def test_take_over_stale__terminal_workflow_is_left_alone(store):
@@ -442,22 +475,82 @@ def test_apply__unknown_id_raises(store):
     assert called == []
 
 
-# -- requeue_expired_leases --------------------------------------------------------------------
+# -- requeue_dead_leases ----------------------------------------------------------------------
 
-def test_requeue_expired_leases__releases_and_counts(store):
+def liveness(store):
+    """A connected liveness session: what a worker process holds while it lives."""
+    holder = store.listener(liveness=True)
+    holder.connect()
+    return holder
+
+
+def test_requeue_dead_leases__releases_expired_and_counts(store):
     """Expired leases are released, made due and counted; live leases are left alone."""
     expired = create(store)
     live = create(store)
     take(store, expired, "w1", ttl_s=SHORT_TTL_S)
     take(store, live, "w2", ttl_s=LONG_TTL_S)
-    rows = wait_until(store.requeue_expired_leases)
+    rows = wait_until(lambda: store.requeue_dead_leases("me").requeued)
     assert [(r["workflow_id"], r["state"], r["recovery_attempts"]) for r in rows] == [
         (expired, "fetching", 1)]
     workflow = store.get_workflow(expired)
     assert workflow.lease_owner is None and workflow.next_run_at is not None
     assert store.get_workflow(live).lease_owner == "w2"
-    assert store.requeue_expired_leases() == []
+    assert store.requeue_dead_leases("me").requeued == ()
     assert take(store, expired, "w3").workflow.recovery_attempts == 1
+
+
+def test_requeue_dead_leases__releases_lease_of_a_dead_session_at_once(store):
+    """A lease whose holder's session ended is requeued at once, long before its expiry;
+    the lease of a live session is left alone and watched."""
+    dead_holder, live_holder = liveness(store), liveness(store)
+    dead, live = create(store), create(store)
+    store.claim_due("w-dead", LONG_TTL_S, 1, dead_holder.liveness_key)
+    store.claim_due("w-live", LONG_TTL_S, 1, live_holder.liveness_key)
+    schedule = store.requeue_dead_leases("me")
+    assert (schedule.requeued, schedule.watch) == ((), True)
+    dead_holder.close()
+    schedule = wait_until(lambda: store.requeue_dead_leases("me").requeued)
+    assert [(r["workflow_id"], r["recovery_attempts"]) for r in schedule] == [(dead, 1)]
+    assert store.get_workflow(live).lease_owner == "w-live"
+    live_holder.close()
+
+
+def test_requeue_dead_leases__watch_only_for_other_owners_live_sessions(store):
+    """`watch` is set for another owner's session-vouched lease; not for the caller's own,
+    nor for a lease only its expiry vouches for (its expiry is in `seconds`)."""
+    holder = liveness(store)
+    create(store), create(store)
+    store.claim_due("me", LONG_TTL_S, 1, holder.liveness_key)
+    store.claim_due("other", LONG_TTL_S, 1, None)
+    schedule = store.requeue_dead_leases("me")
+    assert schedule.watch is False and LONG_TTL_S - 5 < schedule.seconds <= LONG_TTL_S
+    assert store.requeue_dead_leases("someone-else").watch is True
+    holder.close()
+
+
+def test_renew_leases__extends_only_the_owners_leases(store):
+    """The heartbeat extends the owner's leases and leaves the version (the fence) alone."""
+    mine, theirs = create(store), create(store)
+    take(store, mine, "w1", ttl_s=SHORT_TTL_S)
+    take(store, theirs, "w2", ttl_s=SHORT_TTL_S)
+    store.renew_leases("w1", [mine, theirs], LONG_TTL_S)
+    rows = wait_until(lambda: store.requeue_dead_leases("me").requeued)
+    assert [r["workflow_id"] for r in rows] == [theirs]
+    workflow = store.get_workflow(mine)
+    assert workflow.lease_owner == "w1" and workflow.version == 1
+
+
+def test_release_lease__gives_the_workflow_back_without_a_recovery(store):
+    """A released lease makes the workflow due later with no recovery counted; a second
+    release (the lease is no longer held) changes nothing."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    assert store.release_lease(lease, 60.0) is True
+    workflow = store.get_workflow(workflow_id)
+    assert (workflow.lease_owner, workflow.recovery_attempts, workflow.version) == (None, 0, 2)
+    assert store.lease(workflow_id, "w2", LONG_TTL_S)[1] is None  # not due for a minute
+    assert store.release_lease(lease, 0.0) is False
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -510,26 +603,26 @@ def test_list_workflows__filters_by_state_kind_and_limit(store):
     assert store.list_workflows(state="completed") == []
 
 
-def test_seconds_until_due__none_when_nothing_waits(store):
+def test_requeue_dead_leases__seconds_none_when_nothing_waits(store):
     """An empty database, or one with only terminal workflows, has nothing to wait for."""
-    assert store.seconds_until_due() is None
+    assert store.requeue_dead_leases().seconds is None
     store.apply(create(store), cancel)
-    assert store.seconds_until_due() is None
+    assert store.requeue_dead_leases().seconds is None
 
 
-def test_seconds_until_due__zero_for_due_workflow(store):
+def test_requeue_dead_leases__seconds_zero_for_due_workflow(store):
     """A workflow due now means no wait."""
     create(store)
-    assert store.seconds_until_due() == 0.0
+    assert store.requeue_dead_leases().seconds == 0.0
 
 
-def test_seconds_until_due__until_reschedule_or_lease_expiry(store):
+def test_requeue_dead_leases__seconds_until_reschedule_or_lease_expiry(store):
     """The wait is the earliest of the next scheduled run and the next lease expiry."""
     later = create(store)
     store.finish(take(store, later), models.Outcome(run_in_s=60.0))
-    assert 55.0 < store.seconds_until_due() <= 60.0
+    assert 55.0 < store.requeue_dead_leases().seconds <= 60.0
     take(store, create(store), ttl_s=LONG_TTL_S)
-    assert LONG_TTL_S - 5 < store.seconds_until_due() <= LONG_TTL_S
+    assert LONG_TTL_S - 5 < store.requeue_dead_leases().seconds <= LONG_TTL_S
 
 
 def test_count_unfinished__counts_working_workflows_and_due_events(store):
@@ -690,7 +783,7 @@ def test_start_workflow__same_key_resumes_failed_workflow(engine, agent, store):
         "analyzing", 1, None)
     assert drive(engine, workflow_id) == "completed"
     keys = [r["headers"]["x-idempotency-key"] for r in agent.requests_to("/discover_topics")]
-    assert keys[0] == "again_tda" and keys[-1] == "again_tda_r1"
+    assert keys[0] == f"{workflow_id}_tda" and keys[-1] == f"{workflow_id}_tda_r1"
 
 
 def test_start_workflow__same_key_of_completed_workflow_changes_nothing(engine, store):

@@ -70,15 +70,46 @@ def test_outbox__failed_deliveries_are_retried_in_order_without_failing(engine, 
     assert all(e["delivered_at"] for e in store.get_ui_events(first))
 
 
-def test_start__takes_over_a_stale_orchestration(store, agent):
-    """The same key after IDEMPOTENCY_LOCK_TIMEOUT_SECONDS with no progress makes the
-    workflow due again instead of leaving it stuck behind a dead lease."""
+def test_start__takes_over_an_orchestration_whose_holder_died(store, agent):
+    """The same key after IDEMPOTENCY_LOCK_TIMEOUT_SECONDS with no progress, behind a lease
+    whose holder's session is gone, makes the workflow due again and counts one recovery."""
     settings = settings_module.from_env(agent_env(agent.url,
                                                   IDEMPOTENCY_LOCK_TIMEOUT_SECONDS="0.2"))
     engine = Engine(store, settings)
     workflow_id = engine.start_workflow("podcast", {"topic": "t"}, idempotency_key="k")
-    store.lease(workflow_id, "dead-worker", 3600)
+    holder = store.listener(liveness=True)
+    holder.connect()
+    store.lease(workflow_id, "dead-worker", 3600, holder.liveness_key)
+    holder.close()  # its process died
     wait_until(lambda: engine.start_workflow("podcast", {"topic": "t"},
                                              idempotency_key="k") == workflow_id
                and store.get_workflow(workflow_id).lease_owner is None, timeout=5)
     assert store.get_workflow(workflow_id).recovery_attempts == 1
+
+
+def test_start__repeated_start_never_steals_a_live_lease(store, agent):
+    """A caller repeating its key while a live worker is inside the step's agent request
+    (and the workflow has made no progress for longer than the lock timeout) leaves the
+    lease alone: the worker's result is applied, no recovery is charged, the step's work is
+    submitted once."""
+    settings = settings_module.from_env(agent_env(agent.url,
+                                                  IDEMPOTENCY_LOCK_TIMEOUT_SECONDS="0.2"))
+    engine = Engine(store, settings)
+    workflow_id = engine.start_workflow("podcast", {"topic": "t"}, idempotency_key="k")
+    agent.delay_next("/harvest", 1.5)
+    holder = threading.Thread(target=engine.advance, args=(workflow_id,))
+    holder.start()
+    wait_until(lambda: agent.requests_to("/harvest"), timeout=5)
+    lease = store.get_workflow(workflow_id)
+    repeats = 0
+    while holder.is_alive():  # repeat the start for as long as the request is in flight
+        assert engine.start_workflow("podcast", {"topic": "t"},
+                                     idempotency_key="k") == workflow_id
+        repeats += 1
+    holder.join()
+    assert repeats > 1
+    workflow = store.get_workflow(workflow_id)
+    assert (workflow.state, workflow.recovery_attempts) == ("fetching", 0)
+    assert workflow.version == lease.version  # nobody fenced the holder out
+    assert [t.status for t in store.get_tasks(workflow_id)] == ["submitted"]
+    assert agent.work == {f"{workflow_id}_wcha": 1}

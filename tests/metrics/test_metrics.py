@@ -149,7 +149,7 @@ def test_leases__expired_by_the_sweeper_then_recovered(engine, store):
     before = scrape(store)
     workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
     assert len(store.claim_due("dead-worker", 0.05, 1)) == 1
-    wait_until(lambda: recovery.sweep(store))
+    wait_until(lambda: recovery.sweep(store).requeued)
     assert drive(engine, workflow_id) == "completed"
     after = scrape(store)
     assert value(after, "cpoa_leases_expired_total") - value(
