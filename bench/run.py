@@ -233,7 +233,7 @@ def backlog_run(args: argparse.Namespace) -> dict[str, Any]:
                 "rss_mb": result["rss_mb"], "rss_mb_peak": result["rss_mb_peak"],
                 "claim_plan": plans["claim_due"],
                 "claim_plan_seq_scan": "Seq Scan" in plans["claim_due"],
-                "seconds_until_due_plan": plans["seconds_until_due"],
+                "requeue_dead_leases_plan": plans["requeue_dead_leases"],
                 "touch_idempotency_key_plan": plans["touch_idempotency_key"]})
             # Keep the backlog at its level: the step actions moved workflows on (still due).
     return {"levels": levels}

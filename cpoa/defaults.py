@@ -79,7 +79,9 @@ MAX_RECOVERY_ATTEMPTS = 5
 """Expired leases on one state before the workflow is quarantined as failed."""
 
 SWEEP_INTERVAL_S = 30.0
-"""How often a worker looks for expired leases (CPOA_SWEEP_INTERVAL_SECONDS)."""
+"""Longest an idle worker goes without looking for dead leases (CPOA_SWEEP_INTERVAL_SECONDS);
+it also looks whenever its schedule says a lease runs out, and every RECOVERY_CHECK_S while
+another worker holds a lease."""
 
 IDLE_WAIT_MAX_S = 30.0
 """Longest a worker sleeps on LISTEN before it looks at the schedule again."""

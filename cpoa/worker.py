@@ -165,7 +165,7 @@ class Worker:
         if schedule.requeued:
             self._due_at = 0.0  # claim them now
             return 0.0
-        wait_s = defaults.IDLE_WAIT_MAX_S
+        wait_s = min(defaults.IDLE_WAIT_MAX_S, self.settings.sweep_interval_s)
         if schedule.seconds is not None and not solo:  # a solo's end sets `wake`
             # A lease that runs out exactly then is requeued by the sweep after the wait.
             wait_s = min(wait_s, schedule.seconds + 0.01)

@@ -182,8 +182,9 @@ def plans(dsn: str) -> dict[str, str]:
         some_id = conn.execute("SELECT workflow_id FROM workflow_instances "
                                "WHERE next_run_at IS NOT NULL LIMIT 1").fetchone()[0]
     return {
-        "claim_due": explain(dsn, "claim_due", owner="bench", ttl_s=60, limit=4),
-        "seconds_until_due": explain(dsn, "seconds_until_due"),
+        "claim_due": explain(dsn, "claim_due", owner="bench", ttl_s=60, limit=4,
+                             liveness_key=None),
+        "requeue_dead_leases": explain(dsn, "requeue_dead_leases", owner="bench"),
         "touch_idempotency_key": explain(
             dsn, "touch_idempotency_key", workflow_id=some_id, task_name=TASK_NAME,
             status="completed", result_payload=None, error_payload=None),

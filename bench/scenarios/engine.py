@@ -42,9 +42,9 @@ class TimedStore(PostgresStore):
         self.finishes: list[float] = []
         self.completing: list[float] = []  # the finishes that complete a workflow
 
-    def claim_due(self, owner, ttl_s, limit):  # type: ignore[no-untyped-def]
+    def claim_due(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        leases = super().claim_due(owner, ttl_s, limit)
+        leases = super().claim_due(*args, **kwargs)
         self.claims.append((time.perf_counter() - started, len(leases)))
         return leases
 

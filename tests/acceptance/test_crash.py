@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
+from cpoa import machine
+from tests.acceptance.helpers import ROOT, cli_env, run_cli, spawn_cli
 from tests.fix_agents import wait_until
 
 RESUME_DEADLINE_S = 5.0
@@ -60,6 +63,43 @@ def test_worker__sigkill_mid_request_survivor_takes_over_at_once(dsn, db, agent,
     assert agent.duplicates() == {interrupted: 2}
     assert store.get_workflow(workflow_id).recovery_attempts == 0  # reset by the transition
     print(f"kill->resume {resumed[0] - killed_at:.2f}s at {path}")
+
+
+@pytest.mark.slow
+def test_worker__sigstop_mid_request_loses_the_lease_and_its_late_result(dsn, db, agent, store,
+                                                                        tmp_path):
+    """A worker stopped (SIGSTOP) inside an agent request keeps its database session, so only
+    its lease's expiry frees the workflow (a stopped process sends no heartbeat): the survivor
+    takes over and completes it; after SIGCONT the stopped worker's late result is refused,
+    and the interrupted step was submitted twice under one key, nothing else twice. The TTL is
+    3 s here because the expiry, not its default length, is what this test is about."""
+    env = cli_env(dsn, agent.url, CPOA_LEASE_TTL_SECONDS="3")
+    workflow_id = run_cli(env, "start", "podcast", "--topic", "tides").stdout.strip()
+    agent.delay_next("/weave_script", 6.0)  # answered after the survivor has taken over
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as stderr:
+        stopped = subprocess.Popen([sys.executable, "-m", "cpoa.cli", "worker"], env=env,
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    survivor = None
+    try:
+        wait_until(lambda: agent.requests_to("/weave_script"), timeout=20)
+        survivor = spawn_cli(env, "worker", "--concurrency", "2")
+        wait_until(lambda: live_workers(db) == 2, timeout=20)
+        stopped.send_signal(signal.SIGSTOP)
+        wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=30)
+        stopped.send_signal(signal.SIGCONT)
+        wait_until(lambda: "stale_result" in log.read_text(), timeout=30)
+    finally:
+        for proc in (stopped, survivor):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    history = [(h["from_state"], h["to_state"]) for h in store.get_history(workflow_id)]
+    chain = [None, *machine.PODCAST_STEPS, "completed"]
+    assert history == list(zip(chain, chain[1:]))
+    interrupted = agent.requests_to("/weave_script")[0]["headers"]["x-idempotency-key"]
+    assert agent.duplicates() == {interrupted: 2}
 
 
 @pytest.mark.slow

@@ -348,6 +348,62 @@ def test_finish__stale_version_raises_stale_and_writes_nothing(store):
     assert store.finish(new, outcome(new.workflow, "step_done")).state == "analyzing"
 
 
+RACES = 25
+
+
+def race(*actions):
+    """Runs the actions at once (threads released together by a barrier); returns what each
+    returned, or the StaleState / InvalidTransition it raised."""
+    barrier = threading.Barrier(len(actions))
+    results = [None] * len(actions)
+
+    def run(index, action):
+        barrier.wait()
+        try:
+            results[index] = action()
+        except (errors.StaleState, errors.InvalidTransition) as exc:
+            results[index] = exc
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def test_finish__races_cancel_and_sweep_one_outcome_each_time(store):
+    """A step's result, a cancel and a sweep of the (dead) lease, released together, RACES
+    times: the result is applied only if it came first (neither the cancel nor the sweep had
+    fenced it out), a sweep never requeues a lease the result already released, and the
+    history replays to the stored state every time."""
+    seen = set()
+    for _ in range(RACES):
+        holder = store.listener(liveness=True)
+        holder.connect()
+        workflow_id = create(store)
+        _, lease = store.lease(workflow_id, "w1", LONG_TTL_S, holder.liveness_key)
+        holder.close()  # its worker died (or is partitioned) while the request was in flight
+        task = a_task(lease.workflow, status="succeeded", output_result_summary_json={})
+        finished, cancelled, swept = race(
+            lambda: store.finish(lease, outcome(lease.workflow, "step_done", task=task)),
+            lambda: store.apply(workflow_id, cancel),
+            lambda: store.requeue_dead_leases("sweeper").requeued)
+        history = [(h["from_state"], h["to_state"]) for h in store.get_history(workflow_id)]
+        applied = not isinstance(finished, errors.StaleState)
+        assert isinstance(cancelled, models.Workflow)  # cancel is valid from either state
+        assert not (applied and swept), "a sweep requeued a lease the result had released"
+        if applied:
+            assert history == [(None, "fetching"), ("fetching", "analyzing"),
+                               ("analyzing", "cancelled")]
+            assert [t.task_id for t in store.get_tasks(workflow_id)] == [task.task_id]
+        else:
+            assert history == [(None, "fetching"), ("fetching", "cancelled")]
+            assert store.get_tasks(workflow_id) == []
+        assert store.get_workflow(workflow_id).state == history[-1][1]
+        seen.add("result" if applied else "sweep" if swept else "cancel")
+    print(f"winners seen: {sorted(seen)}")
+
+
 def test_finish__reschedule_stays_and_releases_lease(store, db):
     """With no trigger the workflow stays, the task is written and it is due after run_in_s."""
     workflow_id = create(store, client_id="c1")
