@@ -1,99 +1,138 @@
-"""One action on one task item: submit it, or poll it once; never sleep a polling interval.
+"""One request for one task item, and what its answer makes of the task row.
 
-``act()`` makes at most one logical agent request (the client retries transient errors inside
-it, bounded) and returns the task row as it should now be stored: succeeded with its result,
-failed with a reason, or still open with the time of its next poll.
+:func:`call` is the effect: at most one logical agent request (the client retries transient
+errors inside it, bounded). :func:`begin` and :func:`settle` are pure: they stamp the item's
+polling deadline, and fold the answer (a reply or an agent error) into the task row —
+succeeded with its result, failed with a reason, or still open with the time of its next poll.
+Nothing here sleeps a polling interval. (Counters in :mod:`cpoa.metrics` are bumped on the way;
+they never steer a decision.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cpoa import errors, logs, metrics, models
+from cpoa import defaults, errors, logs, metrics, models
 from cpoa.agents import client as agents
 from cpoa.agents import results
 from cpoa.settings import Settings
 from cpoa.steps import Step
 
-logger = logging.getLogger(__name__)
-Clock = Callable[[], datetime.datetime]
+Answer = agents.Reply | errors.AgentError
+"""What a request came back with: the agent's reply, or the error it ended in."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How an item of a step is paced.
+
+    Attributes:
+        interval_s: Pause before the next poll, or before the next try after a transient
+            failure.
+        timeout_s: From the first request until the item fails with a timeout.
+        honour_retry_after: A transient failure's Retry-After sets the next try.
+    """
+
+    interval_s: float
+    timeout_s: float
+    honour_retry_after: bool
+
+
+def timing(settings: Settings, step: Step) -> Timing:
+    """The pacing of ``step``'s items under ``settings``."""
+    if step.notified:  # no polling: transient failures are retried this long, at our pace
+        return Timing(defaults.NOTIFY_RETRY_S, settings.asf_notify_timeout_s, False)
+    agent = settings.agent(step.agent)
+    return Timing(agent.poll_interval_s, agent.poll_timeout_s, True)
+
+
+def begin(task: models.Task, now: datetime.datetime, pace: Timing) -> models.Task:
+    """Stamps the first request's time and the item's deadline (once per item)."""
+    if task.first_submitted_at is not None:
+        return task
+    return task.evolve(first_submitted_at=now,
+                       poll_deadline_at=now + datetime.timedelta(seconds=pace.timeout_s))
 
 
 def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
-        task: models.Task, item: Any, now: Clock, log: logging.LoggerAdapter) -> models.Task:
-    """Moves one item forward by one request.
+        task: models.Task, item: Any, now: Callable[[], datetime.datetime],
+        log: logging.LoggerAdapter) -> models.Task:
+    """Moves one item forward by one request: :func:`begin`, :func:`call`, :func:`settle`.
+
+    Args:
+        now: The clock (the database's, carried forward by this process's monotonic clock).
 
     Returns:
         The updated task row (``status`` succeeded, failed, pending or submitted).
     """
+    pace = timing(settings, step)
+    task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log)
+    return settle(step, task, answer, now(), pace)
+
+
+def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
+         task: models.Task, item: Any, log: logging.LoggerAdapter) -> tuple[models.Task, Answer]:
+    """Makes the item's one request: a notification, a poll of a submitted task, or a submit.
+
+    Returns:
+        The task (with the request body it sent) and the answer.
+    """
+    if task.external_task_id:
+        log = log.bind(agent_task_id=task.external_task_id)
+    base_url = "" if step.notified else settings.agent(step.agent).base_url
     began = time.perf_counter()
     try:
-        return _act(client, settings, step, workflow, task, item, now, log)
+        if step.notified:
+            body = step.request(workflow, item)
+            client.notify(step.agent, settings.asf_notification_url, body,
+                          workflow_id=str(workflow.workflow_id),
+                          idempotency_key=task.idempotency_key, log=log)
+            return task.evolve(input_params_json=body), agents.Reply("done",
+                                                                     result={"notified": True})
+        if task.status == "submitted" and task.status_url:
+            return task, client.poll(step.agent, base_url, task.status_url,
+                                     workflow_id=str(workflow.workflow_id),
+                                     idempotency_key=task.idempotency_key, log=log)
+        task = task.evolve(input_params_json=task.input_params_json or step.request(workflow, item))
+        return task, client.submit(step.agent, base_url, step.path, task.input_params_json,
+                                   idempotency_key=task.idempotency_key,
+                                   workflow_id=str(workflow.workflow_id), log=log)
+    except errors.AgentError as exc:
+        metrics.agent_error(step.agent, metrics.error_kind(exc))
+        return task, exc
     finally:
         metrics.STEP_DURATION.labels(step.agent).observe(time.perf_counter() - began)
 
 
-def _act(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
-         task: models.Task, item: Any, now: Clock, log: logging.LoggerAdapter) -> models.Task:
-    started = now()
-    if task.first_submitted_at is None:
-        timeout = _timeout_s(settings, step)
-        task = task.evolve(first_submitted_at=started,
-                           poll_deadline_at=started + datetime.timedelta(seconds=timeout))
-    log = log.bind(agent_task_id=task.external_task_id) if task.external_task_id else log
-    try:
-        if step.agent == "ASF":
-            return _notify(client, settings, step, workflow, task, item, now, log)
-        if task.status == "submitted" and task.status_url:
-            reply = client.poll(step.agent, _base(settings, step), task.status_url,
-                                workflow_id=str(workflow.workflow_id),
-                                idempotency_key=task.idempotency_key, log=log)
-        else:
-            body = task.input_params_json or step.request(workflow, item)
-            task = task.evolve(input_params_json=body)
-            reply = client.submit(step.agent, _base(settings, step), step.path, body,
-                                  idempotency_key=task.idempotency_key,
-                                  workflow_id=str(workflow.workflow_id), log=log)
-        return _after_reply(settings, step, task, reply, now)
-    except errors.AgentUnavailable as exc:  # tried again at a later advance, until due
-        _count_error(step, exc)
-        honour = exc.retry_after is not None and step.agent != "ASF"  # ASF: its own pace
-        delay = exc.retry_after if honour else _interval_s(settings, step)
-        return _open(task.evolve(retry_count=task.retry_count + 1,
-                                 error_details_json={"reason": str(exc), "transient": True}),
-                     now(), delay, step)
-    except errors.AgentError as exc:
-        _count_error(step, exc)
-        return failed(task, str(exc), now(), status_code=exc.status_code)
-
-
-def _count_error(step: Step, exc: errors.AgentError) -> None:
-    metrics.agent_error(step.agent, metrics.error_kind(exc))
-
-
-def _after_reply(settings: Settings, step: Step, task: models.Task, reply: agents.Reply,
-                 now: Clock) -> models.Task:
-    interval = _interval_s(settings, step)
-    if reply.outcome == "done":  # a synchronous answer or a replay may name its task too
-        task = task.evolve(external_task_id=reply.task_id or task.external_task_id)
-        return _succeeded(step, task, reply.result, now())
-    if reply.outcome in ("accepted", "pending"):
-        task = task.evolve(status="submitted", external_task_id=reply.task_id or task.external_task_id,
-                           status_url=reply.status_url or task.status_url)
-        return _open(task, now(), interval, step)
-    if reply.outcome == "busy":  # 409: the agent is already working on this key
-        if reply.status_url or task.status_url:
-            task = task.evolve(status="submitted",
-                               external_task_id=reply.task_id or task.external_task_id,
-                               status_url=reply.status_url or task.status_url)
-        return _open(task, now(), interval, step)
+def settle(step: Step, task: models.Task, answer: Answer, now: datetime.datetime,
+           pace: Timing) -> models.Task:
+    """The task row after ``answer``: succeeded, failed, or open with its next poll time."""
+    if isinstance(answer, errors.AgentUnavailable):  # tried again later, until the deadline
+        honour = pace.honour_retry_after and answer.retry_after is not None
+        task = task.evolve(retry_count=task.retry_count + 1,
+                           error_details_json={"reason": str(answer), "transient": True})
+        return _open(task, now, answer.retry_after if honour else pace.interval_s, step)
+    if isinstance(answer, errors.AgentError):
+        return failed(task, str(answer), now, status_code=answer.status_code)
+    if answer.outcome == "done":  # a synchronous answer or a replay may name its task too
+        task = task.evolve(external_task_id=answer.task_id or task.external_task_id)
+        return _succeeded(step, task, answer.result, now)
+    if answer.outcome in ("accepted", "pending") or (
+            answer.outcome == "busy" and (answer.status_url or task.status_url)):
+        task = task.evolve(status="submitted",
+                           external_task_id=answer.task_id or task.external_task_id,
+                           status_url=answer.status_url or task.status_url)
+        return _open(task, now, pace.interval_s, step)
+    if answer.outcome == "busy":  # 409 with no task to poll: submit the key again later
+        return _open(task, now, pace.interval_s, step)
     # "lost": the agent forgot the task; submitting the same key again is safe.
     return _open(task.evolve(status="pending", external_task_id=None, status_url=None),
-                 now(), 0.0, step)
+                 now, 0.0, step)
 
 
 def _succeeded(step: Step, task: models.Task, result: Any, at: datetime.datetime) -> models.Task:
@@ -104,7 +143,7 @@ def _succeeded(step: Step, task: models.Task, result: Any, at: datetime.datetime
             return failed(task, f"{step.agent} skipped the work: {logs.clip(str(message), 300)}", at)
         kept = step.validate(result)
     except errors.AgentError as exc:  # a reply that breaks the contract, or a business error
-        _count_error(step, exc)
+        metrics.agent_error(step.agent, metrics.error_kind(exc))
         return failed(task, str(exc), at)
     return task.evolve(status="succeeded", output_result_summary_json=kept, completed_at=at,
                        error_details_json=None, next_poll_at=None)
@@ -132,29 +171,3 @@ def _open(task: models.Task, at: datetime.datetime, delay_s: float, step: Step) 
     if task.poll_deadline_at is not None:
         due = min(due, task.poll_deadline_at)
     return task.evolve(next_poll_at=due)
-
-
-def _notify(client: agents.AgentClient, settings: Settings, step: Step,
-            workflow: models.Workflow, task: models.Task, item: Any, now: Clock,
-            log: logging.LoggerAdapter) -> models.Task:
-    body = step.request(workflow, item)
-    task = task.evolve(input_params_json=body)
-    client.notify("ASF", settings.asf_notification_url, body,
-                  workflow_id=str(workflow.workflow_id), idempotency_key=task.idempotency_key,
-                  log=log)
-    return task.evolve(status="succeeded", output_result_summary_json={"notified": True},
-                       completed_at=now())
-
-
-def _base(settings: Settings, step: Step) -> str:
-    return settings.agent(step.agent).base_url
-
-
-def _interval_s(settings: Settings, step: Step) -> float:
-    return settings.agent(step.agent).poll_interval_s if step.agent != "ASF" else 1.0
-
-
-def _timeout_s(settings: Settings, step: Step) -> float:
-    if step.agent == "ASF":  # no polling: transient failures are retried this long
-        return settings.asf_notify_timeout_s
-    return settings.agent(step.agent).poll_timeout_s

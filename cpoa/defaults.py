@@ -103,6 +103,9 @@ killed mid-delivery delays that workflow's later events by at most this."""
 UI_TIMEOUT_S = 5.0
 """Timeout of one UI-event delivery; the outbox retries on its own schedule, not inline."""
 
+NOTIFY_RETRY_S = 1.0
+"""Pause between tries of the ASF new-episode notification after a transient failure."""
+
 ASF_NOTIFY_TIMEOUT_S = 60.0
 """How long transient failures of the ASF new-episode notification are retried
 (CPOA_ASF_NOTIFY_TIMEOUT_SECONDS); then the podcast completes with a warning."""

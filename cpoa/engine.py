@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cpoa import attempt, errors, events, heartbeat, inputs, logs, machine, metrics, models, steps
+from cpoa import (attempt, decide, errors, events, heartbeat, inputs, logs, machine, metrics,
+                  models, steps)
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
 
 logger = logging.getLogger(__name__)
-SUMMARY_TEXT_CHARS = 200
 FAULT_POINTS = ("before_call", "after_call", "before_commit", "after_commit")
 """The boundaries of one step where a process may die: before the agent request, after its
 answer, inside the result's transaction before COMMIT, after COMMIT (before UI delivery)."""
@@ -107,7 +107,7 @@ class Engine:
         state), for callers that schedule their next call on it."""
         workflow, lease = self.store.lease(inputs.workflow_id(workflow_id), self.owner,
                                            self.settings.lease_ttl_s, self.liveness_key)
-        return workflow if lease is None else self.run(lease)
+        return workflow if lease is None else self.step(lease, keep_lease=False)[0]
 
     def cancel(self, workflow_id: Any) -> str:
         """Cancels a working or failed workflow; returns ``"cancelled"``.
@@ -117,8 +117,8 @@ class Engine:
         """
         def decide(wf: models.Workflow) -> models.Outcome:
             dest = machine.decide(wf.kind, wf.state, "cancel").state
-            return models.Outcome(trigger="cancel", dest=dest, error_message=wf.error_message,
-                                  ui_event=events.entered(wf, dest))
+            return models.Outcome.transition("cancel", dest, error_message=wf.error_message,
+                                             ui_event=events.entered(wf, dest))
         return self._apply(inputs.workflow_id(workflow_id), decide).state
 
     def retry(self, workflow_id: Any) -> str:
@@ -131,7 +131,7 @@ class Engine:
         """
         def decide(wf: models.Workflow) -> models.Outcome:
             dest = machine.decide(wf.kind, wf.state, "retry", wf.failed_from_state).state
-            return models.Outcome(trigger="retry", dest=dest, ui_event=events.entered(wf, dest))
+            return models.Outcome.transition("retry", dest, ui_event=events.entered(wf, dest))
         workflow = self._apply(inputs.workflow_id(workflow_id), decide)
         logs.for_workflow(logger, workflow.workflow_id).info(
             "workflow retried", extra={"action": "retry", "state": workflow.state})
@@ -149,96 +149,62 @@ class Engine:
 
     # -- running one step --------------------------------------------------------------------
 
-    def run(self, lease: models.Lease) -> models.Workflow:
-        """Runs one step action on a workflow this worker holds and stores the result.
+    def step(self, lease: models.Lease, *,
+             keep_lease: bool) -> tuple[models.Workflow, models.Lease | None]:
+        """Runs one step of a workflow this worker holds: decide, act (at most one agent
+        request), record (one fenced write). What the worker calls.
 
         Never raises for a bad agent reply or a bug in a step: the workflow fails with the
         reason instead. A lost lease is logged and the stored workflow returned.
-        """
-        return self.step(lease, keep_lease=False)[0]
 
-    def step(self, lease: models.Lease, *,
-             keep_lease: bool) -> tuple[models.Workflow, models.Lease | None]:
-        """Like :meth:`run`; with ``keep_lease`` a workflow left due now stays this worker's.
+        Args:
+            keep_lease: Keep the lease of a workflow the step leaves due now: the caller
+                goes on with its next step at once instead of releasing it and claiming it.
 
         Returns:
-            The workflow, and its renewed lease when the caller should go on with its next
-            step now (the worker does, instead of releasing it and claiming it back).
+            The workflow as stored, and its renewed lease when ``keep_lease`` kept it.
         """
         log = logs.for_workflow(logger, lease.workflow.workflow_id)
         try:
             with self.heartbeat.holding(lease.workflow.workflow_id):
-                outcome = self._decide(lease, log)
+                outcome = self._decide_and_act(lease, log)
         except Exception as exc:  # a bug must fail the workflow, never the worker
             log.exception("step crashed", extra={"action": "step_crashed",
                                                  "state": lease.workflow.state})
             reason = f"internal error: {type(exc).__name__}: {logs.clip(str(exc), 300)}"
-            outcome = self._verdict(lease.workflow, steps.Verdict(False, reason=reason), None)
+            outcome = decide.verdict_outcome(lease.workflow, steps.Verdict(False, reason=reason))
         self._fault("after_call", lease.workflow)
+        return self._record(lease, outcome, keep_lease, log)
+
+    def _decide_and_act(self, lease: models.Lease, log: logs.WorkflowLogger) -> models.Outcome:
+        workflow, clock = lease.workflow, _clock(lease.db_now)
+        tasks = {t.item_key: t for t in lease.tasks}
+        action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts)
+        if isinstance(action, decide.Call):
+            self._fault("before_call", workflow)
+            task = attempt.act(self.client, self.settings, steps.step_for(workflow), workflow,
+                               action.task, action.item, clock,
+                               log.bind(task_id=str(action.task.task_id)))
+            action = decide.after_call(workflow, tasks, task, clock())
+        return decide.outcome(workflow, action)
+
+    def _record(self, lease: models.Lease, outcome: models.Outcome, keep_lease: bool,
+                log: logs.WorkflowLogger) -> tuple[models.Workflow, models.Lease | None]:
         try:
-            workflow, next_lease = self.store.finish_and_renew(
-                lease, outcome, self.settings.lease_ttl_s if keep_lease else None,
+            workflow, next_lease = self.store.record(
+                lease, outcome, renew_ttl_s=self.settings.lease_ttl_s if keep_lease else None,
                 before_commit=self.fault_hook and (
                     lambda: self._fault("before_commit", lease.workflow)))
         except errors.StaleState as exc:
             log.warning("result discarded: %s", exc, extra={"action": "stale_result"})
             return self.store.get_workflow(lease.workflow.workflow_id), None
         self._fault("after_commit", lease.workflow)
-        if outcome.trigger:
+        if outcome.is_transition:
             metrics.transitioned(lease.workflow, outcome.dest, outcome.trigger)
             log.info("%s -> %s", lease.workflow.state, outcome.dest,
                      extra={"action": "transition", "from": lease.workflow.state,
                             "to": outcome.dest, "reason": outcome.error_message})
         return workflow, next_lease
-
-    def _decide(self, lease: models.Lease, log: logs.WorkflowLogger) -> models.Outcome:
-        wf = lease.workflow
-        if wf.recovery_attempts > self.settings.max_recovery_attempts:
-            reason = (f"quarantined: the lease expired {wf.recovery_attempts} times in state "
-                      f"{wf.state} (a worker crashed or hung each time)")
-            return self._verdict(wf, steps.Verdict(False, reason=reason), None)
-        step = steps.step_for(wf)
-        items = step.items(wf)
-        tasks = {t.item_key: t for t in lease.tasks}
-        clock = _clock(lease.db_now)
-        now = clock()
-        open_items = [(k, it) for k, it in items if k not in tasks or not tasks[k].is_finished]
-        due = [(k, it) for k, it in open_items
-               if k not in tasks or tasks[k].next_poll_at is None or tasks[k].next_poll_at <= now]
-        if not open_items:
-            return self._verdict(wf, step.conclude(wf, [tasks[k] for k, _ in items]), None)
-        if not due:
-            return models.Outcome(run_in_s=_seconds_until(tasks.values(), now))
-        key, item = due[0]
-        task = tasks.get(key) or models.Task(
-            task_id=uuid.uuid4(), workflow_id=wf.workflow_id, agent_name=step.agent,
-            step=wf.state, item_key=key, attempt=wf.retry_count,
-            idempotency_key=step.idempotency_key(wf, key))
-        self._fault("before_call", wf)
-        task = attempt.act(self.client, self.settings, step, wf, task, item, clock,
-                           log.bind(task_id=str(task.task_id)))
-        tasks[key] = task
-        if any(k not in tasks for k, _ in items):
-            return models.Outcome(task=task, run_in_s=0.0)  # untouched items are due now
-        if any(not tasks[k].is_finished for k, _ in items):
-            return models.Outcome(task=task, run_in_s=_seconds_until(tasks.values(), clock()))
-        verdict = step.conclude(wf, [tasks[k] for k, _ in items])
-        if len(items) == 1 and not key:
-            task = task.evolve(output_result_summary_json=_summary(
-                task.output_result_summary_json))
-        return self._verdict(wf, verdict, task)
-
-    def _verdict(self, wf: models.Workflow, verdict: steps.Verdict,
-                 task: models.Task | None) -> models.Outcome:
-        trigger = "step_done" if verdict.ok else "fail"
-        decision = machine.decide(wf.kind, wf.state, trigger, wf.failed_from_state)
-        reason = f"{wf.state}: {verdict.reason}" if verdict.reason else None
-        return models.Outcome(
-            task=task, trigger=trigger, dest=decision.state,
-            failed_from_state=decision.failed_from_state, context_updates=verdict.context,
-            warnings=verdict.warnings, error_message=reason,
-            ui_event=events.entered(wf, decision.state, failed_from_state=decision.failed_from_state,
-                                    error=reason, warnings=verdict.warnings))
 
     def _apply(self, workflow_id: uuid.UUID,
                decide: Callable[[models.Workflow], models.Outcome]) -> models.Workflow:
@@ -306,26 +272,10 @@ def describe(workflow: models.Workflow, tasks: Sequence[models.Task],
     }
 
 
-def _clock(db_now: datetime.datetime) -> attempt.Clock:
+def _clock(db_now: datetime.datetime) -> Callable[[], datetime.datetime]:
     """The database's clock, carried forward by this process's monotonic clock."""
     started = time.monotonic()
     return lambda: db_now + datetime.timedelta(seconds=time.monotonic() - started)
-
-
-def _seconds_until(tasks: Any, now: datetime.datetime) -> float:
-    polls = [t.next_poll_at for t in tasks if not t.is_finished and t.next_poll_at is not None]
-    return max(0.0, (min(polls) - now).total_seconds()) if polls else 0.0
-
-
-def _summary(value: Any) -> Any:
-    """A small picture of a large result for the task row (the result itself is in context)."""
-    if isinstance(value, Mapping):
-        return {k: _summary(v) for k, v in value.items()}
-    if isinstance(value, str) and len(value) > SUMMARY_TEXT_CHARS:
-        return f"<{len(value)} characters>"
-    if isinstance(value, list) and len(value) > 3:
-        return f"<{len(value)} items>"
-    return value
 
 
 def iso(value: datetime.datetime | None) -> str | None:

@@ -173,6 +173,21 @@ class Outcome:
     detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     ui_event: UIEvent | None = None
 
+    @classmethod
+    def progress(cls, task: Task | None, run_in_s: float) -> Outcome:
+        """The workflow stays in its state (``task`` updated, if a request was made) and is
+        due again in ``run_in_s`` seconds."""
+        return cls(task=task, run_in_s=run_in_s)
+
+    @classmethod
+    def transition(cls, trigger: str, dest: str, **fields: Any) -> Outcome:
+        """The workflow moves to ``dest`` by ``trigger``; ``fields`` as the attributes."""
+        return cls(trigger=trigger, dest=dest, **fields)
+
+    @property
+    def is_transition(self) -> bool:
+        return self.trigger is not None
+
 
 @dataclasses.dataclass(frozen=True)
 class OutboxEvent:

@@ -34,7 +34,7 @@ class Step:
     """One working state.
 
     Attributes:
-        agent: The agent's short name (``"ASF"`` is notified, not polled).
+        agent: The agent's short name.
         path: Appended to the agent's base URL.
         key: The step's part of the downstream idempotency key.
         request: Builds the request body for one item.
@@ -42,6 +42,8 @@ class Step:
         conclude: Turns the finished tasks into a Verdict.
         items: The fan-out items as (item_key, item); one unnamed item by default.
         skipped_is_failure: ``result.status == "skipped"`` fails the item.
+        notified: The agent is notified (one POST to its full URL, 2xx is success), not
+            given a task to poll (ASF).
     """
 
     agent: str
@@ -52,6 +54,7 @@ class Step:
     conclude: Callable[[models.Workflow, Sequence[models.Task]], Verdict]
     items: Callable[[models.Workflow], list[tuple[str, Any]]] = lambda wf: [("", None)]
     skipped_is_failure: bool = True
+    notified: bool = False
 
     def idempotency_key(self, workflow: models.Workflow, item_key: str) -> str:
         """``<base>_<step>[_<item>][_r<n>]`` (contract §2), fit for an HTTP header.
@@ -148,7 +151,7 @@ PODCAST = {
         lambda wf, _: {"stream_id": wf.context["audio"]["stream_id"],
                        "audio_url": wf.context["audio"]["url"],
                        "workflow_id": str(wf.workflow_id)},
-        lambda r: r, _notified),
+        lambda r: r, _notified, notified=True),
 }
 
 

@@ -172,6 +172,30 @@ CREATE TABLE IF NOT EXISTS task_instances (
     UNIQUE (workflow_id, step, item_key, attempt)
 );
 
+-- A step's task row, inserted or brought up to date: the engine's one writer of task_instances,
+-- called from record_progress and make_transition (queries.sql) with the row as JSON
+-- (cpoa/store/rows.py, task_document). Versioned name: a changed signature gets a new one.
+CREATE OR REPLACE FUNCTION cpoa_save_task_v1(p_task jsonb) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
+        status, idempotency_key, external_task_id, status_url, input_params_json,
+        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
+        completed_at, next_poll_at, poll_deadline_at)
+    SELECT t.task_id, t.workflow_id, t.agent_name, t.step, t.item_key, t.attempt, t.status,
+        t.idempotency_key, t.external_task_id, t.status_url, t.input_params_json,
+        t.output_result_summary_json, t.error_details_json, t.retry_count,
+        t.first_submitted_at, t.completed_at, t.next_poll_at, t.poll_deadline_at
+    FROM jsonb_populate_record(NULL::task_instances, p_task) t
+    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
+        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
+        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
+        output_result_summary_json = EXCLUDED.output_result_summary_json,
+        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
+        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
+        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
+        updated_at = now()
+$$;
+
 -- The task rows of a workflow's current step attempt, as JSON, oldest first: what a lease
 -- carries (claim_due, take_lease and finish_step return it beside the workflow row).
 CREATE OR REPLACE FUNCTION cpoa_step_tasks(p_workflow_id uuid, p_step text, p_attempt integer)
@@ -312,6 +336,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (5)
+INSERT INTO cpoa_schema_version (version) VALUES (6)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -11,7 +11,7 @@ Without ``--stop-after`` the worker runs with ``until_idle`` (drains every workf
 (the backlog scenario). Rates are over the time until the last step action returned.
 
 Timings: ``Engine.step`` (one step action: the agent request and the result's transaction),
-``PostgresStore.claim_due`` and ``PostgresStore.finish_and_renew``, each wrapped by a subclass here.
+``PostgresStore.claim_due`` and ``PostgresStore.record``, each wrapped by a subclass here.
 Counts: round trips and statements by ``common.CountingConnection``; commits, tuples and WAL
 from the server (``pg_stat_database``, ``pg_current_wal_lsn``) before and after.
 """
@@ -34,7 +34,7 @@ from cpoa.worker import Worker
 
 
 class TimedStore(PostgresStore):
-    """CPOA's PostgresStore with claim_due and finish_and_renew timed."""
+    """CPOA's PostgresStore with claim_due and record timed."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -48,10 +48,10 @@ class TimedStore(PostgresStore):
         self.claims.append((time.perf_counter() - started, len(leases)))
         return leases
 
-    def finish_and_renew(self, lease, outcome, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def record(self, lease, outcome, *args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         try:
-            return super().finish_and_renew(lease, outcome, *args, **kwargs)
+            return super().record(lease, outcome, *args, **kwargs)
         finally:
             took = time.perf_counter() - started
             self.finishes.append(took)

@@ -98,15 +98,43 @@ SELECT claimed.*, clock_timestamp() AS db_now,
     cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks
 FROM claimed;
 
--- finish_step --
--- The whole result of one step (or of cancel / retry) in one statement, one round trip: lock
--- the row (SELECT … FOR UPDATE); then, only if it is still in %(source)s at the fenced version
--- (and, for a worker's step, still leased by %(owner)s), make the transition %(trigger)s to
--- %(dest)s (no trigger: stay, due again in %(run_in_s)s s), and store the step's task row, the
--- history row, the UI event and the settled idempotency key, each selected from the UPDATE's
--- RETURNING: a lost race writes nothing at all. With %(renew)s the worker keeps the lease of a
--- workflow left due now and goes on with its next step, whose task rows come back as
--- step_tasks (read before this statement's own writes).
+-- record_progress --
+-- A step that stays in its state: its task row (when it made a request) and when the workflow
+-- is due again (in %(run_in_s)s s), in one statement that locks the row first (SELECT … FOR
+-- UPDATE) and writes only while the lease is still the caller's: same state, same fencing
+-- version, same owner. A lost race writes nothing (no row comes back). With %(renew_ttl_s)s
+-- (not NULL) the caller keeps the lease for its next step, now, with a new fence; the step's
+-- task rows come back as step_tasks (read before this statement's own writes).
+WITH locked AS (
+    SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
+), moved AS (
+    UPDATE workflow_instances w
+    SET next_run_at = now() + make_interval(secs => %(run_in_s)s),
+        lease_owner = CASE WHEN %(renew_ttl_s)s::float8 IS NOT NULL THEN w.lease_owner END,
+        lease_expires_at = now() + make_interval(secs => %(renew_ttl_s)s::float8),
+        lease_liveness_key = CASE WHEN %(renew_ttl_s)s::float8 IS NOT NULL
+                                  THEN w.lease_liveness_key END,
+        version = w.version + (%(renew_ttl_s)s::float8 IS NOT NULL)::int,
+        last_updated_timestamp = now()
+    FROM locked
+    WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
+      AND w.version = %(version)s AND w.lease_owner = %(owner)s
+    RETURNING w.*
+), task AS (
+    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+)
+SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
+    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
+FROM moved;
+
+-- make_transition --
+-- A transition %(trigger)s from %(source)s to %(dest)s: the new state, the context and
+-- warnings the step added, its task row, the history row, the UI event and the settled
+-- idempotency key, in one statement that locks the row first and writes only if the row is
+-- still in %(source)s at the fenced %(version)s (and, for a worker's step, still leased by
+-- %(owner)s; cancel and retry pass no owner). Every other write is selected from the UPDATE's
+-- RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
+-- state is due now. With %(renew_ttl_s)s the worker keeps the lease for the next step.
 WITH locked AS (
     SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
 ), moved AS (
@@ -116,61 +144,47 @@ WITH locked AS (
         context_data_json = w.context_data_json || %(context_updates)s,
         warnings = w.warnings || %(warnings)s,
         error_message = %(error_message)s,
-        lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN %(renew)s
-                                THEN now() + make_interval(secs => %(ttl_s)s) END,
-        lease_liveness_key = CASE WHEN %(renew)s THEN w.lease_liveness_key END,
-        next_run_at = CASE WHEN %(schedulable)s
-                           THEN now() + make_interval(secs => %(run_in_s)s) END,
-        end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,
-        last_updated_timestamp = now(),
-        version = w.version + (%(trigger)s::text IS NOT NULL OR %(renew)s)::int,
-        recovery_attempts = CASE WHEN %(keep_recoveries)s THEN w.recovery_attempts ELSE 0 END,
-        retry_count = w.retry_count + %(retry_increment)s
+        next_run_at = CASE WHEN %(terminal)s THEN NULL ELSE now() END,
+        end_timestamp = CASE WHEN %(terminal)s THEN now() END,
+        lease_owner = CASE WHEN %(renew_ttl_s)s::float8 IS NOT NULL THEN w.lease_owner END,
+        lease_expires_at = now() + make_interval(secs => %(renew_ttl_s)s::float8),
+        lease_liveness_key = CASE WHEN %(renew_ttl_s)s::float8 IS NOT NULL
+                                  THEN w.lease_liveness_key END,
+        version = w.version + 1,
+        -- A failure keeps the count (a quarantine reports it); any other move starts afresh.
+        recovery_attempts = CASE WHEN %(trigger)s = 'fail' THEN w.recovery_attempts ELSE 0 END,
+        retry_count = w.retry_count + (%(trigger)s = 'retry')::int,
+        last_updated_timestamp = now()
     FROM locked
     WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
       AND w.version = %(version)s
       AND (%(owner)s::text IS NULL OR w.lease_owner = %(owner)s::text)
     RETURNING w.*
 ), task AS (
-    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
-        status, idempotency_key, external_task_id, status_url, input_params_json,
-        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
-        completed_at, next_poll_at, poll_deadline_at)
-    SELECT %(task_id)s, moved.workflow_id, %(agent_name)s, %(step)s, %(item_key)s, %(attempt)s,
-        %(status)s, %(idempotency_key)s, %(external_task_id)s, %(status_url)s,
-        %(input_params_json)s, %(output_result_summary_json)s, %(error_details_json)s,
-        %(retry_count)s, %(first_submitted_at)s, %(completed_at)s, %(next_poll_at)s,
-        %(poll_deadline_at)s
-    FROM moved WHERE %(has_task)s
-    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
-        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
-        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
-        output_result_summary_json = EXCLUDED.output_result_summary_json,
-        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
-        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
-        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
-        updated_at = now()
+    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
 ), history AS (
     INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)
-    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s::text, %(detail)s FROM moved
-    WHERE %(trigger)s::text IS NOT NULL
+    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s FROM moved
 ), ui AS (
     INSERT INTO ui_event_outbox (workflow_id, client_id, event_name, data)
     SELECT workflow_id, client_id, %(event_name)s::text, %(event_data)s::jsonb FROM moved
     WHERE %(event_name)s::text IS NOT NULL AND client_id IS NOT NULL
 ), settled AS (
+    -- The orchestration's key follows the workflow: completed, failed (failed or cancelled),
+    -- processing again on a retry; unchanged otherwise.
     UPDATE idempotency_keys k
-    SET status = %(key_status)s::text, locked_at = now(),
-        result_payload = CASE WHEN %(key_status)s::text = 'completed' THEN jsonb_build_object(
+    SET status = s.status, locked_at = now(),
+        result_payload = CASE WHEN s.status = 'completed' THEN jsonb_build_object(
             'workflow_id', moved.workflow_id::text, 'warnings', moved.warnings) END,
-        error_payload = CASE WHEN %(key_status)s::text = 'failed' THEN jsonb_build_object(
+        error_payload = CASE WHEN s.status = 'failed' THEN jsonb_build_object(
             'state', moved.state, 'error', moved.error_message) END
-    FROM moved
-    WHERE %(key_status)s::text IS NOT NULL AND k.workflow_id = moved.workflow_id
+    FROM moved, (SELECT CASE WHEN %(dest)s = 'completed' THEN 'completed'
+                             WHEN %(dest)s IN ('failed', 'cancelled') THEN 'failed'
+                             WHEN %(trigger)s = 'retry' THEN 'processing' END AS status) s
+    WHERE s.status IS NOT NULL AND k.workflow_id = moved.workflow_id
       AND k.task_name = %(task_name)s
 )
-SELECT moved.*, clock_timestamp() AS db_now,
+SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
 FROM moved;
 

@@ -1,7 +1,7 @@
 """The only package that talks to PostgreSQL (psycopg, psycopg_pool).
 
 - :mod:`cpoa.store.postgres`: :class:`PostgresStore`, one method per business operation;
-- :mod:`cpoa.store.rows`: rows to and from domain objects, the parameters of ``finish_step``;
+- :mod:`cpoa.store.rows`: rows to and from domain objects, the parameters of ``record_progress`` and ``make_transition``;
 - :mod:`cpoa.store.connection`: connection strings, driver errors turned into the CPOA error
   tree, and the LISTEN connection.
 

@@ -32,8 +32,9 @@ from cpoa.store.rows import (
     TASK_NAMES,
     jsonb,
     lease_from_row,
-    step_params,
+    progress_params,
     storable_text,
+    transition_params,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,55 +209,57 @@ class PostgresStore:
                              version=lease.fence, owner=lease.owner,
                              run_in_s=run_in_s) is not None
 
-    def finish(self, lease: models.Lease, outcome: models.Outcome, *,
-               before_commit: Callable[[], None] | None = None) -> models.Workflow:
-        """Applies what one advance decided, if the lease is still this worker's.
+    def record(self, lease: models.Lease, outcome: models.Outcome, *,
+               renew_ttl_s: float | None = None,
+               before_commit: Callable[[], None] | None = None,
+               ) -> tuple[models.Workflow, models.Lease | None]:
+        """Stores what one step decided, if the lease is still this worker's: one statement
+        (one round trip, one transaction), ``make_transition`` or ``record_progress``.
 
-        ``before_commit`` runs inside the transaction after every write (fault injection).
-
-        Raises:
-            StaleState: the lease was lost (expired and taken over, or the workflow was
-                cancelled or retried meanwhile); nothing was written.
-        """
-        return self.finish_and_renew(lease, outcome, None, before_commit=before_commit)[0]
-
-    def finish_and_renew(self, lease: models.Lease, outcome: models.Outcome,
-                         renew_ttl_s: float | None, *,
-                         before_commit: Callable[[], None] | None = None,
-                         ) -> tuple[models.Workflow, models.Lease | None]:
-        """Like :meth:`finish`; with ``renew_ttl_s``, a workflow left due now stays leased.
-
-        One statement (one round trip, one transaction): it locks the row with
-        ``SELECT … FOR UPDATE``, then applies the outcome only if the fence still holds.
+        Args:
+            renew_ttl_s: Keep the lease for the next step when the step leaves the workflow
+                due now (a transition to a working state, or progress due at once).
+            before_commit: Runs inside the transaction after the write (fault injection).
 
         Returns:
-            The workflow, and the renewed lease for its next step (or None: released).
+            The workflow as stored, and the renewed lease (None: released).
+
+        Raises:
+            StaleState: the lease was lost (taken over after it died, or the workflow was
+                cancelled or retried meanwhile); nothing was written.
         """
         workflow = lease.workflow
-        renew = renew_ttl_s is not None and (
-            outcome.dest not in machine.TERMINAL_STATES if outcome.trigger
-            else outcome.run_in_s <= 0)
-        params = {**step_params(workflow, outcome), "version": lease.fence,
-                  "owner": lease.owner, "renew": renew, "ttl_s": renew_ttl_s or 0.0}
-        if before_commit is None:  # one statement in autocommit mode: its own transaction
-            with self._errors(), self.pool.connection() as conn:
-                row = self._one(conn, "finish_step", **params)
+        if outcome.is_transition:
+            renew = renew_ttl_s if outcome.dest not in machine.TERMINAL_STATES else None
+            name, params = "make_transition", transition_params(
+                workflow, outcome, owner=lease.owner, renew_ttl_s=renew)
         else:
-            with self._transaction() as conn:
-                row = self._one(conn, "finish_step", **params)
-                before_commit()
+            renew = renew_ttl_s if outcome.run_in_s <= 0 else None
+            name, params = "record_progress", progress_params(lease, outcome, renew)
+        params["version"] = lease.fence
+        row = self._write(name, params, before_commit)
         if row is None:
             raise errors.StaleState(
                 f"workflow {workflow.workflow_id}: lease lost, result not applied",
                 workflow_id=workflow.workflow_id)
-        if not renew:
+        if renew is None:
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
-        if outcome.trigger is None and outcome.task is not None:  # read before its own write
+        if not outcome.is_transition and outcome.task is not None:  # read before its write
             next_lease = dataclasses.replace(next_lease, tasks=(*(
                 t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
                 outcome.task))
         return next_lease.workflow, next_lease
+
+    def _write(self, name: str, params: Mapping[str, Any],
+               before_commit: Callable[[], None] | None) -> dict | None:
+        if before_commit is None:  # one statement in autocommit mode: its own transaction
+            with self._errors(), self.pool.connection() as conn:
+                return self._one(conn, name, **params)
+        with self._transaction() as conn:
+            row = self._one(conn, name, **params)
+            before_commit()
+            return row
 
     def apply(self, workflow_id: uuid.UUID,
               decide: Callable[[models.Workflow], models.Outcome | None]) -> models.Workflow:
@@ -277,8 +280,8 @@ class PostgresStore:
             outcome = decide(workflow)
             if outcome is None:
                 return workflow
-            row = self._one(conn, "finish_step", **step_params(workflow, outcome),
-                            version=workflow.version, owner=None, renew=False, ttl_s=0.0)
+            row = self._one(conn, "make_transition", **transition_params(
+                workflow, outcome, owner=None, renew_ttl_s=None))
             if row is None:
                 raise errors.StaleState(f"workflow {workflow_id} left state {workflow.state}",
                                         workflow_id=workflow_id)

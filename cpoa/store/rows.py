@@ -1,4 +1,4 @@
-"""Rows to and from domain objects, and the parameters of ``finish_step``."""
+"""Rows to and from domain objects, and the parameters of the two writes of a step."""
 
 from __future__ import annotations
 
@@ -45,12 +45,8 @@ def jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=storable_json)
 
 
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(models.Task))
-_TASK_JSON_FIELDS = ("input_params_json", "output_result_summary_json", "error_details_json")
 _TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
                "next_poll_at", "poll_deadline_at")
-_TASK_COLUMNS = tuple(f for f in _TASK_FIELDS if f != "workflow_id")  # from the workflow row
-_NO_TASK = {**dict.fromkeys(_TASK_COLUMNS), "has_task": False}
 
 
 def lease_from_row(row: Mapping[str, Any], owner: str) -> models.Lease:
@@ -70,33 +66,29 @@ def task_from_json(document: dict[str, Any]) -> models.Task:
     return models.Task.from_row(document)
 
 
-def task_params(task: models.Task | None) -> dict[str, Any]:
-    """The task columns of ``finish_step`` (``has_task`` false: no task row is written)."""
+def task_document(task: models.Task | None) -> Jsonb | None:
+    """A task row as the JSON ``cpoa_save_task_v1`` reads (None: no row to write)."""
     if task is None:
-        return dict(_NO_TASK)
-    params = {field: getattr(task, field) for field in _TASK_COLUMNS}
-    for field, value in params.items():
-        if field in _TASK_JSON_FIELDS:
-            params[field] = jsonb(value) if value is not None else None
-        elif isinstance(value, str):  # an agent's task id or status URL may hold anything
-            params[field] = storable_text(value)
-    params["has_task"] = True
-    return params
+        return None
+    document = {field.name: getattr(task, field.name) for field in dataclasses.fields(task)}
+    document["task_id"], document["workflow_id"] = str(task.task_id), str(task.workflow_id)
+    for field in _TASK_TIMES:
+        if document[field] is not None:
+            document[field] = document[field].isoformat()
+    return jsonb(document)
 
 
-def step_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str, Any]:
-    """The parameters of ``finish_step`` but the fence's: task, state, history, UI event, key."""
-    params = {**task_params(outcome.task), "workflow_id": workflow.workflow_id,
-              "source": workflow.state, "trigger": outcome.trigger,
-              "run_in_s": max(0.0, outcome.run_in_s), "context_updates": jsonb({}),
-              "warnings": jsonb([]), "retry_increment": 0, "detail": None,
-              "event_name": None, "event_data": None, "key_status": None,
-              "task_name": TASK_NAMES[workflow.kind]}
-    if outcome.trigger is None:  # stay in the state, as it is
-        return {**params, "dest": workflow.state, "schedulable": True, "keep_recoveries": True,
-                "failed_from_state": workflow.failed_from_state,
-                "error_message": storable_text(workflow.error_message)}
-    dest = outcome.dest
+def progress_params(lease: models.Lease, outcome: models.Outcome,
+                    renew_ttl_s: float | None) -> dict[str, Any]:
+    """The parameters of ``record_progress``: the fence, the task row, the next run."""
+    return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
+            "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
+            "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s}
+
+
+def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
+                      owner: str | None, renew_ttl_s: float | None) -> dict[str, Any]:
+    """The parameters of ``make_transition``: the fence, the move and what it records."""
     detail = {**outcome.detail}
     if outcome.error_message:
         detail["reason"] = outcome.error_message
@@ -104,23 +96,15 @@ def step_params(workflow: models.Workflow, outcome: models.Outcome) -> dict[str,
         detail["warnings"] = list(outcome.warnings)
     event = outcome.ui_event
     return {
-        **params, "dest": dest, "failed_from_state": outcome.failed_from_state,
+        "workflow_id": workflow.workflow_id, "source": workflow.state,
+        "version": workflow.version, "owner": owner, "renew_ttl_s": renew_ttl_s,
+        "trigger": outcome.trigger, "dest": outcome.dest,
+        "terminal": outcome.dest in machine.TERMINAL_STATES,
+        "failed_from_state": outcome.failed_from_state,
         "context_updates": jsonb(dict(outcome.context_updates)),
         "warnings": jsonb(list(outcome.warnings)),
         "error_message": storable_text(outcome.error_message),
-        "schedulable": dest not in machine.TERMINAL_STATES, "run_in_s": 0.0,
-        "keep_recoveries": outcome.trigger == "fail",
-        "retry_increment": 1 if outcome.trigger == "retry" else 0,
-        "detail": jsonb(detail) if detail else None,
+        "task": task_document(outcome.task), "detail": jsonb(detail) if detail else None,
         "event_name": event.event_name if event is not None else None,
         "event_data": jsonb(event.data) if event is not None else None,
-        "key_status": key_status(dest, outcome.trigger)}
-
-
-def key_status(dest: str, trigger: str | None) -> str | None:
-    """How the orchestration's idempotency key follows the workflow (None: unchanged)."""
-    if dest == "completed":
-        return "completed"
-    if dest in ("failed", "cancelled"):
-        return "failed"
-    return "processing" if trigger == "retry" else None
+        "task_name": TASK_NAMES[workflow.kind]}

@@ -36,8 +36,8 @@ def create(store, *, kind="podcast", client_id=None, key=None, workflow_id=None)
 def outcome(workflow, trigger, *, task=None, error=None):
     """The Outcome the engine would build for ``trigger`` on ``workflow``."""
     decision = machine.decide(workflow.kind, workflow.state, trigger, workflow.failed_from_state)
-    return models.Outcome(
-        task=task, trigger=trigger, dest=decision.state,
+    return models.Outcome.transition(
+        trigger, decision.state, task=task,
         failed_from_state=decision.failed_from_state, error_message=error,
         ui_event=events.entered(workflow, decision.state,
                                 failed_from_state=decision.failed_from_state, error=error))
@@ -61,7 +61,7 @@ def take(store, workflow_id, owner="w1", ttl_s=LONG_TTL_S):
 def step(store, workflow_id, trigger="step_done", **kwargs):
     """Makes one transition through lease + finish; returns the updated workflow."""
     lease = take(store, workflow_id)
-    return store.finish(lease, outcome(lease.workflow, trigger, **kwargs))
+    return store.record(lease, outcome(lease.workflow, trigger, **kwargs))[0]
 
 
 def cancel(workflow):
@@ -140,7 +140,7 @@ def test_take_over_stale__live_lease_is_never_touched(store):
     lease = take(store, workflow_id, "w1")
     assert store.take_over_stale(workflow_id, "podcast", 0.0) is False
     assert store.get_workflow(workflow_id) == lease.workflow
-    assert store.finish(lease, outcome(lease.workflow, "step_done")).state == "analyzing"
+    assert store.record(lease, outcome(lease.workflow, "step_done"))[0].state == "analyzing"
 
 
 def test_take_over_stale__expired_lease_is_released_and_counted(store):
@@ -155,7 +155,7 @@ def test_take_over_stale__expired_lease_is_released_and_counted(store):
     assert workflow.next_run_at is not None
     assert store.find_key("k-stale", "podcast")["status"] == "processing"
     with pytest.raises(errors.StaleState):
-        store.finish(lease, outcome(lease.workflow, "step_done"))
+        store.record(lease, outcome(lease.workflow, "step_done"))[0]
 
 
 def test_take_over_stale__dead_session_lease_is_released_at_once(store):
@@ -169,15 +169,14 @@ def test_take_over_stale__dead_session_lease_is_released_at_once(store):
     assert wait_until(lambda: store.take_over_stale(workflow_id, "podcast", 0.0))
     assert store.get_workflow(workflow_id).recovery_attempts == 1
     with pytest.raises(errors.StaleState):
-        store.finish(lease, outcome(lease.workflow, "step_done"))
+        store.record(lease, outcome(lease.workflow, "step_done"))[0]
 
 
 def test_take_over_stale__workflow_waiting_for_its_next_poll_is_not_stale(store):
     """An unleased workflow scheduled for later is waiting, not stale, however old."""
     workflow_id = create(store, key="k-wait")
     lease = take(store, workflow_id)
-    store.finish(lease, models.Outcome(task=a_task(lease.workflow, status="submitted"),
-                                       run_in_s=60.0))
+    store.record(lease, models.Outcome.progress(a_task(lease.workflow, status="submitted"), 60.0))
     assert store.take_over_stale(workflow_id, "podcast", 0.0) is False
 
 
@@ -207,7 +206,7 @@ def test_lease__not_due_returns_none(store):
     """A workflow rescheduled for later is not leased before its time."""
     workflow_id = create(store)
     lease = take(store, workflow_id)
-    store.finish(lease, models.Outcome(run_in_s=60.0))
+    store.record(lease, models.Outcome.progress(None, 60.0))[0]
     workflow, again = store.lease(workflow_id, "w2", LONG_TTL_S)
     assert again is None and workflow.lease_owner is None and workflow.version == 1
 
@@ -245,12 +244,12 @@ def test_lease__carries_current_step_tasks(store):
     workflow_id = create(store)
     lease = take(store, workflow_id)
     task = a_task(lease.workflow, status="submitted", external_task_id="ext-1")
-    store.finish(lease, models.Outcome(task=task, run_in_s=0.0))
+    store.record(lease, models.Outcome.progress(task, 0.0))[0]
     again = take(store, workflow_id, "w2")
     assert [(t.task_id, t.status, t.external_task_id) for t in again.tasks] == [
         (task.task_id, "submitted", "ext-1")]
-    done = store.finish(again, outcome(again.workflow, "step_done",
-                                       task=task.evolve(status="succeeded")))
+    done = store.record(again, outcome(again.workflow, "step_done",
+                                       task=task.evolve(status="succeeded")))[0]
     assert done.state == "analyzing"
     assert take(store, workflow_id, "w3").tasks == ()
 
@@ -283,7 +282,7 @@ def test_claim_due__skips_leased_not_due_and_terminal(store):
     leased = create(store)
     take(store, leased)
     later = create(store)
-    store.finish(take(store, later), models.Outcome(run_in_s=60.0))
+    store.record(take(store, later), models.Outcome.progress(None, 60.0))[0]
     store.apply(create(store), cancel)
     leases = store.claim_due("w2", LONG_TTL_S, limit=10)
     assert [lease.workflow.workflow_id for lease in leases] == [due]
@@ -321,31 +320,31 @@ def test_claim_due__concurrent_claims_never_overlap(store, dsn):
 
 # -- finish ------------------------------------------------------------------------------------
 
-def test_finish__wrong_owner_raises_stale_and_writes_nothing(store, db):
+def test_record__wrong_owner_raises_stale_and_writes_nothing(store, db):
     """A lease presented by someone else is refused; no task, transition or history is written."""
     workflow_id = create(store)
     lease = take(store, workflow_id, "w1")
     forged = dataclasses.replace(lease, owner="intruder")
     with pytest.raises(errors.StaleState):
-        store.finish(forged, outcome(lease.workflow, "step_done", task=a_task(lease.workflow)))
+        store.record(forged, outcome(lease.workflow, "step_done", task=a_task(lease.workflow)))[0]
     workflow = store.get_workflow(workflow_id)
     assert (workflow.state, workflow.lease_owner, workflow.version) == ("fetching", "w1", 1)
     assert store.get_tasks(workflow_id) == []
     assert len(store.get_history(workflow_id)) == 1
 
 
-def test_finish__stale_version_raises_stale_and_writes_nothing(store):
+def test_record__stale_version_raises_stale_and_writes_nothing(store):
     """A lease that expired and was taken again (new fence) can no longer finish."""
     workflow_id = create(store)
     old = take(store, workflow_id, "w1", ttl_s=SHORT_TTL_S)
     new = wait_until(lambda: store.lease(workflow_id, "w1", LONG_TTL_S)[1])
     assert new.fence == old.fence + 1
     with pytest.raises(errors.StaleState):
-        store.finish(old, outcome(old.workflow, "fail", error="late", task=a_task(old.workflow)))
+        store.record(old, outcome(old.workflow, "fail", error="late", task=a_task(old.workflow)))[0]
     workflow = store.get_workflow(workflow_id)
     assert (workflow.state, workflow.version) == ("fetching", new.fence)
     assert store.get_tasks(workflow_id) == []
-    assert store.finish(new, outcome(new.workflow, "step_done")).state == "analyzing"
+    assert store.record(new, outcome(new.workflow, "step_done"))[0].state == "analyzing"
 
 
 RACES = 25
@@ -371,7 +370,7 @@ def race(*actions):
     return results
 
 
-def test_finish__races_cancel_and_sweep_one_outcome_each_time(store):
+def test_record__races_cancel_and_sweep_one_outcome_each_time(store):
     """A step's result, a cancel and a sweep of the (dead) lease, released together, RACES
     times: the result is applied only if it came first (neither the cancel nor the sweep had
     fenced it out), a sweep never requeues a lease the result already released, and the
@@ -385,7 +384,7 @@ def test_finish__races_cancel_and_sweep_one_outcome_each_time(store):
         holder.close()  # its worker died (or is partitioned) while the request was in flight
         task = a_task(lease.workflow, status="succeeded", output_result_summary_json={})
         finished, cancelled, swept = race(
-            lambda: store.finish(lease, outcome(lease.workflow, "step_done", task=task)),
+            lambda: store.record(lease, outcome(lease.workflow, "step_done", task=task))[0],
             lambda: store.apply(workflow_id, cancel),
             lambda: store.requeue_dead_leases("sweeper").requeued)
         history = [(h["from_state"], h["to_state"]) for h in store.get_history(workflow_id)]
@@ -404,12 +403,12 @@ def test_finish__races_cancel_and_sweep_one_outcome_each_time(store):
     print(f"winners seen: {sorted(seen)}")
 
 
-def test_finish__reschedule_stays_and_releases_lease(store, db):
+def test_record__reschedule_stays_and_releases_lease(store, db):
     """With no trigger the workflow stays, the task is written and it is due after run_in_s."""
     workflow_id = create(store, client_id="c1")
     lease = take(store, workflow_id)
     task = a_task(lease.workflow, status="submitted")
-    store.finish(lease, models.Outcome(task=task, run_in_s=60.0))
+    store.record(lease, models.Outcome.progress(task, 60.0))[0]
     workflow = store.get_workflow(workflow_id)
     assert (workflow.state, workflow.lease_owner, workflow.lease_expires_at) == (
         "fetching", None, None)
@@ -420,7 +419,7 @@ def test_finish__reschedule_stays_and_releases_lease(store, db):
     assert count(db, "ui_event_outbox", workflow_id) == 1
 
 
-def test_finish__transition_writes_one_history_row_and_one_ui_event(store, db):
+def test_record__transition_writes_one_history_row_and_one_ui_event(store, db):
     """A transition of a workflow with a client id adds one history row and one outbox row."""
     workflow_id = create(store, client_id="c1")
     updated = step(store, workflow_id)
@@ -433,7 +432,7 @@ def test_finish__transition_writes_one_history_row_and_one_ui_event(store, db):
     assert [e["data"]["state"] for e in queued] == ["fetching", "analyzing"]
 
 
-def test_finish__transition_without_client_id_queues_no_ui_event(store, db):
+def test_record__transition_without_client_id_queues_no_ui_event(store, db):
     """A transition of a workflow without a client id writes history but no UI event."""
     workflow_id = create(store)
     assert step(store, workflow_id).state == "analyzing"
@@ -441,7 +440,7 @@ def test_finish__transition_without_client_id_queues_no_ui_event(store, db):
     assert count(db, "ui_event_outbox", workflow_id) == 0
 
 
-def test_finish__fail_records_origin_reason_and_key(store):
+def test_record__fail_records_origin_reason_and_key(store):
     """A fail records failed_from_state and the reason, ends scheduling and fails the key."""
     workflow_id = create(store, key="k-fail", client_id="c1")
     step(store, workflow_id)
@@ -456,15 +455,15 @@ def test_finish__fail_records_origin_reason_and_key(store):
     assert last["event_name"] == "task_error" and last["data"]["final_status"] == "failed"
 
 
-def test_finish__completion_settles_key_and_merges_context(store):
+def test_record__completion_settles_key_and_merges_context(store):
     """Reaching completed ends scheduling, merges context and warnings and completes the key."""
     workflow_id = create(store, key="k-done")
     while (workflow := store.get_workflow(workflow_id)).state != "finalizing":
         step(store, workflow_id)
     lease = take(store, workflow_id)
-    done = store.finish(lease, dataclasses.replace(
+    done = store.record(lease, dataclasses.replace(
         outcome(lease.workflow, "step_done"), context_updates={"asf_notified": True},
-        warnings=("cover art skipped",)))
+        warnings=("cover art skipped",)))[0]
     assert done.state == "completed" and done.next_run_at is None
     assert done.context == {"asf_notified": True} and done.warnings == ["cover art skipped"]
     key = store.find_key("k-done", "podcast")
@@ -507,7 +506,7 @@ def test_apply__cancel_fences_out_the_lease_holder(store):
     assert (cancelled.state, cancelled.lease_owner, cancelled.next_run_at) == (
         "cancelled", None, None)
     with pytest.raises(errors.StaleState):
-        store.finish(lease, outcome(lease.workflow, "step_done"))
+        store.record(lease, outcome(lease.workflow, "step_done"))[0]
     assert store.get_workflow(workflow_id).state == "cancelled"
 
 
@@ -624,7 +623,7 @@ def test_get_tasks__returns_rows_of_the_workflow_oldest_first(store):
     first = a_task(store.get_workflow(workflow_id), status="succeeded")
     step(store, workflow_id, task=first)
     second = a_task(store.get_workflow(workflow_id), agent_name="TDA", status="submitted")
-    store.finish(take(store, workflow_id), models.Outcome(task=second, run_in_s=1.0))
+    store.record(take(store, workflow_id), models.Outcome.progress(second, 1.0))[0]
     tasks = store.get_tasks(workflow_id)
     assert [(t.task_id, t.step, t.status) for t in tasks] == [
         (first.task_id, "fetching", "succeeded"), (second.task_id, "analyzing", "submitted")]
@@ -675,7 +674,7 @@ def test_requeue_dead_leases__seconds_zero_for_due_workflow(store):
 def test_requeue_dead_leases__seconds_until_reschedule_or_lease_expiry(store):
     """The wait is the earliest of the next scheduled run and the next lease expiry."""
     later = create(store)
-    store.finish(take(store, later), models.Outcome(run_in_s=60.0))
+    store.record(take(store, later), models.Outcome.progress(None, 60.0))[0]
     assert 55.0 < store.requeue_dead_leases().seconds <= 60.0
     take(store, create(store), ttl_s=LONG_TTL_S)
     assert LONG_TTL_S - 5 < store.requeue_dead_leases().seconds <= LONG_TTL_S
@@ -852,59 +851,58 @@ def test_start_workflow__same_key_of_completed_workflow_changes_nothing(engine, 
     assert store.get_workflow(workflow_id) == before
 
 
-def test_finish__agent_text_with_lone_surrogates_is_stored_replaced(store):
+def test_record__agent_text_with_lone_surrogates_is_stored_replaced(store):
     """An agent's task id or status URL with a lone surrogate (undecodable bytes) is stored
     with '?' in its place, never a driver exception that would lose the step."""
     workflow_id = create(store)
     lease = take(store, workflow_id)
     task = a_task(lease.workflow, external_task_id="ab\ud800", status_url="http://x/\udcff")
-    store.finish(lease, models.Outcome(task=task, run_in_s=60.0))
+    store.record(lease, models.Outcome.progress(task, 60.0))[0]
     [stored] = store.get_tasks(workflow_id)
     assert (stored.external_task_id, stored.status_url) == ("ab?", "http://x/?")
 
 
-def test_finish_and_renew__a_transition_keeps_the_lease_for_the_next_step(store):
+def test_record__a_transition_keeps_the_lease_for_the_next_step(store):
     """With renew, the workflow moves on still leased by the same owner at a new fence: no
     other worker can claim it, and the old lease is fenced out."""
     workflow_id = create(store)
     lease = take(store, workflow_id)
-    workflow, renewed = store.finish_and_renew(
-        lease, outcome(lease.workflow, "step_done", task=a_task(lease.workflow)), LONG_TTL_S)
+    workflow, renewed = store.record(
+        lease, outcome(lease.workflow, "step_done", task=a_task(lease.workflow)),
+        renew_ttl_s=LONG_TTL_S)
     assert workflow.state == "analyzing" and renewed is not None
     assert renewed.owner == "w1" and renewed.fence == lease.fence + 1 and renewed.tasks == ()
     stored = store.get_workflow(workflow_id)
     assert stored.lease_owner == "w1" and stored.version == renewed.fence
     assert store.claim_due("w2", LONG_TTL_S, limit=10) == []
     with pytest.raises(errors.StaleState):
-        store.finish(lease, models.Outcome(run_in_s=0.0))
-    assert store.finish(renewed, outcome(renewed.workflow, "step_done")).state == "scripting"
+        store.record(lease, models.Outcome.progress(None, 0.0))[0]
+    assert store.record(renewed, outcome(renewed.workflow, "step_done"))[0].state == "scripting"
     assert store.get_workflow(workflow_id).lease_owner is None
 
 
-def test_finish_and_renew__due_now_reschedule_returns_the_written_task(store):
+def test_record__due_now_reschedule_returns_the_written_task(store):
     """A step left due now (more fan-out items) keeps its lease, and the renewed lease carries
     the task row just written (the statement reads the step's tasks before writing it)."""
     workflow_id = create(store)
     lease = take(store, workflow_id)
     first = a_task(lease.workflow, item_key="a", status="submitted")
-    _, renewed = store.finish_and_renew(lease, models.Outcome(task=first, run_in_s=0.0),
-                                        LONG_TTL_S)
+    _, renewed = store.record(lease, models.Outcome.progress(first, 0.0), renew_ttl_s=LONG_TTL_S)
     assert renewed is not None and [t.item_key for t in renewed.tasks] == ["a"]
     second = first.evolve(status="succeeded")
-    _, again = store.finish_and_renew(renewed, models.Outcome(task=second, run_in_s=0.0),
-                                      LONG_TTL_S)
+    _, again = store.record(renewed, models.Outcome.progress(second, 0.0), renew_ttl_s=LONG_TTL_S)
     assert again is not None and [t.status for t in again.tasks] == ["succeeded"]
 
 
-def test_finish_and_renew__later_or_terminal_releases_the_lease(store):
+def test_record__later_or_terminal_releases_the_lease(store):
     """Renewal only applies to a workflow due now: a reschedule for later or a terminal
-    transition releases the lease as finish does."""
+    transition releases the lease."""
     workflow_id = create(store)
     lease = take(store, workflow_id)
-    _, renewed = store.finish_and_renew(lease, models.Outcome(run_in_s=60.0), LONG_TTL_S)
+    _, renewed = store.record(lease, models.Outcome.progress(None, 60.0), renew_ttl_s=LONG_TTL_S)
     assert renewed is None and store.get_workflow(workflow_id).lease_owner is None
     other = create(store)
     lease = take(store, other)
-    workflow, renewed = store.finish_and_renew(
-        lease, outcome(lease.workflow, "fail", error="boom"), LONG_TTL_S)
+    workflow, renewed = store.record(
+        lease, outcome(lease.workflow, "fail", error="boom"), renew_ttl_s=LONG_TTL_S)
     assert workflow.state == "failed" and renewed is None and workflow.lease_owner is None

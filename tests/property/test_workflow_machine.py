@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cpoa import errors, events, machine, models
+from cpoa import decide, errors, machine, models, steps
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -47,13 +47,7 @@ def sync_agent() -> Iterator[ScriptedAgent]:
 
 def forced_failure(workflow: models.Workflow) -> models.Outcome:
     """The Outcome of a step failure, as the engine builds it, for ``store.apply``."""
-    decision = machine.decide(workflow.kind, workflow.state, "fail", workflow.failed_from_state)
-    reason = f"{workflow.state}: forced failure"
-    return models.Outcome(
-        trigger="fail", dest=decision.state, failed_from_state=decision.failed_from_state,
-        error_message=reason,
-        ui_event=events.entered(workflow, decision.state,
-                                failed_from_state=decision.failed_from_state, error=reason))
+    return decide.verdict_outcome(workflow, steps.Verdict(False, reason="forced failure"))
 
 
 class WorkflowRuns(RuleBasedStateMachine):

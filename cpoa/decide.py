@@ -1,0 +1,141 @@
+"""The decision of one step: pure functions from a snapshot to an action, and to an outcome.
+
+A step of a workflow is *decide, act, record*. :func:`next_action` looks at the workflow, its
+step's task rows and the database clock and says what to do: call an agent for one item
+(:class:`Call`), wait until a poll is due (:class:`Wait`), or end the step (:class:`Finish`).
+The engine performs a Call (one request), then :func:`after_call` decides again with the
+answer folded in, and :func:`outcome` turns the final action into the one write the store
+makes. No I/O here: every rule of a step (fan-out, warnings, timeouts, quarantine) is decided
+by these functions and unit-tested without a database or a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from cpoa import events, machine, models, steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """Make one request for one item: submit it, poll it or notify (see :mod:`cpoa.attempt`)."""
+
+    item_key: str
+    item: Any
+    task: models.Task
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """Nothing to do before ``run_in_s`` (a poll is not due yet); ``task`` was just updated."""
+
+    run_in_s: float
+    task: models.Task | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Finish:
+    """The step is over: ``verdict`` moves the workflow on (or fails it)."""
+
+    verdict: steps.Verdict
+    task: models.Task | None = None
+
+
+Action = Call | Wait | Finish
+
+
+def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
+                now: datetime.datetime, max_recoveries: int) -> Action:
+    """What one step of ``workflow`` does now.
+
+    Args:
+        workflow: The leased workflow.
+        tasks: Its current step's task rows by item key.
+        now: The database's clock.
+        max_recoveries: Lease deaths in one state before the workflow is quarantined.
+    """
+    if workflow.recovery_attempts > max_recoveries:
+        reason = (f"quarantined: the lease expired {workflow.recovery_attempts} times in state "
+                  f"{workflow.state} (a worker crashed or hung each time)")
+        return Finish(steps.Verdict(False, reason=reason))
+    step = steps.step_for(workflow)
+    items = step.items(workflow)
+    open_items = [(k, it) for k, it in items if k not in tasks or not tasks[k].is_finished]
+    if not open_items:
+        return Finish(step.conclude(workflow, [tasks[k] for k, _ in items]))
+    due = [(k, it) for k, it in open_items if k not in tasks or _is_due(tasks[k], now)]
+    if not due:
+        return Wait(_seconds_until(tasks.values(), now))
+    key, item = due[0]
+    return Call(key, item, tasks.get(key) or new_task(workflow, step, key))
+
+
+def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
+               task: models.Task, now: datetime.datetime) -> Wait | Finish:
+    """What the step records once the call for ``task``'s item came back as ``task``."""
+    step = steps.step_for(workflow)
+    items = step.items(workflow)
+    tasks = {**tasks, task.item_key: task}
+    if any(k not in tasks for k, _ in items):
+        return Wait(0.0, task)  # untouched items are due now
+    if any(not tasks[k].is_finished for k, _ in items):
+        return Wait(_seconds_until(tasks.values(), now), task)
+    if len(items) == 1 and not task.item_key:  # the result itself is in the context
+        task = task.evolve(output_result_summary_json=summary(task.output_result_summary_json))
+    return Finish(step.conclude(workflow, [tasks[k] for k, _ in items]), task)
+
+
+def outcome(workflow: models.Workflow, action: Wait | Finish) -> models.Outcome:
+    """The write that records ``action``: progress in the state, or a transition."""
+    if isinstance(action, Wait):
+        return models.Outcome.progress(action.task, action.run_in_s)
+    return verdict_outcome(workflow, action.verdict, action.task)
+
+
+def verdict_outcome(workflow: models.Workflow, verdict: steps.Verdict,
+                    task: models.Task | None = None) -> models.Outcome:
+    """The transition a step's verdict makes: ``step_done`` on success, else ``fail``."""
+    trigger = "step_done" if verdict.ok else "fail"
+    decision = machine.decide(workflow.kind, workflow.state, trigger, workflow.failed_from_state)
+    reason = f"{workflow.state}: {verdict.reason}" if verdict.reason else None
+    return models.Outcome.transition(
+        trigger, decision.state, task=task, failed_from_state=decision.failed_from_state,
+        context_updates=verdict.context, warnings=verdict.warnings, error_message=reason,
+        ui_event=events.entered(workflow, decision.state,
+                                failed_from_state=decision.failed_from_state, error=reason,
+                                warnings=verdict.warnings))
+
+
+def new_task(workflow: models.Workflow, step: steps.Step, item_key: str) -> models.Task:
+    """The task row of an item that has had no request yet in this step attempt."""
+    return models.Task(task_id=uuid.uuid4(), workflow_id=workflow.workflow_id,
+                       agent_name=step.agent, step=workflow.state, item_key=item_key,
+                       attempt=workflow.retry_count,
+                       idempotency_key=step.idempotency_key(workflow, item_key))
+
+
+SUMMARY_TEXT_CHARS = 200
+
+
+def summary(value: Any) -> Any:
+    """A small picture of a large result for the task row (the result itself is in context)."""
+    if isinstance(value, Mapping):
+        return {k: summary(v) for k, v in value.items()}
+    if isinstance(value, str) and len(value) > SUMMARY_TEXT_CHARS:
+        return f"<{len(value)} characters>"
+    if isinstance(value, list) and len(value) > 3:
+        return f"<{len(value)} items>"
+    return value
+
+
+def _is_due(task: models.Task, now: datetime.datetime) -> bool:
+    return task.next_poll_at is None or task.next_poll_at <= now
+
+
+def _seconds_until(tasks: Any, now: datetime.datetime) -> float:
+    polls = [t.next_poll_at for t in tasks if not t.is_finished and t.next_poll_at is not None]
+    return max(0.0, (min(polls) - now).total_seconds()) if polls else 0.0
