@@ -242,7 +242,7 @@ class PostgresStore:
             raise errors.StaleState(
                 f"workflow {workflow.workflow_id}: lease lost, result not applied",
                 workflow_id=workflow.workflow_id)
-        if renew is None:
+        if renew is None or row["lease_owner"] is None:  # None: the lease was dead, released
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
         if not outcome.is_transition and outcome.task is not None:  # read before its write

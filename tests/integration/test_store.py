@@ -881,6 +881,24 @@ def test_record__a_transition_keeps_the_lease_for_the_next_step(store):
     assert store.get_workflow(workflow_id).lease_owner is None
 
 
+def test_record__a_dead_lease_is_applied_but_not_renewed(store, db):
+    """A step whose holder's liveness session was cut while it ran is still applied (its
+    fence holds), but the lease is released, not renewed: renewed, the sweep would requeue it
+    and hand the next step to a second worker while this one runs it."""
+    holder = store.listener(liveness=True)
+    holder.connect()
+    workflow_id = create(store)
+    holder_key = holder.liveness_key
+    _, lease = store.lease(workflow_id, "w1", LONG_TTL_S, holder_key)
+    holder.close()  # the server ends the session (and drops its lock) a moment later
+    wait_until(lambda: db.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = "
+                                  "'advisory' AND objid = %s", (holder_key & 0xFFFFFFFF,))
+               .fetchone()["n"] == 0)
+    workflow, renewed = store.record(lease, outcome(lease.workflow, "step_done"),
+                                     renew_ttl_s=LONG_TTL_S)
+    assert (workflow.state, workflow.lease_owner, renewed) == ("analyzing", None, None)
+
+
 def test_record__due_now_reschedule_returns_the_written_task(store):
     """A step left due now (more fan-out items) keeps its lease, and the renewed lease carries
     the task row just written (the statement reads the step's tasks before writing it)."""
