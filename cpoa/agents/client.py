@@ -167,25 +167,8 @@ class AgentClient:
                       lost_on_404: bool = False, expect_json: bool = True) -> tuple[int, Any]:
         log = log or logs.WorkflowLogger(logger, {})
         context = {"service": service, "url": url, "method": method}
-        # `timeout` bounds the whole request (connect, send, headers and whole body), not
-        # only each socket operation: a trickling answer cannot hold the step for longer.
-        with deadline.guard(timeout) as cut_off:
-            try:
-                with self.session.request(method, url, json=json_body, headers=headers,
-                                          timeout=timeout, stream=True,
-                                          allow_redirects=False) as response:
-                    status = response.status_code
-                    # An oversized error page of a transient failure is still transient.
-                    transient = status in TRANSIENT_STATUS or status >= 500
-                    raw = _read_bounded(response, self.settings.max_response_bytes, service,
-                                        url, truncate=transient)
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
-            except (requests.RequestException, OSError) as exc:
-                failure = exc
-            else:
-                failure = None
-        if failure is not None:
-            self._raise_failure(failure, cut_off.expired, service, url, timeout, log, context)
+        status, raw, retry_after = self._exchange(method, url, service, json_body, timeout,
+                                                  headers, log, context)
         body = logs.clip(raw, defaults.ERROR_BODY_CHARS)
         value = _parse_json(raw) if raw else None
         deep = value is not None and _deeper_than(value, MAX_JSON_DEPTH)
@@ -213,17 +196,30 @@ class AgentClient:
                 service=service, field="body", status_code=status, url=url)
         return status, payload
 
-    @staticmethod
-    def _raise_failure(exc: Exception, expired: bool, service: str, url: str, timeout: float,
-                       log: logging.LoggerAdapter, context: Mapping[str, object]) -> None:
-        """Raises the CPOA error for a request that got no complete answer."""
-        if expired or isinstance(exc, requests.Timeout):
-            _log_failure(log, "agent request timed out", context, None, "")
-            raise errors.AgentTimeout(f"{service} did not answer within {timeout:g} s",
-                                      service=service, url=url) from exc
-        _log_failure(log, "agent request failed", context, None, str(exc))
-        raise errors.AgentUnavailable(f"{service} unreachable: {type(exc).__name__}",
-                                      service=service, url=url) from exc
+    def _exchange(self, method: str, url: str, service: str,
+                  json_body: Mapping[str, Any] | None, timeout: float,
+                  headers: Mapping[str, str], log: logging.LoggerAdapter,
+                  context: Mapping[str, object]) -> tuple[int, bytes, float | None]:
+        """Sends the request and reads the whole (bounded) answer: status, body, Retry-After.
+
+        ``timeout`` bounds the whole exchange (connect, send, headers and whole body), not only
+        each socket operation: a trickling answer cannot hold the step for longer.
+        """
+        with deadline.guard(timeout) as cut_off:
+            try:
+                with self.session.request(method, url, json=json_body, headers=headers,
+                                          timeout=timeout, stream=True,
+                                          allow_redirects=False) as response:
+                    status = response.status_code
+                    # An oversized error page of a transient failure is still transient.
+                    transient = status in TRANSIENT_STATUS or status >= 500
+                    raw = _read_bounded(response, self.settings.max_response_bytes, service,
+                                        url, truncate=transient)
+                    return status, raw, _retry_after(response.headers.get("Retry-After"))
+            except (requests.RequestException, OSError) as exc:
+                failure = exc
+        raise _no_answer(failure, cut_off.expired, service, url, timeout, log,
+                         context) from failure
 
     def _wait_times(self) -> Generator[float, Any, None]:
         """factor * 2**n between attempts, or the agent's Retry-After when it sent one."""
@@ -275,6 +271,18 @@ class AgentClient:
         raise errors.InvalidAgentResult(
             f"{service} reply: field 'status' has unknown value {logs.clip(str(task_status), 80)!r}",
             service=service, field="status", status_code=status, url=url)
+
+
+def _no_answer(exc: Exception, expired: bool, service: str, url: str, timeout: float,
+               log: logging.LoggerAdapter, context: Mapping[str, object]) -> errors.AgentError:
+    """The CPOA error for a request that got no complete answer (logged here)."""
+    if expired or isinstance(exc, requests.Timeout):
+        _log_failure(log, "agent request timed out", context, None, "")
+        return errors.AgentTimeout(f"{service} did not answer within {timeout:g} s",
+                                   service=service, url=url)
+    _log_failure(log, "agent request failed", context, None, str(exc))
+    return errors.AgentUnavailable(f"{service} unreachable: {type(exc).__name__}",
+                                   service=service, url=url)
 
 
 def _headers(idempotency_key: str, workflow_id: str) -> dict[str, str]:

@@ -40,6 +40,13 @@ from cpoa.store.rows import (
 logger = logging.getLogger(__name__)
 
 
+def _due_now(outcome: models.Outcome) -> bool:
+    """Whether a step leaves its workflow due at once (so its worker may keep the lease)."""
+    if outcome.is_transition:
+        return outcome.dest not in machine.TERMINAL_STATES
+    return outcome.run_in_s <= 0
+
+
 class PostgresStore:
     """Durable state of every workflow.
 
@@ -229,15 +236,13 @@ class PostgresStore:
                 cancelled or retried meanwhile); nothing was written.
         """
         workflow = lease.workflow
+        renew = renew_ttl_s if _due_now(outcome) else None
         if outcome.is_transition:
-            renew = renew_ttl_s if outcome.dest not in machine.TERMINAL_STATES else None
             name, params = "make_transition", transition_params(
                 workflow, outcome, owner=lease.owner, renew_ttl_s=renew)
         else:
-            renew = renew_ttl_s if outcome.run_in_s <= 0 else None
             name, params = "record_progress", progress_params(lease, outcome, renew)
-        params["version"] = lease.fence
-        row = self._write(name, params, before_commit)
+        row = self._write(name, {**params, "version": lease.fence}, before_commit)
         if row is None:
             raise errors.StaleState(
                 f"workflow {workflow.workflow_id}: lease lost, result not applied",
