@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -111,5 +112,30 @@ def test_start__repeated_start_never_steals_a_live_lease(store, agent):
     workflow = store.get_workflow(workflow_id)
     assert (workflow.state, workflow.recovery_attempts) == ("fetching", 0)
     assert workflow.version == lease.version  # nobody fenced the holder out
+    assert [t.status for t in store.get_tasks(workflow_id)] == ["submitted"]
+    assert agent.work == {f"{workflow_id}_wcha": 1}
+
+
+def test_heartbeat__a_request_longer_than_the_lease_keeps_it(store, agent):
+    """A lease of 1 s and a submit answered after 2.5 s: the heartbeat renews the lease while
+    the request runs, so neither another engine's advance nor a sweep takes the workflow, and
+    the step is submitted once."""
+    settings = settings_module.from_env(agent_env(agent.url, CPOA_LEASE_TTL_SECONDS="1"))
+    holder, other = Engine(store, settings), Engine(store, settings)
+    workflow_id = holder.start_workflow("podcast", {"topic": "t"})
+    agent.delay_next("/harvest", 2.5)
+    thread = threading.Thread(target=holder.advance, args=(workflow_id,))
+    thread.start()
+    arrived = wait_until(lambda: agent.requests_to("/harvest"), timeout=5)[0]["at"]
+    checks = 0
+    while time.monotonic() < arrived + 2.4:  # the answer cannot come before arrived + 2.5
+        assert other.advance(workflow_id) == "fetching"
+        assert store.requeue_dead_leases("sweeper").requeued == ()
+        assert store.get_workflow(workflow_id).lease_owner == holder.owner
+        checks += 1
+    thread.join()
+    assert checks > 1 and holder.heartbeat.beats >= 2
+    workflow = store.get_workflow(workflow_id)
+    assert (workflow.lease_owner, workflow.recovery_attempts) == (None, 0)
     assert [t.status for t in store.get_tasks(workflow_id)] == ["submitted"]
     assert agent.work == {f"{workflow_id}_wcha": 1}
