@@ -19,7 +19,8 @@ from typing import Any
 
 from cpoa import api, defaults, diagram, errors, logs, machine, metrics, prune, recovery
 from cpoa import settings as settings_module
-from cpoa.engine import Engine, describe
+from cpoa.engine import Engine
+from cpoa.presentation import describe
 from cpoa.worker import Worker
 
 logger = logging.getLogger(__name__)

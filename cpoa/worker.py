@@ -91,9 +91,15 @@ class Worker:
 
     def _loop(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
         woken = True
-        while not self.stopping.is_set():
-            woken = woken or self.wake.is_set()
-            self.wake.clear()
+        while True:
+            # Clear the wake-up before looking at the stop flag: a stop() in between must not
+            # be erased (it would sleep out its whole wait). A wake-up set after the clear
+            # stays set and ends the next wait at once.
+            if self.wake.is_set():
+                self.wake.clear()
+                woken = True
+            if self.stopping.is_set():
+                return
             try:
                 # A wake-up that was only a timeout, with nothing due yet, needs no claim.
                 claimed = self._claim(pool) if woken or time.monotonic() >= self._due_at else 0

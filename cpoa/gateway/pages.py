@@ -11,7 +11,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import diagram, engine, machine
+from cpoa import diagram, machine, presentation
 from cpoa.gateway import statechart, views
 from cpoa.gateway.markup import Markup, attributes, el, escape
 
@@ -109,7 +109,7 @@ def _row(workflow: Any) -> Markup:
     error = workflow.error_message or ""
     short = error[:ERROR_PREVIEW_CHARS] + ("…" if len(error) > ERROR_PREVIEW_CHARS else "")
     return el("tr", {"data-workflow-id": workflow_id, "data-state": workflow.state},
-              el("td", {}, el("time", {"datetime": engine.iso(workflow.start_timestamp)},
+              el("td", {}, el("time", {"datetime": presentation.iso(workflow.start_timestamp)},
                              _clock(workflow.start_timestamp))),
               el("td", {}, workflow.kind),
               el("td", {}, el("a", {"href": f"/workflows/{workflow_id}",
@@ -117,7 +117,7 @@ def _row(workflow: Any) -> Markup:
                               views.label(workflow.params) or workflow_id)),
               el("td", {}, _badge(workflow.state, "row-state")),
               el("td", {"data-cell": "updated"},
-                 el("time", {"datetime": engine.iso(workflow.last_updated_timestamp)},
+                 el("time", {"datetime": presentation.iso(workflow.last_updated_timestamp)},
                     _clock(workflow.last_updated_timestamp))),
               el("td", {"class_": "error", "data-cell": "error", "title": error}, short))
 

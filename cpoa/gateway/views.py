@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import engine, machine, models
+from cpoa import machine, models, presentation
 
 URL_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 2000
@@ -83,8 +83,8 @@ def task_view(task: models.Task, now: datetime.datetime) -> dict[str, Any]:
         "task_id": str(task.task_id), "step": task.step, "item_key": task.item_key,
         "attempt": task.attempt, "agent": task.agent_name, "status": task.status,
         "agent_task_id": task.external_task_id, "idempotency_key": task.idempotency_key,
-        "retries": task.retry_count, "started_at": engine.iso(started),
-        "finished_at": engine.iso(task.completed_at),
+        "retries": task.retry_count, "started_at": presentation.iso(started),
+        "finished_at": presentation.iso(task.completed_at),
         "duration_s": seconds_between(started, task.completed_at or now),
         "running": task.completed_at is None,
         "error": error_text(task.error_details_json),
@@ -100,7 +100,7 @@ def event_view(row: Mapping[str, Any], previous_at: datetime.datetime | None = N
         "event_id": row["event_id"], "workflow_id": str(row["workflow_id"]),
         "kind": row.get("kind"), "label": row.get("label"),
         "from": row["from_state"], "to": row["to_state"], "trigger": row["trigger"],
-        "at": engine.iso(row["at"]), "after_s": seconds_between(previous_at, row["at"]),
+        "at": presentation.iso(row["at"]), "after_s": seconds_between(previous_at, row["at"]),
         "reason": error_text(detail.get("reason")) if isinstance(detail, Mapping) else None,
         "warnings": [w for w in warnings if isinstance(w, str)] if isinstance(warnings, list)
         else [],
@@ -142,7 +142,7 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
     now = now or datetime.datetime.now(datetime.UTC)
     state = workflow.state
     return {
-        **engine.summary(workflow),
+        **presentation.summary(workflow),
         "label": label(workflow.params),
         "can_cancel": state not in machine.FINAL_STATES,
         "can_retry": state == "failed",

@@ -139,3 +139,31 @@ def test_heartbeat__a_request_longer_than_the_lease_keeps_it(store, agent):
     assert (workflow.lease_owner, workflow.recovery_attempts) == (None, 0)
     assert [t.status for t in store.get_tasks(workflow_id)] == ["submitted"]
     assert agent.work == {f"{workflow_id}_wcha": 1}
+
+
+class StopBeforeClear(threading.Event):
+    """A wake-up event whose first clear() is preceded by the worker's stop(): the moment a
+    SIGTERM can land between the loop's look at its stop flag and its clear of the wake-up."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+        self.armed = True
+
+    def clear(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.worker.stop()
+        super().clear()
+
+
+def test_worker__stop_just_before_the_wake_up_is_cleared_is_not_lost(engine):
+    """A stop() landing between the loop's look at its stop flag and its clear of the wake-up
+    still ends the worker at once (not after its idle wait of up to 30 s)."""
+    worker = Worker(engine, concurrency=1)
+    worker.wake = StopBeforeClear(worker)
+    worker.wake.set()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and not worker.wake.armed
