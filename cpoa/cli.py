@@ -14,10 +14,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, errors, logs, machine, metrics, prune, recovery
+from cpoa import api, defaults, diagram, errors, logs, machine, metrics, options, prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine, describe
 from cpoa.worker import Worker
@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     secrets: tuple[str, ...] = ()
     try:
+        options.resolve(args)
         settings = settings_module.from_env()
         secrets = settings.secrets
         logs.configure(args.verbose, secrets=secrets)
@@ -153,15 +154,28 @@ def command_list(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def command_worker(engine: Engine, args: argparse.Namespace) -> int:
-    worker = Worker(engine, concurrency=args.concurrency, until_idle=args.until_idle)
+    concurrency = args.concurrency or engine.settings.worker_concurrency
+    worker = Worker(engine, concurrency=concurrency, until_idle=args.until_idle)
     exporter = (metrics.serve(engine.store, args.metrics_port, args.metrics_host)
                 if args.metrics_port else None)
+    print(_worker_banner(engine, concurrency), flush=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
     if exporter is not None:
         exporter.shutdown()
     return 0
+
+
+def _worker_banner(engine: Engine, concurrency: int) -> str:
+    """One line: who this worker is, how many slots, which database, which agents."""
+    settings = engine.settings
+    agents = [f"{a.name} {a.base_url}" for a in settings.agents.values()]
+    agents.append(f"ASF {settings.asf_ui_update_url.split('/asf/')[0]}")
+    line = (f"worker {engine.owner}: concurrency {concurrency}, "
+            f"database {settings.database.display(settings.embedded_data_dir)}, "
+            f"agents {', '.join(agents)}")
+    return logs.redact(line, settings.secrets)
 
 
 def command_prune(engine: Engine, args: argparse.Namespace) -> int:
@@ -226,16 +240,6 @@ def command_diagram(args: argparse.Namespace) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------
-
-def _env_default(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SystemExit(f"error: {name}: {raw!r} is not valid") from None
-
 
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -338,27 +342,20 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
         one.set_defaults(handler=command_start)
 
 
-def _duration(text: str) -> float:
-    try:
-        return prune.parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
     # The env twins are passed as strings: argparse checks them with the option's type only
     # when `prune` runs, so a bad one is a usage error naming the option, not of every command.
     older = os.environ.get("CPOA_PRUNE_OLDER_THAN") or None
     pruning = _add(sub, "prune", help="delete finished workflows older than a duration")
     pruning.add_argument(
-        "--older-than", type=_duration, default=older, required=older is None,
+        "--older-than", type=options.duration, default=older, required=older is None,
         metavar="DURATION",
         help="age of the last change: 30d, 12h, 90m, 3600s or seconds "
              "[env CPOA_PRUNE_OLDER_THAN]")
     pruning.add_argument("--dry-run", action="store_true",
                          help="print what would be deleted, per table, and delete nothing")
     pruning.add_argument(
-        "--batch-size", type=_positive_int, metavar="N",
+        "--batch-size", type=options.positive_int, metavar="N",
         default=os.environ.get("CPOA_PRUNE_BATCH_SIZE") or defaults.PRUNE_BATCH_SIZE,
         help="workflows per transaction "
              f"[env CPOA_PRUNE_BATCH_SIZE, default {defaults.PRUNE_BATCH_SIZE}]")
@@ -366,54 +363,39 @@ def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
     pruning.set_defaults(handler=command_prune)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def configure_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = _add(sub, "serve", help="serve the JSON API (/v1, /healthz, /metrics) and the "
                                     "dashboard over HTTP until SIGTERM")
-    serve.add_argument("--host", default=_env_default("CPOA_API_HOST", defaults.API_HOST),
+    serve.add_argument("--host", default=options.env_default("CPOA_API_HOST", defaults.API_HOST),
                        help="address to listen on "
                             f"[env CPOA_API_HOST, default {defaults.API_HOST}]")
-    serve.add_argument("--port", type=port, default=_env_default("CPOA_API_PORT",
-                                                                 defaults.API_PORT, port),
+    serve.add_argument("--port", type=options.port,
+                       default=options.env_default("CPOA_API_PORT", defaults.API_PORT,
+                                                   options.port),
                        help=f"TCP port, 0 for a free one [env CPOA_API_PORT, default "
                             f"{defaults.API_PORT}]")
     serve.set_defaults(handler=command_serve)
 
 
-def port(text: str) -> int:
-    """Parses a TCP port number (0 to 65535)."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r} is not a TCP port")
-    return value
-
-
 def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
     worker = _add(sub, "worker", help="claim and advance due workflows until stopped")
     worker.add_argument(
-        "--concurrency", type=int,
-        default=_env_default("CPOA_WORKER_CONCURRENCY", 4, int),
-        help="workflows advanced at once [env CPOA_WORKER_CONCURRENCY, default 4]")
+        "--concurrency", type=options.positive_int, metavar="N",
+        help="workflows advanced at once, at least 1 "
+             f"[env CPOA_WORKER_CONCURRENCY, default {defaults.WORKER_CONCURRENCY}]")
     worker.add_argument("--until-idle", action="store_true",
-                        default=_env_default("CPOA_WORKER_UNTIL_IDLE", False,
-                                             lambda v: v.lower() in ("1", "true", "yes")),
-                        help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE]")
+                        default=options.env_default("CPOA_WORKER_UNTIL_IDLE", False,
+                                                    options.yes_no),
+                        help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE: "
+                             "1/true/yes/on or 0/false/no/off]")
     worker.add_argument(
-        "--metrics-port", type=port,
-        default=_env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, port),
+        "--metrics-port", type=options.port,
+        default=options.env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, options.port),
         help="serve this process's Prometheus metrics on this port "
              "[env CPOA_METRICS_PORT, default 0: off]")
     worker.add_argument(
-        "--metrics-host", default=_env_default("CPOA_METRICS_HOST", defaults.METRICS_HOST),
+        "--metrics-host",
+        default=options.env_default("CPOA_METRICS_HOST", defaults.METRICS_HOST),
         help="address of the metrics endpoint [env CPOA_METRICS_HOST, default 0.0.0.0]")
     worker.set_defaults(handler=command_worker)
 
