@@ -216,7 +216,11 @@ def command_agents_serve(args: argparse.Namespace) -> int:
     from cpoa_agents import demo, serve
 
     ports = {name: getattr(args, f"port_{name.lower()}") for name in defaults.AGENT_PORTS}
-    fleet = serve.serve(args.data_dir or demo.default_data_dir(), host=args.host, ports=ports)
+    hosts = args.wcha_allowed_host or [args.wcha_hosts_env]  # the flags, else the variable
+    wcha = {"allow_private": args.wcha_allow_private,
+            "allowed_hosts": tuple(host for some in hosts for host in some)}
+    fleet = serve.serve(args.data_dir or demo.default_data_dir(), host=args.host, ports=ports,
+                        options={"WCHA": wcha})
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -302,6 +306,16 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     for name, port in defaults.AGENT_PORTS.items():
         serve.add_argument(f"--port-{name.lower()}", type=int, default=port,
                            help=f"{name} port [default {port}]")
+    serve.add_argument("--wcha-allow-private", action="store_true",
+                       default=options.env_default("WCHA_ALLOW_PRIVATE", False, options.yes_no),
+                       help="let WCHA fetch private and loopback addresses "
+                            "[env WCHA_ALLOW_PRIVATE]")
+    serve.add_argument("--wcha-allowed-host", action="append", type=options.host_list,
+                       metavar="HOST[:PORT]",
+                       help="a private host WCHA may fetch from (repeatable) "
+                            "[env WCHA_ALLOWED_HOSTS, comma-separated]")
+    serve.set_defaults(wcha_hosts_env=options.env_default("WCHA_ALLOWED_HOSTS", [],
+                                                          options.host_list))
     serve.set_defaults(handler=command_agents_serve, standalone=True)
     demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
     demo.add_argument("topic")

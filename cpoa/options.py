@@ -94,3 +94,12 @@ def duration(text: str) -> float:
         return prune.parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def host_list(text: str) -> list[str]:
+    """Parses comma-separated ``host`` or ``host:port`` entries."""
+    hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts or any(" " in h or h.count(":") > 1 and not h.startswith("[") for h in hosts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of hosts: give host or host:port, comma-separated")
+    return hosts

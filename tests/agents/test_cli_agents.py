@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import signal
+import urllib.parse
 
 import pytest
 import requests
 
 from cpoa import defaults
+from cpoa_agents.corpus import CorpusServer
 from tests.acceptance.helpers import cli_env, spawn_cli
+from tests.agents.protocol import finished, serving, submit
 from tests.fix_agents import wait_until
 
 
@@ -49,3 +52,34 @@ def test_demo__ctrl_c_stops_everything(dsn, tmp_path):
         assert process.wait(timeout=30) == 130
     with pytest.raises(requests.ConnectionError):
         requests.get(page + "health", timeout=5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["flag", "variable", "neither"])
+def test_agents_serve__wcha_allowed_host_from_flag_or_variable(tmp_path, how):
+    """`--wcha-allowed-host H:P` (or WCHA_ALLOWED_HOSTS) lets WCHA fetch a loopback page;
+    without either the refusal names the flag and the variable that would allow it."""
+    with serving(CorpusServer(tmp_path / "corpus")) as library:
+        allowed = urllib.parse.urlsplit(library.base_url).netloc
+        env = cli_env("", "http://127.0.0.1:9",
+                      **({"WCHA_ALLOWED_HOSTS": f"example.org,{allowed}"}
+                         if how == "variable" else {}))
+        flags = ["--wcha-allowed-host", allowed] if how == "flag" else []
+        process = spawn_cli(env, "agents", "serve", "--data-dir", str(tmp_path), *flags,
+                            *[a for n in defaults.AGENT_PORTS for a in (f"--port-{n.lower()}", "0")])
+        try:
+            urls = dict(process.stdout.readline().split() for _ in defaults.AGENT_PORTS)
+            answer = submit(urls["WCHA"], {"topic": "tides",
+                                           "urls": [library.url("tidal-power")]},
+                            path="/harvest")
+            report = finished(urls["WCHA"], answer.json()["task_id"])
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    if how == "neither":
+        assert report["status"] == "FAILURE"
+        assert f"--wcha-allowed-host {allowed}" in report["error"]["message"]
+        assert "WCHA_ALLOWED_HOSTS" in report["error"]["message"]
+    else:
+        assert report["status"] == "SUCCESS", report
+        assert "tide" in report["result"]["content"].lower()
