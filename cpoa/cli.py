@@ -6,24 +6,24 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, errors, logs, machine, metrics, options, prune, recovery
+from cpoa import api, defaults, diagram, errors, logs, machine, metrics, options, progress
+from cpoa import prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine, describe
 from cpoa.worker import Worker
 
 logger = logging.getLogger(__name__)
-WAIT_POLL_MAX_S = 1.0
+LIST_SUBJECT_CHARS = 40
+"""Characters of a topic or query shown per line by `cpoa list`."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,29 +98,14 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
     if not args.wait:
         _print(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
         return 0
-    state = _drive(engine, workflow_id, args.timeout)
+    bars = progress.Bars(engine, workflow_id, sys.stdout)
+    show = sys.stdout.isatty() and not args.json  # a terminal: the states as they pass
+    state = progress.drive(engine, workflow_id, timeout_s=args.timeout,
+                           after_step=bars.show if show else None).state
     status = engine.get_workflow(workflow_id)
     _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
                                                       if status["error"] else ""))
     return 0 if state == "completed" else 1
-
-
-def _drive(engine: Engine, workflow_id: Any, timeout: float) -> str:
-    """Advances one workflow in this process until it is terminal, sleeping on its schedule."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workflow = engine.advance_workflow(workflow_id)
-        if workflow.is_terminal:
-            return workflow.state
-        if time.monotonic() > deadline:
-            raise errors.CPOAError(
-                f"workflow {workflow_id} still {workflow.state} after {timeout:g} s")
-        if workflow.next_run_at is not None and workflow.lease_owner is None:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            wait = (workflow.next_run_at - now).total_seconds()
-            time.sleep(min(max(wait, 0.0), WAIT_POLL_MAX_S))
-        else:
-            time.sleep(0.05)  # another process holds the lease
 
 
 def command_advance(engine: Engine, args: argparse.Namespace) -> int:
@@ -132,7 +117,9 @@ def command_advance(engine: Engine, args: argparse.Namespace) -> int:
 def command_status(engine: Engine, args: argparse.Namespace) -> int:
     status = engine.get_workflow(args.workflow_id)
     text = [f"{status['workflow_id']}  {status['kind']}  {status['state']}  "
-            f"{status['progress']:.0%}"]
+            f"{status['progress']:.0%}", f"{_about(status)}: {_subject(status)}"]
+    if _audio_url(status):
+        text.append(f"audio: {_audio_url(status)}")
     if status["error"]:
         text.append(f"error: {status['error']}")
     text += [f"warning: {w}" for w in status["warnings"]]
@@ -147,10 +134,25 @@ def command_list(engine: Engine, args: argparse.Namespace) -> int:
     rows = [describe(w, (), ()) for w in workflows]
     for row in rows:
         del row["tasks"], row["history"]
-    text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}"
-                     for r in rows)
+    text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}  "
+                     f"{logs.clip(_subject(r), LIST_SUBJECT_CHARS)!r}"
+                     + (f"  {_audio_url(r)}" if _audio_url(r) else "") for r in rows)
     _print(args, rows, text or "(no workflows)")
     return 0
+
+
+def _about(status: dict[str, Any]) -> str:
+    return "query" if status["kind"] == "snippets" else "topic"
+
+
+def _subject(status: dict[str, Any]) -> str:
+    """The podcast's topic or the snippets' query."""
+    return str(status["params"].get(_about(status), ""))
+
+
+def _audio_url(status: dict[str, Any]) -> str:
+    audio = (status.get("outputs") or {}).get("audio")
+    return audio.get("url", "") if isinstance(audio, dict) else ""
 
 
 def command_worker(engine: Engine, args: argparse.Namespace) -> int:
