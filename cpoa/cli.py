@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, errors, logs, machine, metrics, options, progress
+from cpoa import api, defaults, diagram, embedded, errors, logs, machine, metrics, options, progress
 from cpoa import prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine, describe
@@ -70,6 +70,19 @@ def _print(args: argparse.Namespace, document: Any, text: str) -> None:
 def command_db_init(engine: Engine, args: argparse.Namespace) -> int:
     engine.store.apply_schema()
     print("schema applied")
+    return 0
+
+
+def command_db_stop(args: argparse.Namespace) -> int:
+    settings = settings_module.from_env()
+    if not settings.database.embedded:
+        raise errors.ConfigError(
+            "cpoa db stop stops only the embedded PostgreSQL; a database is configured "
+            "(CPOA_DATABASE_URL or POSTGRES_*): stop that server with its own tools",
+            variable="CPOA_DATABASE_URL")
+    folder = settings.embedded_data_dir or str(embedded.default_data_dir())
+    print(f"stopped the embedded PostgreSQL in {folder}" if embedded.stop(folder)
+          else f"no embedded PostgreSQL runs in {folder}")
     return 0
 
 
@@ -236,7 +249,8 @@ def command_agents_serve(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from cpoa_agents import demo
 
-    return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir)
+    return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir,
+                    serve_page=args.serve)
 
 
 def command_diagram(args: argparse.Namespace) -> int:
@@ -324,6 +338,8 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")
     demo.add_argument("--output", default="output", help="output folder [output]")
     demo.add_argument("--data-dir", help="the agents' data folder [per-user data folder]")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep serving the live page after the episode, until Ctrl-C")
     demo.set_defaults(handler=command_demo, standalone=True)
 
 
@@ -332,6 +348,8 @@ def configure_db_parser(sub: argparse._SubParsersAction) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     _add(db_sub, "init", help="apply the schema (safe to repeat)").set_defaults(
         handler=command_db_init)
+    _add(db_sub, "stop", help="stop the embedded PostgreSQL (CPOA_EMBEDDED_DATA_DIR)").set_defaults(
+        handler=command_db_stop, standalone=True)
 
 
 def configure_start_parser(sub: argparse._SubParsersAction) -> None:

@@ -161,9 +161,10 @@ class SafeFetcher:
             return
         for address in _resolve(host, port):
             if not is_public(address):
+                allow = f"--wcha-allowed-host {host_key(host, port)}"
                 raise FetchRefused(f"{host} resolves to a private address ({address}); refused "
-                                   f"(`cpoa agents serve --wcha-allowed-host {host_key(host, port)}`"
-                                   " or WCHA_ALLOWED_HOSTS would permit it)")
+                                   f"(`cpoa agents serve {allow}` or WCHA_ALLOWED_HOSTS would "
+                                   "permit it)")
 
     def _hop(self, session: requests.Session, url: str,
              deadline: float) -> tuple[Page | None, str]:
