@@ -267,7 +267,8 @@ def task_row(task: Mapping[str, Any]) -> Markup:
               el("td", {}, task["attempt"]), el("td", {}, task["agent"]),
               el("td", {}, task["status"]), el("td", {}, el("code", {}, task["agent_task_id"])),
               el("td", {}, _time(task["started_at"])),
-              el("td", {}, duration + (" (running)" if task["running"] else "")),
+              el("td", {}, duration + (" (running)" if task["running"] else
+                                       " (abandoned)" if task["abandoned"] else "")),
               el("td", {}, task["retries"]), el("td", {"class_": "error"}, task["error"] or ""))
 
 

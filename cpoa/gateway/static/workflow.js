@@ -48,7 +48,8 @@ function onTransition(event) {
 
 function taskRow(task) {
   const row = element("tr", { "data-task-id": text(task.task_id), "data-status": text(task.status) });
-  const duration = formatSeconds(task.duration_s) + (task.running ? " (running)" : "");
+  const duration = formatSeconds(task.duration_s)
+    + (task.running ? " (running)" : task.abandoned ? " (abandoned)" : "");
   const agentTask = element("td", {});
   agentTask.append(element("code", {}, task.agent_task_id));
   row.append(element("td", {}, task.step), element("td", {}, task.item_key),
