@@ -33,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets: tuple[str, ...] = ()
     try:
         options.resolve(args)
-        settings = settings_module.from_env()
-        secrets = settings.secrets
+        # A command that needs no configuration (diagram, agents serve) must not fail on it.
+        settings = settings_module.from_env() if args.configured else None
+        secrets = settings.secrets if settings else ()
         logs.configure(args.verbose, secrets=secrets)
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(CPOA_DATABASE_URL or POSTGRES_*; none set = embedded PostgreSQL)."))
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logs (-v info, -vv debug); logs are JSON on stderr")
-    parser.set_defaults(standalone=False)
+    parser.set_defaults(standalone=False, configured=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_db_parser(sub)
     _add(sub, "healthcheck", help="check the database and the tables").set_defaults(
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=command_sweep)
     drawing = _add(sub, "diagram", help="print the state machines as Mermaid")
     drawing.add_argument("--kind", choices=sorted(machine.KINDS))
-    drawing.set_defaults(handler=command_diagram, standalone=True)
+    drawing.set_defaults(handler=command_diagram, standalone=True, configured=False)
     configure_agents_parser(sub)
     return parser
 
@@ -332,7 +333,7 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
                             "[env WCHA_ALLOWED_HOSTS, comma-separated]")
     serve.set_defaults(wcha_hosts_env=options.env_default("WCHA_ALLOWED_HOSTS", [],
                                                           options.host_list))
-    serve.set_defaults(handler=command_agents_serve, standalone=True)
+    serve.set_defaults(handler=command_agents_serve, standalone=True, configured=False)
     demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
     demo.add_argument("topic")
     demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")

@@ -70,3 +70,13 @@ def test_retry__of_a_completed_workflow_says_what_can_be_retried(dsn, agent):
     cancelled = run_cli(env, "cancel", workflow_id)
     assert "only a workflow still working, or failed, can be cancelled" in cancelled.stderr
     assert "MachineError" not in cancelled.stderr + result.stderr
+
+
+def test_cli__commands_without_configuration_ignore_a_bad_variable(tmp_path):
+    """`diagram` and `agents serve --help` use no CPOA_* setting: a bad one does not stop
+    them, while a command that uses it is refused naming it."""
+    env = cli_env(NOWHERE, "http://127.0.0.1:9", CPOA_LEASE_TTL_SECONDS="soon")
+    drawn = run_cli(env, "diagram")
+    assert drawn.returncode == 0 and "stateDiagram-v2" in drawn.stdout, drawn.stderr
+    assert run_cli(env, "agents", "serve", "--help").returncode == 0
+    _refused(run_cli(env, "list"), "CPOA_LEASE_TTL_SECONDS: 'soon' is not a number")
