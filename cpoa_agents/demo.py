@@ -117,13 +117,16 @@ def _drive(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> models.Workfl
     bars = progress.Bars(engine, workflow_id, out)
 
     def after_step(workflow: models.Workflow) -> None:
-        _deliver(engine)
+        _deliver(engine, workflow_id)
         bars.show(workflow)
     return progress.drive(engine, workflow_id, after_step=after_step)
 
 
-def _deliver(engine: Engine) -> None:
-    outbox.deliver_due(engine.store, engine.client, engine.settings.asf_ui_update_url)
+def _deliver(engine: Engine, workflow_id: uuid.UUID) -> None:
+    """Sends the workflow's UI events to the live page (only its own: another workflow's
+    belong to its own UI)."""
+    outbox.deliver_workflow(engine.store, engine.client, engine.settings.asf_ui_update_url,
+                            workflow_id)
 
 
 def _cancel(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> None:
@@ -135,7 +138,7 @@ def _cancel(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> None:
     except errors.InvalidTransition:  # it ended just before the Ctrl-C
         state = engine.store.get_workflow(workflow_id).state
         print(f"\ninterrupted: workflow {workflow_id} already {state}", file=out)
-    _deliver(engine)
+    _deliver(engine, workflow_id)
 
 
 def _report(status: dict, files: dict[str, pathlib.Path], seconds: float, out: TextIO) -> None:

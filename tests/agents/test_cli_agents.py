@@ -7,6 +7,7 @@ import re
 import signal
 import urllib.parse
 
+import psycopg
 import pytest
 import requests
 
@@ -94,15 +95,20 @@ def test_demo__ctrl_c_at_any_moment_exits_130(dsn, tmp_path, moment):
 @pytest.mark.slow
 def test_demo__drives_only_its_own_workflow(dsn, tmp_path):
     """An unfinished workflow of someone else (here: its agents are gone) is not the demo's:
-    the demo completes without touching or polling it, and without a warning."""
+    the demo completes without touching or polling it, without delivering its UI events to
+    the demo's page, and without a warning."""
     env = cli_env(dsn, "http://127.0.0.1:9")
-    other = run_cli(env, "start", "podcast", "--topic", "tides").stdout.strip()
+    other = run_cli(env, "start", "podcast", "--topic", "tides", "--client-id",
+                    "someone-else").stdout.strip()
     result = run_cli(env, "demo", "tidal energy", "--output", str(tmp_path / "out"),
                      "--data-dir", str(tmp_path / "agents"), timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr == ""
     untouched = _status(env, other)
     assert untouched["state"] == "fetching" and untouched["tasks"] == []
+    with psycopg.connect(dsn) as conn:  # its UI event waits for its own UI, not the demo's
+        assert conn.execute("SELECT delivered_at, attempts FROM ui_event_outbox "
+                            "WHERE workflow_id = %s", (other,)).fetchall() == [(None, 0)]
 
 
 @pytest.mark.slow
