@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -187,7 +188,8 @@ def _worker_banner(engine: Engine, concurrency: int) -> str:
     """One line: who this worker is, how many slots, which database, which agents."""
     settings = engine.settings
     agents = [f"{a.name} {a.base_url}" for a in settings.agents.values()]
-    agents.append(f"ASF {settings.asf_ui_update_url.split('/asf/')[0]}")
+    ui = urllib.parse.urlsplit(settings.asf_ui_update_url)
+    agents.append(f"ASF {ui.scheme}://{ui.netloc}")
     line = (f"worker {engine.owner}: concurrency {concurrency}, "
             f"database {settings.database.display(settings.embedded_data_dir)}, "
             f"agents {', '.join(agents)}")
