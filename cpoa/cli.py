@@ -115,8 +115,14 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
         return 0
     bars = progress.Bars(engine, workflow_id, sys.stdout)
     show = sys.stdout.isatty() and not args.json  # a terminal: the states as they pass
-    state = progress.drive(engine, workflow_id, timeout_s=args.timeout,
-                           after_step=bars.show if show else None).state
+    try:
+        state = progress.drive(engine, workflow_id, timeout_s=args.timeout,
+                               after_step=bars.show if show else None).state
+    except KeyboardInterrupt:  # the workflow is durable: say how it goes on
+        left = engine.store.get_workflow(workflow_id).state
+        print(f"interrupted: workflow {workflow_id} stays {left}; `cpoa worker` finishes it, "
+              f"`cpoa cancel {workflow_id}` drops it", file=sys.stderr)
+        return 130
     status = engine.get_workflow(workflow_id)
     _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
                                                       if status["error"] else ""))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 
 from psycopg import conninfo
 
-from tests.acceptance.helpers import ROOT, cli_env, run_cli
+from tests.acceptance.helpers import ROOT, cli_env, run_cli, spawn_cli
+from tests.fix_agents import wait_until
 
 AUDIO_URL = "http://127.0.0.1/audio.mp3"
 """The scripted agent's VFA result."""
@@ -85,3 +87,21 @@ def test_worker__prints_one_start_line_without_the_password(dsn, agent):
     assert secret not in result.stdout + result.stderr
     for name in ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA", "ASF"):
         assert f"{name} {agent.url}" in line, line
+
+
+def test_start__wait_interrupted_says_how_the_workflow_goes_on(dsn, agent, store):
+    """Ctrl-C during `start --wait` exits 130 and says the workflow is left for a worker,
+    or how to cancel it: nothing is silently half-done."""
+    agent.pending_polls = 1000  # WCHA never finishes
+    process = spawn_cli(cli_env(dsn, agent.url), "start", "podcast", "--topic", "tides",
+                        "--wait")
+    try:
+        [workflow] = wait_until(lambda: [w for w in store.list_workflows()
+                                         if store.get_tasks(w.workflow_id)], timeout=30)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip() == (f"interrupted: workflow {workflow.workflow_id} stays fetching; "
+                           f"`cpoa worker` finishes it, `cpoa cancel {workflow.workflow_id}` "
+                           "drops it")
