@@ -6,25 +6,26 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, errors, logs, machine, metrics, prune, recovery
+from cpoa import api, defaults, diagram, embedded, errors, logs, machine, metrics, options, progress
+from cpoa import prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.presentation import describe
 from cpoa.worker import Worker
 
 logger = logging.getLogger(__name__)
-WAIT_POLL_MAX_S = 1.0
+LIST_SUBJECT_CHARS = 40
+"""Characters of a topic or query shown per line by `cpoa list`."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,8 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     secrets: tuple[str, ...] = ()
     try:
-        settings = settings_module.from_env()
-        secrets = settings.secrets
+        options.resolve(args)
+        # A command that needs no configuration (diagram, agents serve) must not fail on it.
+        settings = settings_module.from_env() if args.configured else None
+        secrets = settings.secrets if settings else ()
         logs.configure(args.verbose, secrets=secrets)
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
@@ -73,6 +76,19 @@ def command_db_init(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_db_stop(args: argparse.Namespace) -> int:
+    settings = settings_module.from_env()
+    if not settings.database.embedded:
+        raise errors.ConfigError(
+            "cpoa db stop stops only the embedded PostgreSQL; a database is configured "
+            "(CPOA_DATABASE_URL or POSTGRES_*): stop that server with its own tools",
+            variable="CPOA_DATABASE_URL")
+    folder = settings.embedded_data_dir or str(embedded.default_data_dir())
+    print(f"stopped the embedded PostgreSQL in {folder}" if embedded.stop(folder)
+          else f"no embedded PostgreSQL runs in {folder}")
+    return 0
+
+
 def command_healthcheck(engine: Engine, args: argparse.Namespace) -> int:
     print("DB connection: OK")
     if not engine.store.schema_applied():
@@ -98,29 +114,20 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
     if not args.wait:
         _print(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
         return 0
-    state = _drive(engine, workflow_id, args.timeout)
+    bars = progress.Bars(engine, workflow_id, sys.stdout)
+    show = sys.stdout.isatty() and not args.json  # a terminal: the states as they pass
+    try:
+        state = progress.drive(engine, workflow_id, timeout_s=args.timeout,
+                               after_step=bars.show if show else None).state
+    except KeyboardInterrupt:  # the workflow is durable: say how it goes on
+        left = engine.store.get_workflow(workflow_id).state
+        print(f"interrupted: workflow {workflow_id} stays {left}; `cpoa worker` finishes it, "
+              f"`cpoa cancel {workflow_id}` drops it", file=sys.stderr)
+        return 130
     status = engine.get_workflow(workflow_id)
     _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
                                                       if status["error"] else ""))
     return 0 if state == "completed" else 1
-
-
-def _drive(engine: Engine, workflow_id: Any, timeout: float) -> str:
-    """Advances one workflow in this process until it is terminal, sleeping on its schedule."""
-    deadline = time.monotonic() + timeout
-    while True:
-        workflow = engine.advance_workflow(workflow_id)
-        if workflow.is_terminal:
-            return workflow.state
-        if time.monotonic() > deadline:
-            raise errors.CPOAError(
-                f"workflow {workflow_id} still {workflow.state} after {timeout:g} s")
-        if workflow.next_run_at is not None and workflow.lease_owner is None:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            wait = (workflow.next_run_at - now).total_seconds()
-            time.sleep(min(max(wait, 0.0), WAIT_POLL_MAX_S))
-        else:
-            time.sleep(0.05)  # another process holds the lease
 
 
 def command_advance(engine: Engine, args: argparse.Namespace) -> int:
@@ -132,7 +139,9 @@ def command_advance(engine: Engine, args: argparse.Namespace) -> int:
 def command_status(engine: Engine, args: argparse.Namespace) -> int:
     status = engine.get_workflow(args.workflow_id)
     text = [f"{status['workflow_id']}  {status['kind']}  {status['state']}  "
-            f"{status['progress']:.0%}"]
+            f"{status['progress']:.0%}", f"{_about(status)}: {_subject(status)}"]
+    if _audio_url(status):
+        text.append(f"audio: {_audio_url(status)}")
     if status["error"]:
         text.append(f"error: {status['error']}")
     text += [f"warning: {w}" for w in status["warnings"]]
@@ -147,22 +156,51 @@ def command_list(engine: Engine, args: argparse.Namespace) -> int:
     rows = [describe(w, (), ()) for w in workflows]
     for row in rows:
         del row["tasks"], row["history"]
-    text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}"
-                     for r in rows)
+    text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}  "
+                     f"{logs.clip(_subject(r), LIST_SUBJECT_CHARS)!r}"
+                     + (f"  {_audio_url(r)}" if _audio_url(r) else "") for r in rows)
     _print(args, rows, text or "(no workflows)")
     return 0
 
 
+def _about(status: dict[str, Any]) -> str:
+    return "query" if status["kind"] == "snippets" else "topic"
+
+
+def _subject(status: dict[str, Any]) -> str:
+    """The podcast's topic or the snippets' query."""
+    return str(status["params"].get(_about(status), ""))
+
+
+def _audio_url(status: dict[str, Any]) -> str:
+    audio = (status.get("outputs") or {}).get("audio")
+    return audio.get("url", "") if isinstance(audio, dict) else ""
+
+
 def command_worker(engine: Engine, args: argparse.Namespace) -> int:
-    worker = Worker(engine, concurrency=args.concurrency, until_idle=args.until_idle)
+    concurrency = args.concurrency or engine.settings.worker_concurrency
+    worker = Worker(engine, concurrency=concurrency, until_idle=args.until_idle)
     exporter = (metrics.serve(engine.store, args.metrics_port, args.metrics_host)
                 if args.metrics_port else None)
+    print(_worker_banner(engine, concurrency), flush=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
     if exporter is not None:
         exporter.shutdown()
     return 0
+
+
+def _worker_banner(engine: Engine, concurrency: int) -> str:
+    """One line: who this worker is, how many slots, which database, which agents."""
+    settings = engine.settings
+    agents = [f"{a.name} {a.base_url}" for a in settings.agents.values()]
+    ui = urllib.parse.urlsplit(settings.asf_ui_update_url)
+    agents.append(f"ASF {ui.scheme}://{ui.netloc}")
+    line = (f"worker {engine.owner}: concurrency {concurrency}, "
+            f"database {settings.database.display(settings.embedded_data_dir)}, "
+            f"agents {', '.join(agents)}")
+    return logs.redact(line, settings.secrets)
 
 
 def command_prune(engine: Engine, args: argparse.Namespace) -> int:
@@ -203,7 +241,11 @@ def command_agents_serve(args: argparse.Namespace) -> int:
     from cpoa_agents import demo, serve
 
     ports = {name: getattr(args, f"port_{name.lower()}") for name in defaults.AGENT_PORTS}
-    fleet = serve.serve(args.data_dir or demo.default_data_dir(), host=args.host, ports=ports)
+    hosts = args.wcha_allowed_host or [args.wcha_hosts_env]  # the flags, else the variable
+    wcha = {"allow_private": args.wcha_allow_private,
+            "allowed_hosts": tuple(host for some in hosts for host in some)}
+    fleet = serve.serve(args.data_dir or demo.default_data_dir(), host=args.host, ports=ports,
+                        options={"WCHA": wcha})
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -217,7 +259,8 @@ def command_agents_serve(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from cpoa_agents import demo
 
-    return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir)
+    return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir,
+                    serve_page=args.serve)
 
 
 def command_diagram(args: argparse.Namespace) -> int:
@@ -227,16 +270,6 @@ def command_diagram(args: argparse.Namespace) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------
-
-def _env_default(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SystemExit(f"error: {name}: {raw!r} is not valid") from None
-
 
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -255,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(CPOA_DATABASE_URL or POSTGRES_*; none set = embedded PostgreSQL)."))
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logs (-v info, -vv debug); logs are JSON on stderr")
-    parser.set_defaults(standalone=False)
+    parser.set_defaults(standalone=False, configured=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_db_parser(sub)
     _add(sub, "healthcheck", help="check the database and the tables").set_defaults(
@@ -284,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=command_sweep)
     drawing = _add(sub, "diagram", help="print the state machines as Mermaid")
     drawing.add_argument("--kind", choices=sorted(machine.KINDS))
-    drawing.set_defaults(handler=command_diagram, standalone=True)
+    drawing.set_defaults(handler=command_diagram, standalone=True, configured=False)
     configure_agents_parser(sub)
     return parser
 
@@ -299,12 +332,24 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     for name, port in defaults.AGENT_PORTS.items():
         serve.add_argument(f"--port-{name.lower()}", type=int, default=port,
                            help=f"{name} port [default {port}]")
-    serve.set_defaults(handler=command_agents_serve, standalone=True)
+    serve.add_argument("--wcha-allow-private", action="store_true",
+                       default=options.env_default("WCHA_ALLOW_PRIVATE", False, options.yes_no),
+                       help="let WCHA fetch private and loopback addresses "
+                            "[env WCHA_ALLOW_PRIVATE]")
+    serve.add_argument("--wcha-allowed-host", action="append", type=options.host_list,
+                       metavar="HOST[:PORT]",
+                       help="a private host WCHA may fetch from (repeatable) "
+                            "[env WCHA_ALLOWED_HOSTS, comma-separated]")
+    serve.set_defaults(wcha_hosts_env=options.env_default("WCHA_ALLOWED_HOSTS", [],
+                                                          options.host_list))
+    serve.set_defaults(handler=command_agents_serve, standalone=True, configured=False)
     demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
     demo.add_argument("topic")
     demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")
     demo.add_argument("--output", default="output", help="output folder [output]")
     demo.add_argument("--data-dir", help="the agents' data folder [per-user data folder]")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep serving the live page after the episode, until Ctrl-C")
     demo.set_defaults(handler=command_demo, standalone=True)
 
 
@@ -313,6 +358,8 @@ def configure_db_parser(sub: argparse._SubParsersAction) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     _add(db_sub, "init", help="apply the schema (safe to repeat)").set_defaults(
         handler=command_db_init)
+    _add(db_sub, "stop", help="stop the embedded PostgreSQL (CPOA_EMBEDDED_DATA_DIR)").set_defaults(
+        handler=command_db_stop, standalone=True)
 
 
 def configure_start_parser(sub: argparse._SubParsersAction) -> None:
@@ -339,27 +386,20 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
         one.set_defaults(handler=command_start)
 
 
-def _duration(text: str) -> float:
-    try:
-        return prune.parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
     # The env twins are passed as strings: argparse checks them with the option's type only
     # when `prune` runs, so a bad one is a usage error naming the option, not of every command.
     older = os.environ.get("CPOA_PRUNE_OLDER_THAN") or None
     pruning = _add(sub, "prune", help="delete finished workflows older than a duration")
     pruning.add_argument(
-        "--older-than", type=_duration, default=older, required=older is None,
+        "--older-than", type=options.duration, default=older, required=older is None,
         metavar="DURATION",
         help="age of the last change: 30d, 12h, 90m, 3600s or seconds "
              "[env CPOA_PRUNE_OLDER_THAN]")
     pruning.add_argument("--dry-run", action="store_true",
                          help="print what would be deleted, per table, and delete nothing")
     pruning.add_argument(
-        "--batch-size", type=_positive_int, metavar="N",
+        "--batch-size", type=options.positive_int, metavar="N",
         default=os.environ.get("CPOA_PRUNE_BATCH_SIZE") or defaults.PRUNE_BATCH_SIZE,
         help="workflows per transaction "
              f"[env CPOA_PRUNE_BATCH_SIZE, default {defaults.PRUNE_BATCH_SIZE}]")
@@ -367,54 +407,39 @@ def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
     pruning.set_defaults(handler=command_prune)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def configure_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = _add(sub, "serve", help="serve the JSON API (/v1, /healthz, /metrics) and the "
                                     "dashboard over HTTP until SIGTERM")
-    serve.add_argument("--host", default=_env_default("CPOA_API_HOST", defaults.API_HOST),
+    serve.add_argument("--host", default=options.env_default("CPOA_API_HOST", defaults.API_HOST),
                        help="address to listen on "
                             f"[env CPOA_API_HOST, default {defaults.API_HOST}]")
-    serve.add_argument("--port", type=port, default=_env_default("CPOA_API_PORT",
-                                                                 defaults.API_PORT, port),
+    serve.add_argument("--port", type=options.port,
+                       default=options.env_default("CPOA_API_PORT", defaults.API_PORT,
+                                                   options.port),
                        help=f"TCP port, 0 for a free one [env CPOA_API_PORT, default "
                             f"{defaults.API_PORT}]")
     serve.set_defaults(handler=command_serve)
 
 
-def port(text: str) -> int:
-    """Parses a TCP port number (0 to 65535)."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r} is not a TCP port")
-    return value
-
-
 def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
     worker = _add(sub, "worker", help="claim and advance due workflows until stopped")
     worker.add_argument(
-        "--concurrency", type=int,
-        default=_env_default("CPOA_WORKER_CONCURRENCY", 4, int),
-        help="workflows advanced at once [env CPOA_WORKER_CONCURRENCY, default 4]")
+        "--concurrency", type=options.positive_int, metavar="N",
+        help="workflows advanced at once, at least 1 "
+             f"[env CPOA_WORKER_CONCURRENCY, default {defaults.WORKER_CONCURRENCY}]")
     worker.add_argument("--until-idle", action="store_true",
-                        default=_env_default("CPOA_WORKER_UNTIL_IDLE", False,
-                                             lambda v: v.lower() in ("1", "true", "yes")),
-                        help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE]")
+                        default=options.env_default("CPOA_WORKER_UNTIL_IDLE", False,
+                                                    options.yes_no),
+                        help="exit once nothing is unfinished [env CPOA_WORKER_UNTIL_IDLE: "
+                             "1/true/yes/on or 0/false/no/off]")
     worker.add_argument(
-        "--metrics-port", type=port,
-        default=_env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, port),
+        "--metrics-port", type=options.port,
+        default=options.env_default("CPOA_METRICS_PORT", defaults.METRICS_PORT, options.port),
         help="serve this process's Prometheus metrics on this port "
              "[env CPOA_METRICS_PORT, default 0: off]")
     worker.add_argument(
-        "--metrics-host", default=_env_default("CPOA_METRICS_HOST", defaults.METRICS_HOST),
+        "--metrics-host",
+        default=options.env_default("CPOA_METRICS_HOST", defaults.METRICS_HOST),
         help="address of the metrics endpoint [env CPOA_METRICS_HOST, default 0.0.0.0]")
     worker.set_defaults(handler=command_worker)
 

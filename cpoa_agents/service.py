@@ -307,6 +307,12 @@ def _handler_for(service: Service) -> type[http.server.BaseHTTPRequestHandler]:
             self._answer(response)
 
         def _answer(self, response: Response) -> None:
+            try:
+                self._send(response)
+            except (BrokenPipeError, ConnectionResetError):  # the client went away (Ctrl-C)
+                self.close_connection = True
+
+        def _send(self, response: Response) -> None:
             self.send_response(response.status)
             for name, value in response.headers.items():
                 self.send_header(name, value)
@@ -316,12 +322,9 @@ def _handler_for(service: Service) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.close_connection = True
-                try:
-                    for chunk in response.stream:
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                for chunk in response.stream:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
                 return
             payload, content_type = response.payload()
             self.send_header("Content-Type", content_type)

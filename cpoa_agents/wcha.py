@@ -161,8 +161,10 @@ class SafeFetcher:
             return
         for address in _resolve(host, port):
             if not is_public(address):
+                allow = f"--wcha-allowed-host {host_key(host, port)}"
                 raise FetchRefused(f"{host} resolves to a private address ({address}); refused "
-                                   "(allow_private or allowed_hosts would permit it)")
+                                   f"(`cpoa agents serve {allow}` or WCHA_ALLOWED_HOSTS would "
+                                   "permit it)")
 
     def _hop(self, session: requests.Session, url: str,
              deadline: float) -> tuple[Page | None, str]:
@@ -291,7 +293,8 @@ class HarvestAgent(TaskAgent):
         Given ``urls`` are all harvested in order; ``max_results`` limits corpus articles.
 
         Raises:
-            HarvestFailed: No article could be harvested.
+            HarvestFailed: No article could be harvested, or (topic only) none of the corpus
+                matches the topic.
         """
         if request["urls"]:  # the caller chose the pages: all of them, in their order
             found, failed = self._fetch_all(request["urls"])
@@ -299,6 +302,9 @@ class HarvestAgent(TaskAgent):
         else:
             found, failed = self._from_corpus_server() if self.corpus_url else (_from_disk(), [])
             found = _best(_scored(request["topic"], found), request["max_results"])
+            if found and not any(h.score > 0 for h in found):  # never another topic's articles
+                raise HarvestFailed(f"no article of the sample corpus matches the topic "
+                                    f"{request['topic']!r}; give the pages to harvest as urls")
         if not found:
             reasons = "; ".join(f"{f['url']}: {f['reason']}" for f in failed)
             raise HarvestFailed(f"nothing harvested: {reasons or 'no articles'}")

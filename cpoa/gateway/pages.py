@@ -100,8 +100,15 @@ def _table(workflows: Sequence[Any], state: str | None) -> Markup:
     rows = [_row(w) for w in workflows]
     empty = el("p", {"class_": "empty", "data-testid": "empty", "hidden": bool(rows)},
                f"No {state} workflows." if state else "No workflows yet.")
-    return Markup(el("table", {"class_": "workflows"}, head,
-                     el("tbody", {"id": "rows", "data-testid": "rows"}, rows)) + empty)
+    return Markup(_scrolling(el("table", {"class_": "workflows"}, head,
+                                el("tbody", {"id": "rows", "data-testid": "rows"}, rows)))
+                  + empty)
+
+
+def _scrolling(wide: Markup) -> Markup:
+    """A table or drawing that scrolls sideways by itself on a narrow screen, so the page
+    never does."""
+    return el("div", {"class_": "scroll"}, wide)
 
 
 def _row(workflow: Any) -> Markup:
@@ -218,7 +225,7 @@ def _diagram(kind: str, state: str, counts: Mapping[str, int],
              dwell: Mapping[str, Mapping[str, Any]], dwell_days: float) -> Markup:
     return el("section", {"class_": "diagram"},
               el("h2", {}, "State machine"),
-              statechart.render(kind, state, counts, dwell),
+              _scrolling(statechart.render(kind, state, counts, dwell)),
               el("p", {"class_": "legend"},
                  el("span", {"class_": "key step_done"}, "step done"), " ",
                  el("span", {"class_": "key fail"}, "fail / retry"), " ",
@@ -233,9 +240,9 @@ def _timeline(timeline: Sequence[Mapping[str, Any]]) -> Markup:
     head = el("thead", {}, el("tr", {}, [el("th", {}, h) for h in (
         "#", "At", "Transition", "Trigger", "Time in previous state", "Reason / warnings")]))
     return el("section", {}, el("h2", {}, "Transitions"),
-              el("table", {"class_": "timeline"}, head,
-                 el("tbody", {"id": "timeline", "data-testid": "timeline"},
-                    [timeline_row(row) for row in timeline])))
+              _scrolling(el("table", {"class_": "timeline"}, head,
+                            el("tbody", {"id": "timeline", "data-testid": "timeline"},
+                               [timeline_row(row) for row in timeline]))))
 
 
 def timeline_row(row: Mapping[str, Any]) -> Markup:
@@ -254,9 +261,9 @@ def _tasks(tasks: Sequence[Mapping[str, Any]]) -> Markup:
         "Step", "Item", "Attempt", "Agent", "Status", "Agent task id", "Started", "Duration",
         "Retries", "Error")]))
     return el("section", {}, el("h2", {}, "Task attempts"),
-              el("table", {"class_": "tasks"}, head,
-                 el("tbody", {"id": "tasks", "data-testid": "tasks"},
-                    [task_row(t) for t in tasks])))
+              _scrolling(el("table", {"class_": "tasks"}, head,
+                            el("tbody", {"id": "tasks", "data-testid": "tasks"},
+                               [task_row(t) for t in tasks]))))
 
 
 def task_row(task: Mapping[str, Any]) -> Markup:
@@ -267,7 +274,8 @@ def task_row(task: Mapping[str, Any]) -> Markup:
               el("td", {}, task["attempt"]), el("td", {}, task["agent"]),
               el("td", {}, task["status"]), el("td", {}, el("code", {}, task["agent_task_id"])),
               el("td", {}, _time(task["started_at"])),
-              el("td", {}, duration + (" (running)" if task["running"] else "")),
+              el("td", {}, duration + (" (running)" if task["running"] else
+                                       " (abandoned)" if task["abandoned"] else "")),
               el("td", {}, task["retries"]), el("td", {"class_": "error"}, task["error"] or ""))
 
 

@@ -2,9 +2,11 @@
 
 No JavaScript library and nothing from the network: the page's CSP allows neither. The layout
 is fixed by the machine's shape: the happy path (``step_done`` from the initial state to a
-final one) on the top row, every other state (``failed``, ``cancelled``) on the bottom row,
-and every (source, dest) pair the machine allows as one arrow (two heads when the machine
-allows both directions, e.g. fail / retry). Colours come from the stylesheet by class.
+final one) on the middle row, the states ``cancel`` leads to above it, every other state
+(``failed``) below it, so the cancel arrows and the fail / retry arrows never cross; every
+(source, dest) pair the machine allows is one arrow (two heads when the machine allows both
+directions, e.g. fail / retry), and the one from the bottom row to the top row goes round the
+right end. Colours come from the stylesheet by class.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ BOX_W, BOX_H = 140, 66
 GAP_X = 34
 MARGIN = 16
 START_R = 7
-ROW_GAP = 120
+ROW_GAP = 90
 """Vertical space between the rows, where the arrows between them run."""
+DETOUR = 14
+"""How far right of the last box the arrow from the bottom row to the top row runs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Box:
     def cy(self) -> float:
         return self.y + BOX_H / 2
 
+    @property
+    def right(self) -> float:
+        return self.x + BOX_W
+
 
 def happy_path(kind: str) -> list[str]:
     """Returns the states ``step_done`` leads through from the initial state."""
@@ -54,16 +62,26 @@ def happy_path(kind: str) -> list[str]:
 
 
 def layout(kind: str) -> dict[str, Box]:
-    """Returns the box of every state of a kind."""
-    top = happy_path(kind)
-    bottom = [s for s in machine.states(kind) if s not in top]
+    """Returns the box of every state of a kind: row -1 above the happy path (row 0) for the
+    states ``cancel`` leads to, row 1 below it for the others, each centred over the working
+    states."""
+    path = happy_path(kind)
+    cancelled = {t["dest"] for t in machine.KINDS[kind][1] if t["trigger"] == "cancel"}
+    others = [s for s in machine.states(kind) if s not in path]
     x0 = MARGIN + 2 * START_R + 24
-    boxes = {s: Box(s, x0 + i * (BOX_W + GAP_X), MARGIN, 0) for i, s in enumerate(top)}
-    width = len(top) * BOX_W + (len(top) - 1) * GAP_X
-    for i, state in enumerate(bottom):
-        cx = x0 + width * (i + 1) / (len(bottom) + 1)
-        boxes[state] = Box(state, cx - BOX_W / 2, MARGIN + BOX_H + ROW_GAP, 1)
+    working = [s for s in path if s not in machine.FINAL_STATES]
+    span = len(working) * BOX_W + (len(working) - 1) * GAP_X
+    boxes = {s: Box(s, x0 + i * (BOX_W + GAP_X), _row_y(0), 0) for i, s in enumerate(path)}
+    rows = {s: -1 if s in cancelled else 1 for s in others}
+    for state, row in rows.items():
+        on_row = [s for s in others if rows[s] == row]
+        cx = x0 + span * (on_row.index(state) + 1) / (len(on_row) + 1)
+        boxes[state] = Box(state, cx - BOX_W / 2, _row_y(row), row)
     return boxes
+
+
+def _row_y(row: int) -> float:
+    return MARGIN + (row + 1) * (BOX_H + ROW_GAP)
 
 
 def render(kind: str, current: str | None = None, counts: Mapping[str, int] | None = None,
@@ -77,12 +95,12 @@ def render(kind: str, current: str | None = None, counts: Mapping[str, int] | No
         dwell: ``store.state_dwell_times(kind)``: average and median stay per state.
     """
     boxes = layout(kind)
-    width = max(b.x for b in boxes.values()) + BOX_W + MARGIN
+    width = max(b.right for b in boxes.values()) + DETOUR + MARGIN
     height = max(b.y for b in boxes.values()) + BOX_H + MARGIN
     first = boxes[machine.initial_state(kind)]
     start = [el("circle", {"class_": "start", "cx": MARGIN + START_R, "cy": first.cy,
                            "r": START_R}),
-             _line(MARGIN + 2 * START_R, first.cy, first.x, first.cy, "edge step_done",
+             _line([(MARGIN + 2 * START_R, first.cy), (first.x, first.cy)], "edge step_done",
                    end=True, title="start")]
     return el("svg", {"xmlns": "http://www.w3.org/2000/svg", "class_": "statechart",
                       "viewBox": f"0 0 {width:g} {height:g}", "role": "img",
@@ -119,54 +137,71 @@ def _edges(kind: str, boxes: dict[str, Box]) -> Markup:
         title = f"{source} → {dest}: {', '.join(labels.get((source, dest), []))}"
         if both:
             title += f"; {dest} → {source}: {', '.join(labels[(dest, source)])}"
-        x1, y1, x2, y2 = _anchors(boxes[source], boxes[dest], incoming)
-        parts.append(_line(x1, y1, x2, y2, css, end=(source, dest) in labels,
+        points = _route(boxes[source], boxes[dest], boxes, incoming)
+        parts.append(_line(points, css, end=(source, dest) in labels,
                            start=(dest, source) in labels, title=title,
                            edges=" ".join(f"{a}->{b}" for a, b in sorted(
                                {(source, dest), (dest, source)} & labels.keys()))))
     return join(parts)
 
 
+def _route(a: Box, b: Box, boxes: Mapping[str, Box],
+           incoming: Mapping[tuple[str, str], float]) -> list[tuple[float, float]]:
+    """The points of the arrow from ``a`` to ``b``: straight between neighbouring rows,
+    round the right end of the diagram between the top and bottom rows."""
+    if abs(a.row - b.row) < 2:
+        x1, y1, x2, y2 = _anchors(a, b, incoming)
+        return [(x1, y1), (x2, y2)]
+    x = max(box.right for box in boxes.values()) + DETOUR
+    return [(a.right, a.cy), (x, a.cy), (x, b.cy), (b.right, b.cy)]
+
+
 def _incoming_order(labels: Mapping[tuple[str, str], Any],
-                    boxes: dict[str, Box]) -> dict[tuple[str, str], float]:
-    """Spreads the arrows that reach a box from the other row along its edge (0–1)."""
+                    boxes: dict[str, Box]) -> dict[frozenset[str], float]:
+    """Spreads the arrows that reach a box off the happy path from it along that box's edge
+    (0–1), in the order of their other ends, so that they do not cross."""
     spread: dict[str, list[str]] = {}
-    for source, dest in labels:
-        top, bottom = sorted((source, dest), key=lambda s: boxes[s].row)
-        if boxes[top].row != boxes[bottom].row:
-            spread.setdefault(bottom, [])
-            if top not in spread[bottom]:
-                spread[bottom].append(top)
+    for pair in labels:
+        hub, other = sorted(pair, key=lambda s: boxes[s].row == 0)
+        if boxes[hub].row != 0 and boxes[other].row == 0 and other not in spread.get(hub, []):
+            spread.setdefault(hub, []).append(other)
     order = {}
-    for bottom, tops in spread.items():
-        tops.sort(key=lambda s: boxes[s].x)
-        for i, top in enumerate(tops):
-            order[(top, bottom)] = (i + 1) / (len(tops) + 1)
+    for hub, others in spread.items():
+        others.sort(key=lambda s: boxes[s].x)
+        for i, other in enumerate(others):
+            order[frozenset((hub, other))] = (i + 1) / (len(others) + 1)
     return order
 
 
-def _anchors(a: Box, b: Box, incoming: Mapping[tuple[str, str], float]
+def _anchors(a: Box, b: Box, incoming: Mapping[frozenset[str], float]
              ) -> tuple[float, float, float, float]:
     if a.row == b.row:  # neighbours on one row: side to side
         left, right = (a, b) if a.x < b.x else (b, a)
-        x1, x2 = left.x + BOX_W, right.x
+        x1, x2 = left.right, right.x
         return (x1, a.cy, x2, b.cy) if a is left else (x2, a.cy, x1, b.cy)
-    top, bottom = (a, b) if a.row < b.row else (b, a)
-    # Leave the top box left of centre towards a bottom box on the left, and so on.
-    lean = 0.5 + max(-0.3, min(0.3, (bottom.cx - top.cx) / (4 * BOX_W)))
-    x_top = top.x + BOX_W * lean
-    x_bottom = bottom.x + BOX_W * incoming.get((top.state, bottom.state), 0.5)
-    ends = (x_top, top.y + BOX_H, x_bottom, bottom.y)
-    return ends if a is top else (ends[2], ends[3], ends[0], ends[1])
+    upper, lower = (a, b) if a.row < b.row else (b, a)
+    path, hub = (lower, upper) if upper.row else (upper, lower)
+    # Leave the path's box left of centre towards a hub on the left, and so on.
+    lean = 0.5 + max(-0.3, min(0.3, (hub.cx - path.cx) / (4 * BOX_W)))
+    at = {path.state: path.x + BOX_W * lean,
+          hub.state: hub.x + BOX_W * incoming.get(frozenset((a.state, b.state)), 0.5)}
+    ends = (at[upper.state], upper.y + BOX_H, at[lower.state], lower.y)
+    return ends if a is upper else (ends[2], ends[3], ends[0], ends[1])
 
 
-def _line(x1: float, y1: float, x2: float, y2: float, css: str, *, end: bool = True,
+def _line(points: list[tuple[float, float]], css: str, *, end: bool = True,
           start: bool = False, title: str = "", edges: str | None = None) -> Markup:
     kind = css.split()[-1]
-    attrs = {"class_": css, "x1": f"{x1:g}", "y1": f"{y1:g}", "x2": f"{x2:g}", "y2": f"{y2:g}",
-             "marker-end": f"url(#arrow-{kind})" if end else None,
-             "marker-start": f"url(#arrow-{kind})" if start else None}
-    return el("g", {"data-edges": edges}, el("title", {}, title), el("line", attrs))
+    markers = {"marker-end": f"url(#arrow-{kind})" if end else None,
+               "marker-start": f"url(#arrow-{kind})" if start else None}
+    if len(points) == 2:
+        (x1, y1), (x2, y2) = points
+        shape = el("line", {"class_": css, "x1": f"{x1:g}", "y1": f"{y1:g}", "x2": f"{x2:g}",
+                            "y2": f"{y2:g}", **markers})
+    else:
+        shape = el("polyline", {"class_": css, "fill": "none", **markers,
+                                "points": " ".join(f"{x:g},{y:g}" for x, y in points)})
+    return el("g", {"data-edges": edges}, el("title", {}, title), shape)
 
 
 def _box(box: Box, current: str | None, counts: Mapping[str, int],

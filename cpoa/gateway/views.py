@@ -76,17 +76,27 @@ def label(params: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def task_view(task: models.Task, now: datetime.datetime) -> dict[str, Any]:
-    """Returns one task attempt: who, when, how long, what the agent called it, what failed."""
+def task_view(task: models.Task, now: datetime.datetime,
+              ended: datetime.datetime | None = None) -> dict[str, Any]:
+    """Returns one task attempt: who, when, how long, what the agent called it, what failed.
+
+    Args:
+        task: The task row.
+        now: The time an unfinished task's duration runs to.
+        ended: When its workflow ended, if it has: an unfinished task is then abandoned (no
+            longer running) and its duration stops there.
+    """
     started = task.first_submitted_at or task.created_at
+    unfinished = task.completed_at is None
     return {
         "task_id": str(task.task_id), "step": task.step, "item_key": task.item_key,
         "attempt": task.attempt, "agent": task.agent_name, "status": task.status,
         "agent_task_id": task.external_task_id, "idempotency_key": task.idempotency_key,
         "retries": task.retry_count, "started_at": presentation.iso(started),
         "finished_at": presentation.iso(task.completed_at),
-        "duration_s": seconds_between(started, task.completed_at or now),
-        "running": task.completed_at is None,
+        "duration_s": seconds_between(started, task.completed_at or ended or now),
+        "running": unfinished and ended is None,
+        "abandoned": unfinished and ended is not None,
         "error": error_text(task.error_details_json),
     }
 
@@ -146,7 +156,8 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
         "label": label(workflow.params),
         "can_cancel": state not in machine.FINAL_STATES,
         "can_retry": state == "failed",
-        "tasks": [task_view(t, now) for t in tasks],
+        "tasks": [task_view(t, now, workflow.end_timestamp if workflow.is_terminal else None)
+                  for t in tasks],
         "media": media(workflow),
     }
 

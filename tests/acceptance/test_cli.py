@@ -83,3 +83,30 @@ def test_embedded__runs_a_workflow_with_no_database_configured(agent, tmp_path):
         assert (tmp_path / "pgdata" / "PG_VERSION").exists()
     finally:
         embedded.stop(tmp_path / "pgdata")
+
+
+@pytest.mark.slow
+def test_db_stop__stops_the_embedded_server(agent, tmp_path):
+    """`cpoa db stop` stops the embedded PostgreSQL the other commands leave running, and
+    says so; a second call says none runs."""
+    folder = tmp_path / "pgdata"
+    env = cli_env("", agent.url, CPOA_EMBEDDED_DATA_DIR=str(folder))
+    del env["CPOA_DATABASE_URL"]
+    try:
+        assert run_cli(env, "db", "init", timeout=120).returncode == 0
+        assert (folder / "postmaster.pid").exists()
+        stopped = run_cli(env, "db", "stop", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr[-2000:]
+        assert stopped.stdout == f"stopped the embedded PostgreSQL in {folder}\n"
+        assert not (folder / "postmaster.pid").exists()
+        again = run_cli(env, "db", "stop", timeout=60)
+        assert again.stdout == f"no embedded PostgreSQL runs in {folder}\n"
+    finally:
+        embedded.stop(folder)
+
+
+def test_db_stop__refuses_a_configured_database(dsn, agent):
+    """With a database configured, `cpoa db stop` is a usage error: it stops only its own."""
+    result = run_cli(cli_env(dsn, agent.url), "db", "stop")
+    assert result.returncode == 2
+    assert "cpoa db stop stops only the embedded PostgreSQL" in result.stderr

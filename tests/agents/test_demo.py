@@ -57,6 +57,8 @@ def test_demo__writes_every_episode_file(demo):
     assert status["state"] == "completed" and status["warnings"] == []
     assert {p.name for p in folder.iterdir()} == FILES
     assert "live page: http://127.0.0.1:" in stdout and "episode ready" in stdout
+    assert f"listen: {folder / 'episode.mp3'} (the live page closes now; --serve keeps it " \
+           "open)" in stdout
 
 
 @pytest.mark.slow

@@ -120,11 +120,12 @@ def test_harvest__max_results_caps_related_articles(agent: HarvestAgent, max_res
     assert len(harvest(agent, body)["articles"]) == kept
 
 
-def test_harvest__unrelated_topic_still_returns_content(agent: HarvestAgent) -> None:
-    """When no article matches the topic at all, the first ones are kept so there is content."""
-    result = harvest(agent, {"topic": "zzyzx quantum", "max_results": 2})
-    assert len(result["source_urls"]) == 2 and result["content"]
-    assert all(a["score"] == 0 for a in result["articles"])
+def test_harvest__unrelated_topic_fails_naming_it(agent: HarvestAgent) -> None:
+    """When no corpus article matches the topic at all, the task fails naming the topic and
+    how to give sources, instead of passing off unrelated articles as the topic's."""
+    message = failure(agent, {"topic": "quantum computing", "max_results": 2})
+    assert message == ("no article of the sample corpus matches the topic 'quantum computing'; "
+                       "give the pages to harvest as urls")
 
 
 def test_harvest__urls_on_allowed_host_are_extracted(agent: HarvestAgent,

@@ -3,14 +3,16 @@ the list with its counts and filter, the workflow page, escaping, the state diag
 
 from __future__ import annotations
 
+import datetime
 import html
 import re
+import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from cpoa import machine
-from cpoa.gateway import statechart
+from cpoa.gateway import live, statechart
 from tests.agent_server import Reply, ScriptedAgent
 from tests.fix_agents import drive
 from tests.fix_gateway import LiveGateway
@@ -143,6 +145,25 @@ def test_static__scripts_served_others_404(gateway: LiveGateway) -> None:
         assert gateway.client.get(f"/static/{name}").status_code == 404
 
 
+def test_workflow_page__cancelled_workflow_task_is_not_running(gateway: LiveGateway,
+                                                               agent: ScriptedAgent) -> None:
+    """A task a cancelled workflow left unfinished is shown abandoned, never "(running)", on
+    the page and in the live snapshot; its duration stops at the cancel."""
+    agent.pending_polls = 1000  # WCHA's task never finishes
+    workflow_id = start(gateway)
+    assert gateway.engine.advance(workflow_id) == "fetching"
+    assert gateway.engine.cancel(workflow_id) == "cancelled"
+    table = re.search(r'<tbody id="tasks".*?</tbody>',
+                      page(gateway, f"/workflows/{workflow_id}"), re.DOTALL).group(0)
+    assert table.count("<tr ") == 1
+    assert "(running)" not in table and "(abandoned)" in table
+    [task] = live.snapshot(gateway.engine.store, uuid.UUID(workflow_id))["tasks"]
+    assert (task["running"], task["abandoned"]) == (False, True)
+    ended = gateway.engine.store.get_workflow(uuid.UUID(workflow_id)).end_timestamp
+    assert task["duration_s"] == pytest.approx(
+        (ended - datetime.datetime.fromisoformat(task["started_at"])).total_seconds())
+
+
 # -- the pieces ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["podcast", "snippets"])
@@ -173,3 +194,38 @@ def test_store__state_counts_and_dwell_times(gateway: LiveGateway) -> None:
     assert all(d["samples"] == 1 and d["avg_s"] == d["median_s"] >= 0 for d in dwell.values())
     assert [e["event_id"] for e in store.events_after(0, second)] == [
         h["event_id"] for h in store.get_history(second)]
+
+
+def _segments(svg: ET.Element, css: str) -> list[tuple[str, list[tuple[float, float]]]]:
+    """(edges, points) of every drawn arrow of one class (a line or a polyline)."""
+    found = []
+    for group in svg.findall(f"{SVG}g[@data-edges]"):
+        for shape in group:
+            if css not in (shape.get("class") or "").split():
+                continue
+            if shape.tag == f"{SVG}line":
+                points = [(float(shape.get("x1")), float(shape.get("y1"))),
+                          (float(shape.get("x2")), float(shape.get("y2")))]
+            else:
+                points = [tuple(map(float, p.split(","))) for p in shape.get("points").split()]
+            found.append((group.get("data-edges"), points))
+    return found
+
+
+def _cross(p: tuple, q: tuple, r: tuple, s: tuple) -> bool:
+    """True when segments pq and rs properly cross (touching ends do not count)."""
+    def side(a: tuple, b: tuple, c: tuple) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+    return side(p, q, r) * side(p, q, s) < 0 and side(r, s, p) * side(r, s, q) < 0
+
+
+@pytest.mark.parametrize("kind", ["podcast", "snippets"])
+def test_statechart__no_arrow_crosses_another(kind: str) -> None:
+    """The cancel arrows do not tangle with the fail / retry arrows or with each other: no two
+    drawn arrows cross."""
+    svg = ET.fromstring(statechart.render(kind))
+    arrows = [(edges, pair) for css in ("step_done", "fail", "cancel")
+              for edges, points in _segments(svg, css) for pair in zip(points, points[1:])]
+    crossings = [(a, b) for i, (a, (p, q)) in enumerate(arrows)
+                 for b, (r, s) in arrows[i + 1:] if _cross(p, q, r, s)]
+    assert crossings == []

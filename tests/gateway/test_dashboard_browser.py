@@ -8,6 +8,7 @@ import http.server
 import os
 import pathlib
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,4 +143,62 @@ def test_dashboard__follows_a_workflow_live_and_retries_it(
     assert page.evaluate("sessionStorage.getItem('cpoa-api-token')") == TOKEN
     problems.remove(next(p for p in problems if "401" in p))  # the refused first click
     context.close()  # closes the streams before the gateway stops
+    assert problems == []
+
+
+NARROW = {"width": 390, "height": 844}
+"""A phone's viewport, in CSS pixels."""
+CONFIRM = "Cancel this workflow? Its unfinished agent work is abandoned; this cannot be undone."
+
+
+def _sideways_overflow(page: Any) -> int:
+    """How many CSS pixels the page is wider than the viewport (0: it fits)."""
+    return page.evaluate("() => document.documentElement.scrollWidth"
+                         " - document.documentElement.clientWidth")
+
+
+@pytest.mark.slow
+def test_dashboard__fits_a_phone_and_cancel_asks_first(
+        make_gateway: Callable[..., LiveGateway], agent: ScriptedAgent, browser: Any,
+        tmp_path: pathlib.Path) -> None:
+    """At 390 px wide neither page overflows sideways (screenshots kept in tmp_path); Cancel
+    asks first: declined, nothing changes; confirmed, the workflow is cancelled and its
+    unfinished task shows abandoned instead of running."""
+    gateway = make_gateway()
+    agent.pending_polls = 1000  # WCHA's task stays unfinished
+    workflow_id = str(gateway.engine.start_workflow(
+        "podcast", {"topic": "tidal power and the long swell of the open ocean"}))
+    assert gateway.engine.advance(workflow_id) == "fetching"
+    context = browser.new_context(viewport=NARROW)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    dialogs: list[tuple[str, str]] = []
+    answers = iter([False, True])
+
+    def answer(dialog: Any) -> None:
+        dialogs.append((dialog.type, dialog.message))
+        dialog.accept() if next(answers) else dialog.dismiss()
+    page.on("dialog", answer)
+    page.goto(f"{gateway.url}/workflows/{workflow_id}")
+    expect(page.get_by_test_id("connection")).to_have_text("live", timeout=WAIT_MS)
+    expect(page.get_by_test_id("tasks")).to_contain_text("(running)")
+    page.screenshot(path=str(tmp_path / "workflow-390.png"), full_page=True)
+    assert _sideways_overflow(page) == 0
+
+    page.get_by_test_id("cancel").click()
+    expect(page.get_by_test_id("action-status")).to_have_text("cancel: not confirmed")
+    assert gateway.engine.store.get_workflow(uuid.UUID(workflow_id)).state == "fetching"
+    page.get_by_test_id("cancel").click()
+    expect(page.get_by_test_id("state")).to_have_text("cancelled", timeout=WAIT_MS)
+    expect(page.get_by_test_id("tasks")).to_contain_text("(abandoned)")
+    expect(page.get_by_test_id("tasks")).not_to_contain_text("(running)")
+    assert dialogs == [("confirm", CONFIRM)] * 2
+
+    listing = context.new_page()
+    listing.goto(gateway.url + "/")
+    expect(listing.get_by_test_id("connection")).to_have_text("live", timeout=WAIT_MS)
+    listing.screenshot(path=str(tmp_path / "list-390.png"), full_page=True)
+    assert _sideways_overflow(listing) == 0
+    context.close()
     assert problems == []

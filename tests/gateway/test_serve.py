@@ -76,10 +76,11 @@ def test_serve__port_in_use_exits_1(dsn, agent):
 
 
 @pytest.mark.parametrize("args, env, message", [
-    (["serve", "--port", "70000"], {}, "invalid port value"),
-    (["serve"], {"CPOA_API_PORT": "http"}, "CPOA_API_PORT"),
+    (["serve", "--port", "70000"], {}, "argument --port: '70000' is not a TCP port"),
+    (["serve"], {"CPOA_API_PORT": "http"}, "CPOA_API_PORT: 'http' is not a TCP port"),
 ])
 def test_serve__bad_port_is_refused(dsn, agent, args, env, message):
     """A port out of range or not a number, as flag or env twin, is refused naming it."""
     result = run_cli(cli_env(dsn, agent.url, **env), *args)
-    assert result.returncode != 0 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr
+    assert "from 0 to 65535" in result.stderr

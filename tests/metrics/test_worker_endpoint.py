@@ -33,8 +33,11 @@ def test_worker__metrics_port_serves_the_worker_counters(dsn, agent, engine, sto
     worker = spawn_cli(env, "worker", "--metrics-port", str(port))
     try:
         def completed() -> Samples | None:
+            # The worker counts a transition just after its COMMIT, so the database may show
+            # the workflow completed a moment before the counter does: wait for both.
             samples = fetch(port)
-            done = samples and value(samples, "cpoa_workflows", state="completed") == 1
+            done = samples and value(samples, "cpoa_workflows", state="completed") == 1 \
+                and transitions(samples, "podcast", "finalizing", "completed") == 1
             return samples if done else None
         samples = wait_until(completed, timeout=30)
     finally:

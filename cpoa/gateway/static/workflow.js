@@ -10,6 +10,8 @@ const media = document.getElementById("media");
 const status = document.getElementById("action-status");
 const tokenField = document.getElementById("token");
 const TOKEN_KEY = "cpoa-api-token";
+const CONFIRM_CANCEL =
+  "Cancel this workflow? Its unfinished agent work is abandoned; this cannot be undone.";
 
 /** An ISO time shown short, as the server renders it (views.short_time). */
 function timeCell(iso) {
@@ -48,7 +50,8 @@ function onTransition(event) {
 
 function taskRow(task) {
   const row = element("tr", { "data-task-id": text(task.task_id), "data-status": text(task.status) });
-  const duration = formatSeconds(task.duration_s) + (task.running ? " (running)" : "");
+  const duration = formatSeconds(task.duration_s)
+    + (task.running ? " (running)" : task.abandoned ? " (abandoned)" : "");
   const agentTask = element("td", {});
   agentTask.append(element("code", {}, task.agent_task_id));
   row.append(element("td", {}, task.step), element("td", {}, task.item_key),
@@ -162,7 +165,13 @@ async function act(action) {
 
 tokenField.value = sessionStorage.getItem(TOKEN_KEY) || "";
 tokenField.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, tokenField.value));
-document.getElementById("cancel").addEventListener("click", () => act("cancel"));
+document.getElementById("cancel").addEventListener("click", () => {
+  if (window.confirm(CONFIRM_CANCEL)) {
+    act("cancel");
+  } else {
+    status.textContent = "cancel: not confirmed";
+  }
+});
 document.getElementById("retry").addEventListener("click", () => act("retry"));
 
 const url = new URL("/events", window.location.href);

@@ -1,0 +1,97 @@
+"""Driving one workflow in this process and showing its states as they pass.
+
+`cpoa start --wait` and `cpoa demo` advance a single workflow with :func:`drive` (never a
+general worker: other workflows in the database are not theirs to run) and print a progress
+bar per state entered with :class:`Bars`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from collections.abc import Callable
+from typing import TextIO
+
+from cpoa import defaults, errors, events, models
+from cpoa.engine import Engine
+
+BAR_WIDTH = 30
+"""Characters of a progress bar."""
+
+
+def drive(engine: Engine, workflow_id: uuid.UUID, *, timeout_s: float | None = None,
+          after_step: Callable[[models.Workflow], None] | None = None) -> models.Workflow:
+    """Advances one workflow until it is terminal, sleeping until it is due again.
+
+    Args:
+        engine: The engine to advance it with.
+        workflow_id: The workflow.
+        timeout_s: Give up after this many seconds (None: never).
+        after_step: Called with the stored workflow after each advance (progress, UI events).
+
+    Returns:
+        The terminal workflow.
+
+    Raises:
+        CPOAError: the workflow is still unfinished after ``timeout_s``.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        workflow = engine.advance_workflow(workflow_id)
+        if after_step is not None:
+            after_step(workflow)
+        if workflow.is_terminal:
+            return workflow
+        if deadline is not None and time.monotonic() > deadline:
+            raise errors.CPOAError(
+                f"workflow {workflow_id} still {workflow.state} after {timeout_s:g} s")
+        time.sleep(pause(workflow))
+
+
+def pause(workflow: models.Workflow) -> float:
+    """Seconds to wait before advancing again: until it is due, at most a second; a little
+    while when another process holds its lease."""
+    if workflow.next_run_at is None or workflow.lease_owner is not None:
+        return defaults.DRIVE_HELD_RECHECK_S
+    now = datetime.datetime.now(datetime.timezone.utc)
+    wait = (workflow.next_run_at - now).total_seconds()
+    return min(max(wait, 0.0), defaults.DRIVE_RECHECK_MAX_S)
+
+
+class Bars:
+    """Prints a progress bar for each state a workflow enters, read from its history so that
+    none is missed (another process may advance it too), with the time spent in the last.
+
+    Args:
+        engine: Where the workflow lives.
+        workflow_id: The workflow.
+        out: Where to print.
+    """
+
+    def __init__(self, engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> None:
+        self.store = engine.store
+        self.workflow_id = workflow_id
+        self.out = out
+        self.seen = 0
+        self.since = time.monotonic()
+
+    def show(self, workflow: models.Workflow) -> None:
+        """Prints the states entered since the last call."""
+        history = self.store.get_history(self.workflow_id)
+        for entry in history[self.seen:]:
+            if self.seen:
+                print(f"  done in {time.monotonic() - self.since:.1f} s", file=self.out)
+            self.since = time.monotonic()
+            print(bar(workflow.kind, entry["to_state"], entry["from_state"]), file=self.out,
+                  flush=True)
+            self.seen += 1
+
+
+def bar(kind: str, state: str, failed_from: str | None) -> str:
+    """One line: a bar filled to the state's progress, the state and what it does."""
+    fraction = events.progress(kind, state, failed_from)
+    filled = int(round(fraction * BAR_WIDTH))
+    message = events.MESSAGES.get(state) or events.IMAGING_MESSAGES.get(kind, state)
+    return (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%}  {state:<13}"
+            f"{message}")
