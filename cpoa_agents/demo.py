@@ -13,14 +13,14 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from cpoa import api, events, machine
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.worker import Worker
-from cpoa_agents import corpus, episode, serve
+from cpoa_agents import corpus, episode, serve, userfiles
 
 DEMO_POLL_S = "0.2"
 """Polling interval the demo gives every agent (the contract defaults are 3–10 s)."""
@@ -28,22 +28,41 @@ BAR_WIDTH = 30
 
 
 def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
-        data_dir: str | None = None, out: TextIO = sys.stdout) -> int:
-    """Runs one podcast workflow end to end; returns the exit code (0 when completed)."""
+        data_dir: str | None = None, out: TextIO = sys.stdout,
+        files: Sequence[str] = (), options: Mapping[str, Any] | None = None) -> int:
+    """Runs one podcast workflow end to end; returns the exit code (0 when completed).
+
+    Args:
+        topic: What the episode is about.
+        urls: Web pages to harvest.
+        output_root: Where ``<workflow_id>/`` is written.
+        data_dir: The agents' data folder.
+        out: Where progress is printed.
+        files: Your own documents (checked first; served to WCHA over local HTTP).
+        options: More podcast parameters (``format``, ``target_minutes``).
+
+    Raises:
+        cpoa.errors.InvalidInput: A file is missing, unreadable, unsupported or too large.
+    """
     started = time.monotonic()
+    documents = userfiles.check(files)
     root = pathlib.Path(data_dir) if data_dir else default_data_dir()
     library = corpus.CorpusServer(root / "corpus")
     library.start("127.0.0.1", 0)
-    corpus_host = urllib.parse.urlsplit(library.base_url).netloc
+    shelf = userfiles.FileServer(root / "files", documents)
+    shelf.start("127.0.0.1", 0)
+    local = tuple(urllib.parse.urlsplit(s.base_url).netloc for s in (library, shelf))
     fleet = serve.serve(root, ports={name: 0 for name in serve.AGENT_CLASSES}, options={
-        "WCHA": {"corpus_url": library.base_url, "allowed_hosts": (corpus_host,)}})
+        "WCHA": {"corpus_url": library.base_url, "allowed_hosts": local}})
     worker: Worker | None = None
     thread: threading.Thread | None = None
+    params = {"topic": topic, "urls": list(urls), **(options or {})}
+    if documents:
+        params["files"] = shelf.urls()
     try:
         engine = api.connect(_settings(fleet))
         engine.store.apply_schema()
-        workflow_id = engine.start_workflow("podcast", {"topic": topic, "urls": list(urls)},
-                                            client_id="cpoa-demo")
+        workflow_id = engine.start_workflow("podcast", params, client_id="cpoa-demo")
         print(f"workflow {workflow_id}\nlive page: {fleet.url('ASF')}/", file=out)
         worker = Worker(engine, concurrency=2)
         thread = threading.Thread(target=worker.run, name="cpoa-demo-worker", daemon=True)
@@ -57,6 +76,9 @@ def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
         files = episode.write(status, folder)
         for warning in status["warnings"]:
             print(f"warning: {warning}", file=out)
+        note = status["outputs"]["script"].get("length", {}).get("note")
+        if note:
+            print(f"note: {note}", file=out)
         print(f"\nepisode ready in {time.monotonic() - started:.1f} s "
               f"({status['outputs']['audio']['duration_s']:.0f} s of audio):", file=out)
         for name in sorted(files):
@@ -71,6 +93,7 @@ def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
             thread.join(timeout=30)
         fleet.stop()
         library.stop()
+        shelf.stop()
 
 
 def _settings(fleet: serve.Fleet) -> settings_module.Settings:
