@@ -112,8 +112,8 @@ def _script_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
     for name in ("persona", "format", "target_minutes"):
         if wf.params.get(name):
             body[name] = wf.params[name]
-    if wf.context.get("articles"):
-        body["sources"] = wf.context["articles"]
+    if wf.context.get("source_urls"):  # in the content's order: PSWA names each line's source
+        body["sources"] = [{"url": url} for url in wf.context["source_urls"]]
     return body
 
 

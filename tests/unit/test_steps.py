@@ -23,12 +23,11 @@ def test_harvest_request__passes_files_and_target_minutes():
 
 
 def test_script_request__passes_format_target_and_sources():
-    """format, target_minutes and the harvested articles (as sources) go to PSWA."""
-    articles = [{"url": "http://x/a", "title": "A", "score": 0.5}]
+    """format, target_minutes and the harvested URLs (as sources) go to PSWA."""
     wf = workflow({"topic": "bees", "format": "panel", "target_minutes": 5},
-                  {"content": "text", "topics": [], "articles": articles})
+                  {"content": "text", "topics": [], "source_urls": ["http://x/a"]})
     body = steps.PODCAST["scripting"].request(wf, None)
     assert body["format"] == "panel" and body["target_minutes"] == 5
-    assert body["sources"] == articles
+    assert body["sources"] == [{"url": "http://x/a"}]
     plain = steps.PODCAST["scripting"].request(workflow({"topic": "b"}, {"content": "t"}), None)
     assert set(plain) == {"topic", "content", "topics"}
