@@ -16,8 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, embedded, errors, logs, machine, metrics, options, progress
-from cpoa import prune, recovery
+from cpoa import api, defaults, diagram, embedded, errors, inputs, logs, machine, metrics, options
+from cpoa import progress, prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.presentation import describe
@@ -259,8 +259,10 @@ def command_agents_serve(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from cpoa_agents import demo
 
+    asked = {"format": args.format, "target_minutes": args.minutes}
     return demo.run(args.topic, args.url or [], output_root=args.output, data_dir=args.data_dir,
-                    serve_page=args.serve)
+                    serve_page=args.serve, files=args.file or [],
+                    options={k: v for k, v in asked.items() if v is not None})
 
 
 def command_diagram(args: argparse.Namespace) -> int:
@@ -346,6 +348,11 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
     demo.add_argument("topic")
     demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")
+    demo.add_argument("--file", action="append", help="your own document: Markdown, text, "
+                      "HTML or PDF (repeatable)")
+    demo.add_argument("--format", choices=inputs.FORMATS, help="conversation (default), "
+                      "bulletin (one voice) or panel (host and two guests)")
+    demo.add_argument("--minutes", type=_minutes, help="target length, 1-30 [3]")
     demo.add_argument("--output", default="output", help="output folder [output]")
     demo.add_argument("--data-dir", help="the agents' data folder [per-user data folder]")
     demo.add_argument("--serve", action="store_true",
@@ -405,6 +412,14 @@ def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
              f"[env CPOA_PRUNE_BATCH_SIZE, default {defaults.PRUNE_BATCH_SIZE}]")
     pruning.add_argument("--json", action="store_true", help="print one JSON document")
     pruning.set_defaults(handler=command_prune)
+
+
+def _minutes(text: str) -> int:
+    """``--minutes``: a whole number within the podcast's target_minutes bounds."""
+    low, high = inputs.TARGET_MINUTES_MIN, inputs.TARGET_MINUTES_MAX
+    if not text.strip().isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+    return int(text)
 
 
 def configure_serve_parser(sub: argparse._SubParsersAction) -> None:

@@ -17,6 +17,10 @@ TEXT_ID_MAX_CHARS = 200
 URL_MAX_CHARS = 2048
 MAX_RESULTS_MIN, MAX_RESULTS_MAX = 1, 50
 """Bounds of a podcast's optional ``max_results``."""
+FORMATS = ("conversation", "bulletin", "panel")
+"""A podcast's optional ``format`` (passed to PSWA)."""
+TARGET_MINUTES_MIN, TARGET_MINUTES_MAX = 1, 30
+"""Bounds of a podcast's optional ``target_minutes`` (passed to WCHA and PSWA)."""
 SNIPPETS_LIMIT_DEFAULT = 5
 SNIPPETS_LIMIT_MIN, SNIPPETS_LIMIT_MAX = 1, 50
 """Default and bounds of a snippets workflow's ``limit`` (topics to discover)."""
@@ -39,7 +43,8 @@ def workflow_params(kind: str, params: Any) -> dict[str, Any]:
 
 
 def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
-    _only(params, ("topic", "urls", "voice_params", "persona", "max_results"))
+    _only(params, ("topic", "urls", "files", "voice_params", "persona", "max_results", "format",
+                   "target_minutes"))
     cleaned: dict[str, Any] = {"topic": text(params.get("topic"), "topic")}
     urls = params.get("urls")
     urls = [] if urls is None else urls  # `or []` would let "", 0 or {} pass as no URLs
@@ -47,6 +52,12 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
         raise errors.InvalidInput(f"urls: expected a list of at most {defaults.URLS_MAX} URLs",
                                   field="urls")
     cleaned["urls"] = [_url(u, f"urls[{i}]") for i, u in enumerate(urls)]
+    files = params.get("files")
+    if files is not None:
+        if not isinstance(files, list) or len(files) > defaults.URLS_MAX:
+            raise errors.InvalidInput(f"files: expected a list of at most {defaults.URLS_MAX} "
+                                      "document URLs", field="files")
+        cleaned["files"] = [_url(u, f"files[{i}]") for i, u in enumerate(files)]
     voice = params.get("voice_params")
     voice = {} if voice is None else voice
     if not isinstance(voice, Mapping):
@@ -70,7 +81,20 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     if params.get("max_results") is not None:
         cleaned["max_results"] = integer(params["max_results"], "max_results", MAX_RESULTS_MIN,
                                          MAX_RESULTS_MAX)
+    _episode_options(params, cleaned)
     return cleaned
+
+
+def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:
+    """Copies the optional ``format`` and ``target_minutes``, checked, into ``cleaned``."""
+    if params.get("format") is not None:
+        if params["format"] not in FORMATS:
+            raise errors.InvalidInput(f"format: expected one of {', '.join(FORMATS)}",
+                                      field="format")
+        cleaned["format"] = params["format"]
+    if params.get("target_minutes") is not None:
+        cleaned["target_minutes"] = integer(params["target_minutes"], "target_minutes",
+                                            TARGET_MINUTES_MIN, TARGET_MINUTES_MAX)
 
 
 def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:

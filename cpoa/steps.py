@@ -96,8 +96,9 @@ def _harvest_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
     body = {"topic": wf.params["topic"]}
     if wf.params.get("urls"):
         body["urls"] = wf.params["urls"]
-    if wf.params.get("max_results"):
-        body["max_results"] = wf.params["max_results"]
+    for name in ("files", "max_results", "target_minutes"):
+        if wf.params.get(name):
+            body[name] = wf.params[name]
     return body
 
 
@@ -111,8 +112,11 @@ def _harvested(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
 def _script_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
     body = {"topic": wf.params["topic"], "content": wf.context["content"][:PSWA_CONTENT_MAX_CHARS],
             "topics": wf.context.get("topics", [])}
-    if wf.params.get("persona"):
-        body["persona"] = wf.params["persona"]
+    for name in ("persona", "format", "target_minutes"):
+        if wf.params.get(name):
+            body[name] = wf.params[name]
+    if wf.context.get("source_urls"):  # in the content's order: PSWA names each line's source
+        body["sources"] = [{"url": url} for url in wf.context["source_urls"]]
     return body
 
 

@@ -6,7 +6,8 @@ fixed and documented here because turn timings (chapters) and tests rely on it:
     LEAD_S | turn | TURN_PAUSE_S | turn | SEGMENT_PAUSE_S | turn | ... | turn | TAIL_S
 
 A pause goes between consecutive turns: :data:`SEGMENT_PAUSE_S` when the next turn starts a new
-segment, :data:`TURN_PAUSE_S` otherwise. Each turn's span is exactly its trimmed speech.
+segment, :data:`TURN_PAUSE_S` otherwise, both times one factor (:func:`pause_scale`) when the
+script has a target length. Each turn's span is exactly its trimmed speech.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ LEAD_S = 0.25
 TAIL_S = 0.5
 TURN_PAUSE_S = 0.35
 SEGMENT_PAUSE_S = 0.9
+PAUSE_SCALE = (0.6, 1.8)
+"""Bounds of the factor that fits the pauses to a script's target length."""
 TARGET_RMS_DBFS = -18.0
 """Loudness of every turn's speech (RMS over its voiced frames), so both voices sound as loud."""
 PEAK_DBFS = -1.0
@@ -118,21 +121,35 @@ def pause_before(index: int, segments: Sequence[int]) -> float:
     return SEGMENT_PAUSE_S if segments[index] != segments[index - 1] else TURN_PAUSE_S
 
 
+def pause_scale(turns: Sequence[np.ndarray], segments: Sequence[int], rate: int,
+                target_s: float | None) -> float:
+    """The factor on every pause that brings the episode nearest ``target_s``, within
+    :data:`PAUSE_SCALE` (1.0 without a target): the script aims at the target, the pauses
+    take up what the speech estimate missed."""
+    pauses = sum(pause_before(i, segments) for i in range(len(turns)))
+    if not target_s or not pauses:
+        return 1.0
+    speech_s = sum(len(t) for t in turns) / rate + LEAD_S + TAIL_S
+    low, high = PAUSE_SCALE
+    return min(high, max(low, (target_s - speech_s) / pauses))
+
+
 def assemble(turns: Sequence[np.ndarray], segments: Sequence[int],
-             rate: int) -> tuple[np.ndarray, list[Span]]:
+             rate: int, stretch: float = 1.0) -> tuple[np.ndarray, list[Span]]:
     """Joins prepared turns with the documented pauses.
 
     Args:
         turns: float32 samples per turn, in order.
         segments: The segment index of each turn (a change means a longer pause).
         rate: Sample rate in Hz.
+        stretch: Factor on every pause (:func:`pause_scale`).
 
     Returns:
         The episode as int16 samples and each turn's span in it.
     """
     starts, cursor = [], round(LEAD_S * rate)
     for i, turn in enumerate(turns):
-        cursor += round(pause_before(i, segments) * rate)
+        cursor += round(pause_before(i, segments) * stretch * rate)
         starts.append(cursor)
         cursor += len(turn)
     episode = np.zeros(cursor + round(TAIL_S * rate), dtype=np.float32)

@@ -17,13 +17,13 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from cpoa import api, errors, models, outbox, progress
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
-from cpoa_agents import corpus, episode, serve
+from cpoa_agents import corpus, episode, serve, userfiles
 
 DEMO_POLL_S = "0.2"
 """Polling interval the demo gives every agent (the contract defaults are 3–10 s)."""
@@ -40,45 +40,70 @@ class Options:
         urls: Pages to harvest instead of the sample corpus.
         output_root: Where ``<workflow_id>/`` is written.
         serve_page: Keep the live page up after the episode, until Ctrl-C.
+        params: More podcast parameters (``format``, ``target_minutes``).
     """
 
     topic: str
     urls: Sequence[str] = ()
     output_root: str = "output"
     serve_page: bool = False
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run(topic: str, urls: Sequence[str] = (), *, output_root: str = "output",
-        data_dir: str | None = None, serve_page: bool = False, out: TextIO = sys.stdout) -> int:
+        data_dir: str | None = None, serve_page: bool = False, out: TextIO = sys.stdout,
+        files: Sequence[str] = (), options: Mapping[str, Any] | None = None) -> int:
     """Runs one podcast workflow end to end.
+
+    Args:
+        topic: What the episode is about.
+        urls: Web pages to harvest.
+        output_root: Where ``<workflow_id>/`` is written.
+        data_dir: The agents' data folder.
+        serve_page: Keep the live page up after the episode, until Ctrl-C.
+        out: Where progress is printed.
+        files: Your own documents (checked first; served to WCHA over local HTTP).
+        options: More podcast parameters (``format``, ``target_minutes``).
 
     Returns:
         0 when the episode was written, 1 when the workflow did not complete, 130 when
         interrupted (the workflow is then cancelled).
+
+    Raises:
+        cpoa.errors.InvalidInput: A file is missing, unreadable, unsupported or too large.
     """
-    options = Options(topic, tuple(urls), output_root, serve_page)
+    documents = userfiles.check(files)
+    wanted = Options(topic, tuple(urls), output_root, serve_page, dict(options or {}))
     root = pathlib.Path(data_dir) if data_dir else default_data_dir()
     with contextlib.ExitStack() as running:
         try:
-            fleet = _start_agents(root, running)
+            fleet, shelf = _start_agents(root, documents, running)
+            if documents:
+                wanted = dataclasses.replace(wanted, params={**wanted.params,
+                                                             "files": shelf.urls()})
             engine = api.connect(_settings(fleet))
             running.callback(engine.store.close)
             engine.store.apply_schema()
-            return _run_episode(engine, fleet, options, out)
+            return _run_episode(engine, fleet, wanted, out)
         except KeyboardInterrupt:  # before the workflow existed: nothing to cancel
             print("\ninterrupted", file=out)
             return 130
 
 
-def _start_agents(root: pathlib.Path, running: contextlib.ExitStack) -> serve.Fleet:
+def _start_agents(root: pathlib.Path, documents: Sequence[Any], running: contextlib.ExitStack,
+                  ) -> tuple[serve.Fleet, userfiles.FileServer]:
+    """The sample corpus, the user's files and the seven agents, on free local ports."""
     library = corpus.CorpusServer(root / "corpus")
     library.start("127.0.0.1", 0)
     running.callback(library.stop)
-    corpus_host = urllib.parse.urlsplit(library.base_url).netloc
+    shelf = userfiles.FileServer(root / "files", documents)
+    shelf.start("127.0.0.1", 0)
+    running.callback(shelf.stop)
+    local = tuple(urllib.parse.urlsplit(s.base_url).netloc for s in (library, shelf))
     fleet = serve.serve(root, ports={name: 0 for name in serve.AGENT_CLASSES}, options={
-        "WCHA": {"corpus_url": library.base_url, "allowed_hosts": (corpus_host,)}})
+        "WCHA": {"corpus_url": library.base_url, "allowed_hosts": local}})
     running.callback(fleet.stop)
-    return fleet
+    return fleet, shelf
 
 
 def _settings(fleet: serve.Fleet) -> settings_module.Settings:
@@ -91,7 +116,8 @@ def _settings(fleet: serve.Fleet) -> settings_module.Settings:
 def _run_episode(engine: Engine, fleet: serve.Fleet, options: Options, out: TextIO) -> int:
     started = time.monotonic()
     workflow_id = engine.start_workflow(
-        "podcast", {"topic": options.topic, "urls": list(options.urls)}, client_id=CLIENT_ID)
+        "podcast", {"topic": options.topic, "urls": list(options.urls), **options.params},
+        client_id=CLIENT_ID)
     try:
         print(f"workflow {workflow_id}\nlive page: {fleet.url('ASF')}/", file=out, flush=True)
         workflow = _drive(engine, workflow_id, out)
@@ -103,7 +129,7 @@ def _run_episode(engine: Engine, fleet: serve.Fleet, options: Options, out: Text
         print(f"\nworkflow {workflow.state}: {status['error']}", file=out)
         if status["failed_from_state"] == "fetching" and not options.urls:
             print(f"hint: the sample corpus has nothing on {options.topic!r}; give the pages "
-                  "to harvest with --url URL (repeatable)", file=out)
+                  "to harvest with --url URL or --file PATH (repeatable)", file=out)
         return 1
     folder = pathlib.Path(options.output_root) / str(workflow_id)
     _report(status, episode.write(status, folder), time.monotonic() - started, out)
@@ -144,6 +170,9 @@ def _cancel(engine: Engine, workflow_id: uuid.UUID, out: TextIO) -> None:
 def _report(status: dict, files: dict[str, pathlib.Path], seconds: float, out: TextIO) -> None:
     for warning in status["warnings"]:
         print(f"warning: {warning}", file=out)
+    note = status["outputs"]["script"].get("length", {}).get("note")
+    if note:
+        print(f"note: {note}", file=out)
     print(f"\nepisode ready in {seconds:.1f} s "
           f"({status['outputs']['audio']['duration_s']:.0f} s of audio):", file=out)
     for name in sorted(files):

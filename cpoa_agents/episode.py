@@ -16,8 +16,10 @@ from typing import Any
 import requests
 
 ITUNES = "http://www.itunes.com/dtds/podcast-1.0.dtd"
+PODCAST = "https://podcastindex.org/namespace/1.0"
 DOWNLOAD_LIMIT_BYTES = 512 * 1024 * 1024
 ET.register_namespace("itunes", ITUNES)
+ET.register_namespace("podcast", PODCAST)
 
 
 def write(status: dict[str, Any], folder: pathlib.Path, *,
@@ -48,6 +50,8 @@ def write(status: dict[str, Any], folder: pathlib.Path, *,
     files["transcript.md"].write_text(transcript(script))
     files["chapters.json"].write_text(json.dumps(chapters(audio.get("turns", [])), indent=2,
                                                  ensure_ascii=False) + "\n")
+    files["transcript.vtt"] = folder / "transcript.vtt"
+    files["transcript.vtt"].write_text(webvtt(audio.get("turns", [])))
     files["feed.xml"] = folder / "feed.xml"
     files["feed.xml"].write_bytes(feed(status, files, public_url.rstrip("/") + "/"))
     return files
@@ -62,6 +66,23 @@ def transcript(script: dict[str, Any]) -> str:
         for line in segment["lines"]:
             lines += [f"**{line['speaker']}:** {line['text']}", ""]
     return "\n".join(lines)
+
+
+def webvtt(turns: list[dict[str, Any]]) -> str:
+    """Returns a WebVTT transcript: one cue per turn at its timing, with a voice tag."""
+    cues = ["WEBVTT", ""]
+    for n, turn in enumerate(turns, 1):
+        speaker = turn["speaker"].replace(">", "").replace("&", "and")
+        words = turn["text"].replace("&", "&amp;").replace("<", "&lt;").replace("-->", "->")
+        cues += [str(n), f"{_vtt_time(turn['start_s'])} --> {_vtt_time(turn['end_s'])}",
+                 f"<v {speaker}>{words}", ""]
+    return "\n".join(cues)
+
+
+def _vtt_time(seconds: float) -> str:
+    millis = int(round(float(seconds) * 1000))
+    return f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d}." \
+           f"{millis % 1000:03d}"
 
 
 def chapters(turns: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,6 +121,10 @@ def feed(status: dict[str, Any], files: dict[str, pathlib.Path], public_url: str
                                       "length": str(files["episode.mp3"].stat().st_size)})
     _itunes(item, duration=_hms(float(audio["duration_s"])), episodeType="full",
             explicit="false", summary=summary)
+    ET.SubElement(item, f"{{{PODCAST}}}transcript", {"url": public_url + "transcript.vtt",
+                                                      "type": "text/vtt"})
+    ET.SubElement(item, f"{{{PODCAST}}}chapters", {"url": public_url + "chapters.json",
+                                                    "type": "application/json+chapters"})
     return ET.tostring(rss, encoding="utf-8", xml_declaration=True)
 
 

@@ -60,3 +60,13 @@ def array(body: dict[str, Any], field: str, *, max_items: int = 100,
     if not isinstance(value, list) or len(value) > max_items:
         raise BadRequest(f"{field}: expected a list of at most {max_items} items", field=field)
     return value
+
+
+def choice(body: dict[str, Any], field: str, options: tuple[str, ...]) -> str:
+    """Returns one of ``options`` (the first when the field is absent)."""
+    value = body.get(field)
+    if value is None:
+        return options[0]
+    if value not in options:
+        raise BadRequest(f"{field}: expected one of {', '.join(options)}", field=field)
+    return value

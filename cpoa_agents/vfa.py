@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cpoa_agents import audio, speech, validate
+from cpoa_agents import audio, finish, neural, speech, validate
 from cpoa_agents.service import BadRequest, Handler, Request, Response, TaskAgent, error
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST_VOICE = "en-us+m3"
 DEFAULT_GUEST_VOICE = "en+f3"
 HOST_VARIANT, GUEST_VARIANT = "m3", "f3"
+THIRD_VOICE, THIRD_PITCH_OFFSET = "en+m7", 35
+"""A panel's second guest: a male variant raised in pitch (about 150 Hz, between the host's
+~107 Hz and the guest's ~210 Hz), so three speakers are told apart."""
+MAX_TARGET_S = 3600.0
 MAX_SCRIPT_CHARS = 100_000
 MAX_LINES = 2_000
 MAX_SPEAKER_CHARS = 100
@@ -73,8 +77,13 @@ def check_script(body: dict[str, Any]) -> dict[str, Any]:
     cleaned = [_check_segment(segment, f"script.segments[{i}]")
                for i, segment in enumerate(segments)]
     _check_size(cleaned)
+    target = script.get("target_s")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                               or not 0 < target <= MAX_TARGET_S):
+        raise BadRequest(f"script.target_s: expected seconds up to {MAX_TARGET_S:g}",
+                         field="script.target_s")
     return {"script_id": script.get("script_id") or "", "title": script.get("title") or "",
-            "segments": cleaned}
+            "segments": cleaned, "target_s": float(target) if target else None}
 
 
 def _check_segment(segment: Any, where: str) -> dict[str, Any]:
@@ -167,15 +176,21 @@ def voices(params: dict[str, Any]) -> tuple[str, str]:
     return host, f"{language}+{GUEST_VARIANT}" if language else DEFAULT_GUEST_VOICE
 
 
-def plan_turns(script: dict[str, Any], params: dict[str, Any]) -> list[Turn]:
+def plan_turns(script: dict[str, Any], params: dict[str, Any],
+               neural_host: bool = False) -> list[Turn]:
     """Lists the speakable lines with their voices.
 
-    The first distinct speaker gets the host voice, the second the guest voice, further ones
-    alternate between the two.
+    The first distinct speaker gets the host voice (Piper's neural voice when ``neural_host``
+    and no ``voice_name`` was asked for), the second the guest voice, the third
+    :data:`THIRD_VOICE` raised in pitch; further ones take these in turn.
     """
     host, guest = voices(params)
     rate = speech.rate_wpm(params["speaking_rate"])
     pitch = speech.pitch_parameter(params["pitch"])
+    cast = [speech.VoiceSettings(neural.VOICE if neural_host and not params["voice_name"]
+                                 else host, rate, pitch),
+            speech.VoiceSettings(guest, rate, pitch),
+            speech.VoiceSettings(THIRD_VOICE, rate, min(100, pitch + THIRD_PITCH_OFFSET))]
     order: dict[str, int] = {}
     turns = []
     for i, segment in enumerate(script["segments"]):
@@ -183,10 +198,8 @@ def plan_turns(script: dict[str, Any], params: dict[str, Any]) -> list[Turn]:
             if not _SPEAKABLE.search(line["text"]):
                 continue
             rank = order.setdefault(line["speaker"], len(order))
-            voice = host if rank % 2 == 0 else guest
             turns.append(Turn(i, segment["segment_title"], line["speaker"],
-                              speech.VoiceSettings(voice, rate, pitch),
-                              " ".join(line["text"].split())))
+                              cast[rank % len(cast)], " ".join(line["text"].split())))
     return turns
 
 
@@ -205,8 +218,10 @@ class VoiceAgent(TaskAgent):
     name = "VFA"
     path = "/forge_voice"
 
-    def __init__(self, data_dir: str | pathlib.Path) -> None:
+    def __init__(self, data_dir: str | pathlib.Path, *, neural_host: bool | None = None) -> None:
         super().__init__(data_dir)
+        self.neural_host = neural.available() if neural_host is None else neural_host
+        """The host speaks with Piper (default: when the ``neural`` extra is installed)."""
         self.turns_dir = self.data_dir / "turns"
         self.audio_dir = self.data_dir / "audio"
         for folder in (self.turns_dir, self.audio_dir):
@@ -227,17 +242,25 @@ class VoiceAgent(TaskAgent):
         return {"script": check_script(body), "voice_params": check_voice_params(body)}
 
     def run(self, request: dict[str, Any], task_id: str) -> dict[str, Any]:
-        turns = plan_turns(request["script"], request["voice_params"])
+        turns = plan_turns(request["script"], request["voice_params"], self.neural_host)
         if not turns:
             return {"status": "skipped", "message": "the script has no speakable text"}
         rate = speech.sample_rate()
         clips = [audio.prepare_turn(self.turn_samples(turn, rate, task_id, i, len(turns)), rate)
                  for i, turn in enumerate(turns)]
-        episode, spans = audio.assemble(clips, [t.segment_index for t in turns], rate)
+        segments = [t.segment_index for t in turns]
+        stretch = audio.pause_scale(clips, segments, rate, request["script"]["target_s"])
+        episode, spans = audio.assemble(clips, segments, rate, stretch)
+        episode = finish.to_loudness(episode, rate)
         stream_id = f"stream-{task_id}"
+        result = self._result(stream_id, turns, spans, len(episode) / rate, request, rate)
+        mp3 = finish.tag_chapters(audio.mp3_bytes(episode, rate), result["segments"],
+                                  request["script"]["title"])
         audio.write_atomic(self.audio_dir / f"{stream_id}.wav", audio.wav_bytes(episode, rate))
-        audio.write_atomic(self.audio_dir / f"{stream_id}.mp3", audio.mp3_bytes(episode, rate))
-        return self._result(stream_id, turns, spans, len(episode) / rate, request, rate)
+        audio.write_atomic(self.audio_dir / f"{stream_id}.mp3", mp3)
+        result["tts_settings_used"].update(pause_scale=round(stretch, 3),
+                                           loudness_lufs=finish.TARGET_LUFS)
+        return result
 
     def turn_samples(self, turn: Turn, rate: int, task_id: str, index: int,
                      count: int) -> np.ndarray:
@@ -258,7 +281,10 @@ class VoiceAgent(TaskAgent):
         return samples
 
     def synthesise(self, turn: Turn) -> np.ndarray:
-        """Speaks one turn (the cache-miss path)."""
+        """Speaks one turn (the cache-miss path): Piper for the neural voice, else espeak-ng."""
+        if turn.settings.voice == neural.VOICE:
+            return neural.synthesise(turn.text, speech.sample_rate(),
+                                     turn.settings.rate_wpm / speech.DEFAULT_RATE_WPM)
         return speech.synthesise(turn.text, turn.settings)
 
     def serve_audio(self, request: Request) -> Response:
@@ -289,7 +315,8 @@ class VoiceAgent(TaskAgent):
             "duration_s": round(duration_s, 3),
             "stream_id": stream_id,
             "tts_settings_used": {
-                "engine": speech.ENGINE,
+                "engine": "piper+espeak-ng" if any(t.settings.voice == neural.VOICE
+                                                   for t in turns) else speech.ENGINE,
                 "voices": {t.speaker: t.settings.voice for t in turns},
                 "speaking_rate": params["speaking_rate"], "rate_wpm": turns[0].settings.rate_wpm,
                 "pitch": params["pitch"], "espeak_pitch": turns[0].settings.pitch,

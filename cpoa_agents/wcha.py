@@ -12,12 +12,10 @@ paragraphs, all separated by blank lines (:func:`cpoa_agents.text.article_block`
 from __future__ import annotations
 
 import dataclasses
-import html
 import ipaddress
 import json
 import logging
 import pathlib
-import re
 import socket
 import time
 import urllib.parse
@@ -25,9 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import requests
-import trafilatura
 
-from cpoa_agents import bounded, corpus, text, validate
+from cpoa_agents import bounded, corpus, documents, text, validate
+from cpoa_agents.documents import Page, extract_article, strip_tags  # noqa: F401 (its API)
 from cpoa_agents.service import BadRequest, TaskAgent
 
 logger = logging.getLogger(__name__)
@@ -47,7 +45,7 @@ MAX_REDIRECTS = 5
 MAX_CONTENT_CHARS = 60_000
 """Largest ``content`` returned."""
 USER_AGENT = "cpoa-wcha/0.1 (reference web content harvester)"
-TEXT_TYPES = ("html", "xml", "text/", "json")  # worth extracting; PDFs, images are refused
+TEXT_TYPES = ("html", "xml", "text/", "json", "pdf", "markdown")  # worth extracting; not images
 
 
 class FetchRefused(Exception):
@@ -56,23 +54,6 @@ class FetchRefused(Exception):
 
 class HarvestFailed(Exception):
     """Nothing could be harvested; the task fails with this message."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Page:
-    """A fetched page: the final URL after redirects, its body and content type."""
-
-    url: str
-    body: bytes
-    content_type: str
-
-    def decoded(self) -> str:
-        """The body as text, in the charset the server declared (UTF-8 otherwise)."""
-        match = re.search(r"charset=[\"']?([\w.:-]+)", self.content_type, re.I)
-        try:
-            return self.body.decode(match.group(1) if match else "utf-8", errors="replace")
-        except LookupError:
-            return self.body.decode("utf-8", errors="replace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,50 +193,6 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
-# -- extraction -----------------------------------------------------------------------------
-
-_DROP = re.compile(r"<(script|style|noscript|nav|header|footer|aside|form|template)\b.*?</\1\s*>",
-                   re.I | re.S)
-_BREAK = re.compile(r"<(?:br|/p|/div|/li|/h[1-6]|/tr|/section|/article)\b[^>]*>", re.I)
-_TAG = re.compile(r"<[^>]+>")
-
-
-def extract_article(page: Page) -> tuple[str, str]:
-    """Returns a page's (title, article text), paragraphs on separate lines.
-
-    HTML goes through trafilatura (comments and tables left out); when it finds nothing, a
-    crude tag strip is used instead. Plain text is kept as it is.
-    """
-    decoded = page.decoded()
-    if "html" not in page.content_type.lower() and not decoded.lstrip().startswith("<"):
-        first, _, rest = decoded.strip().partition("\n")
-        return (text.clip(first, 200), rest.strip()) if rest.strip() else (page.url, first)
-    title = _title(decoded) or page.url
-    body = trafilatura.extract(page.body, include_comments=False, include_tables=False)
-    body = body or strip_tags(decoded)
-    first, _, rest = body.strip().partition("\n")
-    if " ".join(first.split()).lower() == title.lower():  # the <h1> is often kept as line 1
-        body = rest
-    return title, body.strip()
-
-
-def strip_tags(markup: str) -> str:
-    """Crude HTML to text: drops scripts, navigation and footers, keeps paragraph breaks."""
-    plain = _TAG.sub(" ", _BREAK.sub("\n", _DROP.sub(" ", markup)))
-    return "\n".join(" ".join(line.split()) for line in html.unescape(plain).splitlines()
-                     if line.strip())
-
-
-def _title(markup: str) -> str:
-    for pattern in (r"<h1\b[^>]*>(.*?)</h1\s*>", r"<title\b[^>]*>(.*?)</title\s*>"):
-        match = re.search(pattern, markup, re.I | re.S)
-        if match:
-            title = " ".join(html.unescape(_TAG.sub(" ", match.group(1))).split())
-            if title:
-                return text.clip(title, 200)
-    return ""
-
-
 # -- the agent ------------------------------------------------------------------------------
 
 class HarvestAgent(TaskAgent):
@@ -282,15 +219,21 @@ class HarvestAgent(TaskAgent):
         """Checks ``topic``, ``urls`` and ``max_results``; raises BadRequest naming the field."""
         topic = validate.text(body, "topic", max_chars=1000)
         urls = validate.array(body, "urls", max_items=MAX_URLS, required=False)
+        files = validate.array(body, "files", max_items=MAX_URLS, required=False)
+        minutes = validate.integer(body, "target_minutes", 1, 30, 3)
         return {"topic": topic,
-                "urls": list(dict.fromkeys(_url(u, f"urls[{i}]") for i, u in enumerate(urls))),
+                "urls": list(dict.fromkeys(
+                    [*(_url(u, f"files[{i}]") for i, u in enumerate(files)),
+                     *(_url(u, f"urls[{i}]") for i, u in enumerate(urls))])),
                 "max_results": validate.integer(body, "max_results", 1, MAX_RESULTS,
-                                                DEFAULT_RESULTS)}
+                                                max(DEFAULT_RESULTS, -(-minutes // 3)))}
 
     def run(self, request: dict[str, Any], task_id: str) -> dict[str, Any]:
         """Harvests and returns ``{status, content, source_urls, articles[, failed_urls]}``.
 
-        Given ``urls`` are all harvested in order; ``max_results`` limits corpus articles.
+        Given ``files`` (documents: Markdown, text, HTML, PDF) and ``urls`` are all harvested
+        in that order; ``max_results`` limits corpus articles (default: 3, or one per three
+        ``target_minutes``).
 
         Raises:
             HarvestFailed: No article could be harvested, or (topic only) none of the corpus
@@ -318,7 +261,7 @@ class HarvestAgent(TaskAgent):
                 title, body = extract_article(page)
                 if not body.strip():
                     raise FetchRefused("no article text found")
-            except FetchRefused as exc:
+            except (FetchRefused, documents.DocumentError) as exc:
                 logger.info("harvest refused %s: %s", url, exc, extra={"agent": self.name})
                 failed.append({"url": url, "reason": str(exc)})
                 continue

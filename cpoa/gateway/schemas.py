@@ -55,6 +55,11 @@ class PodcastRequest(_Caller):
     voice_params: VoiceParams | None = None
     persona: Text | None = None
     max_results: int | None = Field(None, ge=inputs.MAX_RESULTS_MIN, le=inputs.MAX_RESULTS_MAX)
+    files: list[Url] | None = Field(None, max_length=defaults.URLS_MAX, description=(
+        "your own documents (Markdown, text, HTML, PDF) as URLs WCHA can fetch"))
+    format: Literal["conversation", "bulletin", "panel"] | None = None
+    target_minutes: int | None = Field(None, ge=inputs.TARGET_MINUTES_MIN,
+                                       le=inputs.TARGET_MINUTES_MAX)
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``podcast``)."""

@@ -25,3 +25,11 @@ def median_pitch(samples: np.ndarray, rate: int, spans: list[tuple[float, float]
                 pitches.append(rate / lag)
     assert len(pitches) > 50, "too few voiced frames to measure pitch"
     return float(np.median(pitches))
+
+
+def high_band_share(samples: np.ndarray, rate: int, spans: list[tuple[float, float]]) -> float:
+    """Share of the spectral energy inside ``spans`` that lies above 4 kHz."""
+    part = np.concatenate([samples[int(a * rate):int(b * rate)] for a, b in spans])
+    power = np.abs(np.fft.rfft(part.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(part), 1 / rate)
+    return float(power[freqs > 4000].sum() / power.sum())

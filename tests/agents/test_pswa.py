@@ -17,6 +17,7 @@ import requests
 
 from cpoa import errors
 from cpoa.agents import results
+from cpoa_agents import template
 from cpoa_agents.pswa import ScriptAgent
 from cpoa_agents.service import MAX_BODY_BYTES
 from tests.agents.protocol import finished, serving, submit, succeeded
@@ -206,14 +207,61 @@ def test_weave_script__two_speakers_alternate(pswa: ScriptAgent) -> None:
     assert all(a != b for a, b in zip(speakers, speakers[1:]))
 
 
-def test_weave_script__one_segment_per_topic(pswa: ScriptAgent) -> None:
-    """Between intro and outro there is one segment per topic, titled and about that topic."""
+def test_weave_script__one_segment_per_topic_titled_by_a_source_phrase(
+        pswa: ScriptAgent) -> None:
+    """Between intro and outro there is one segment per topic, titled by a phrase of at least
+    two words taken from the content (not a keyword pair), and about that topic."""
     segments = weave(pswa, REQUEST)["script_data"]["segments"]
-    assert [s["segment_title"] for s in segments[1:-1]] == [t["title_suggestion"] for t in TOPICS]
+    assert len(segments) == len(TOPICS) + 2
+    titles = [s["segment_title"] for s in segments[1:-1]]
+    assert len(set(titles)) == len(titles)
+    for title in titles:
+        assert len(title.split()) >= 2 and title.lower() in CONTENT.lower(), title
     for segment, topic in zip(segments[1:-1], TOPICS):
         answers = " ".join(line["text"].lower() for line in segment["lines"]
                            if line["speaker"] == "Guest")
         assert any(keyword.split()[0] in answers for keyword in topic["keywords"])
+
+
+def test_weave_script__guest_lines_quote_the_content_with_a_source(pswa: ScriptAgent) -> None:
+    """Every guest line carries the sentence it quotes, found verbatim in the content, and the
+    index of its source; host questions name phrases of two words or more."""
+    data = weave(pswa, REQUEST)["script_data"]
+    guest = [line for line in lines({"script_data": data}) if line["speaker"] != "Host"]
+    assert guest and all(line["quote"] in line["text"] and line["quote"] in CONTENT
+                         and 0 <= line["source"] < len(data["sources"]) for line in guest)
+    host = [line for line in lines({"script_data": data}) if "about" in line]
+    assert host and all(len(p.split()) >= 2 and p in line["text"]
+                        for line in host for p in line["about"])
+
+
+@pytest.mark.parametrize(("fmt", "speakers"), [
+    ("conversation", {"Host", "Guest"}), ("bulletin", {"Host"}),
+    ("panel", {"Host", "Guest 1", "Guest 2"})])
+def test_weave_script__format_sets_the_speakers(pswa: ScriptAgent, fmt: str,
+                                                speakers: set[str]) -> None:
+    """A conversation has host and guest, a bulletin one voice, a panel host and two guests."""
+    data = weave(pswa, {**REQUEST, "format": fmt})["script_data"]
+    assert {line["speaker"] for line in lines({"script_data": data})} == speakers
+    assert data["format"] == fmt
+
+
+@pytest.mark.parametrize("minutes", [1, 4, 8])
+def test_weave_script__length_follows_target_minutes(pswa: ScriptAgent, minutes: int) -> None:
+    """The script's estimated length is within 5 % of target_minutes when the content holds
+    enough material, and VFA is given the target."""
+    data = weave(pswa, {**REQUEST, "target_minutes": minutes})["script_data"]
+    assert abs(data["length"]["estimated_s"] - 60 * minutes) <= 0.05 * 60 * minutes
+    assert data["length"]["enough_material"] and data["target_s"] == 60 * minutes
+
+
+def test_weave_script__short_material_is_said_in_the_script(pswa: ScriptAgent) -> None:
+    """Content far too short for the target gives a script that says so, without a target."""
+    content = "\n\n".join(CONTENT.split("\n\n")[:3])
+    data = weave(pswa, {**REQUEST, "content": content, "target_minutes": 20})["script_data"]
+    assert not data["length"]["enough_material"] and "target_s" not in data
+    last = data["segments"][-1]["lines"][-1]["text"]
+    assert data["length"]["note"] in last and "sources ran out" in last
 
 
 @pytest.mark.parametrize("topic_count", [0, 1, 2, 4])
@@ -250,6 +298,10 @@ def test_weave_script__short_content_still_speaks(pswa: ScriptAgent) -> None:
     ({"topic": "energy", "content": CONTENT, "topics": [{**TOPICS[0], "title_suggestion": 7}]},
      "topics[0].title_suggestion"),
     ({"topic": "energy", "content": CONTENT, "persona": 5}, "persona"),
+    ({"topic": "energy", "content": CONTENT, "format": "radio"}, "format"),
+    ({"topic": "energy", "content": CONTENT, "target_minutes": 31}, "target_minutes"),
+    ({"topic": "energy", "content": CONTENT, "target_minutes": "5"}, "target_minutes"),
+    ({"topic": "energy", "content": CONTENT, "sources": [{"url": 3}]}, "sources[0]"),
 ])
 def test_weave_script__bad_input_names_the_field(pswa: ScriptAgent, body: dict[str, Any],
                                                  field: str) -> None:
@@ -300,7 +352,7 @@ def test_weave_script_llm__invalid_answer_falls_back(llm_agent: Any, reply: str,
     agent, _ = llm_agent(reply, via_args=True)
     result = weave(agent, REQUEST)
     assert result["backend"] == "template" and reason in result["llm_error"]
-    assert result["script_data"]["segments"][1]["segment_title"] == "The Solar Boom"
+    assert result["script_data"] == template.weave(ScriptAgent.validate(agent, REQUEST))
 
 
 def test_weave_script_llm__unreachable_server_falls_back(tmp_path: pathlib.Path) -> None:

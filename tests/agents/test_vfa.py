@@ -49,7 +49,7 @@ def script(turns_per_segment: int, segments: int, sentences: int = 2) -> dict[st
 @pytest.fixture(scope="module")
 def vfa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VoiceAgent]:
     """One VFA agent on loopback with a fresh data folder."""
-    with serving(VoiceAgent(tmp_path_factory.mktemp("vfa"))) as agent:
+    with serving(VoiceAgent(tmp_path_factory.mktemp("vfa"), neural_host=False)) as agent:
         yield agent
 
 

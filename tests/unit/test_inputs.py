@@ -20,7 +20,8 @@ def test_workflow_params__podcast_keeps_every_optional_field():
     params = {"topic": "tides", "urls": ["https://example.org/a"], "persona": "curious host",
               "voice_params": {"voice_name": "en-GB", "speaking_rate": 1.1, "pitch": 0,
                                "language_code": "en"},
-              "max_results": 7}
+              "max_results": 7, "files": ["http://127.0.0.1:8000/files/0/notes.md"],
+              "format": "panel", "target_minutes": 30}
     assert inputs.workflow_params("podcast", params) == params
 
 
@@ -64,6 +65,14 @@ def test_workflow_params__snippets_default_limit():
     ("podcast", {"topic": "t", "max_results": 51}, "max_results"),
     ("podcast", {"topic": "t", "max_results": "5"}, "max_results"),
     ("podcast", {"topic": "t", "max_results": True}, "max_results"),
+    ("podcast", {"topic": "t", "format": "radio"}, "format"),
+    ("podcast", {"topic": "t", "format": 1}, "format"),
+    ("podcast", {"topic": "t", "target_minutes": 0}, "target_minutes"),
+    ("podcast", {"topic": "t", "target_minutes": 31}, "target_minutes"),
+    ("podcast", {"topic": "t", "target_minutes": "5"}, "target_minutes"),
+    ("podcast", {"topic": "t", "target_minutes": 2.5}, "target_minutes"),
+    ("podcast", {"topic": "t", "files": "notes.md"}, "files"),
+    ("podcast", {"topic": "t", "files": ["/home/me/notes.md"]}, "files[0]"),
     ("snippets", {"query": ""}, "query"),
     ("snippets", {"topic": "t"}, "topic"),
     ("snippets", {"query": 1}, "query"),
