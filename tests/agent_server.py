@@ -1,4 +1,4 @@
-"""A scriptable agent: a real HTTP server on 127.0.0.1 that speaks the agent protocol.
+"""A scriptable agent: a real HTTP server (on 127.0.0.1 by default) that speaks the agent protocol.
 
 By default it behaves like a well-kept agent (202 + status URL, idempotent per key, valid
 results for every path). A test scripts deviations per route with :meth:`ScriptedAgent.script`:
@@ -61,7 +61,8 @@ def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class ScriptedAgent:
-    """Every agent of the contract on one loopback port, with scriptable misbehaviour.
+    """Every agent of the contract on one port (of loopback, or of ``host``), with scriptable
+    misbehaviour.
 
     Attributes:
         requests: Every request received, as dicts (method, path, headers, body).
@@ -74,7 +75,8 @@ class ScriptedAgent:
         ui_events: UI events delivered to the ASF endpoint, in arrival order.
     """
 
-    def __init__(self, *, pending_polls: int = 0, sync: bool = False) -> None:
+    def __init__(self, *, pending_polls: int = 0, sync: bool = False,
+                 host: str = "127.0.0.1") -> None:
         self.pending_polls = pending_polls
         self.sync = sync
         self.lock = threading.Lock()
@@ -88,7 +90,7 @@ class ScriptedAgent:
         self.ui_events: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         self.delays: dict[str, float] = {}
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = http.server.ThreadingHTTPServer((host, 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
