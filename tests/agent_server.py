@@ -18,6 +18,8 @@ from typing import Any
 
 ASF_NOTIFY = "/asf/internal/notify_new_audio"
 ASF_UI = "/asf/internal/send_ui_update"
+HOLD_MAX_S = 120.0
+"""Longest :meth:`ScriptedAgent.hold_next` holds an answer."""
 
 
 @dataclasses.dataclass
@@ -90,6 +92,7 @@ class ScriptedAgent:
         self.ui_events: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         self.delays: dict[str, float] = {}
+        self.holds: dict[str, threading.Event] = {}
         self.server = http.server.ThreadingHTTPServer((host, 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -101,6 +104,9 @@ class ScriptedAgent:
         return f"http://{host}:{port}"
 
     def close(self) -> None:
+        with self.lock:
+            for hold in self.holds.values():
+                hold.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -113,6 +119,13 @@ class ScriptedAgent:
         """Delays the next default answer to ``path`` (the work is accepted first)."""
         with self.lock:
             self.delays[path] = seconds
+
+    def hold_next(self, path: str) -> threading.Event:
+        """Holds the next default answer to ``path`` (the work is accepted first) until the
+        returned event is set, or at most HOLD_MAX_S."""
+        with self.lock:
+            self.holds[path] = threading.Event()
+            return self.holds[path]
 
     def set_result(self, path: str, result: Any) -> None:
         """Makes every task of ``path`` finish with this result."""
@@ -205,6 +218,9 @@ class ScriptedAgent:
                 if scripted is None:
                     with agent.lock:
                         reply.delay_s = agent.delays.pop(path, 0.0)
+                        hold = agent.holds.pop(path, None)
+                    if hold is not None:
+                        hold.wait(HOLD_MAX_S)
                 if scripted is not None and path == ASF_UI and 200 <= reply.status < 300:
                     agent.ui_events.append(body)
                 if reply.delay_s:

@@ -14,7 +14,9 @@ in between would hide the partition from the server). The cut is two blackhole r
 router namespace: W's and the server's packets are dropped in the network, silently, while
 every interface stays up, so each side learns of it only from its own TCP keepalives and
 timeouts, exactly as when a cable is cut or a machine vanishes. (Taking a link down instead
-makes the kernel fail sends locally at once, and ``tc netem`` is not available everywhere.)
+makes the kernel fail sends locally at once, and ``tc netem`` is not available everywhere; a
+qdisc that drops on the sender's own device is worse: Linux counts such a drop as local
+congestion, not as an unanswered keepalive probe, so the connection would never time out.)
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ a vanished client's session within 11 s: keepalive idle 5 s + 3 probes 2 s apart
 bound, not a measurement: without the server-side keepalives it is the 30 s lease TTL."""
 
 STEP_PATH = "/weave_script"
-AGENT_DELAY_S = 8.0
-"""How long the agent holds W's request: W is inside it when the link is cut, and the answer
-is sent while the link is down (TCP delivers it once the link is back)."""
+"""The step W is inside when the link is cut: the agent holds its answer until the link is
+back. (Sent while the link is down, the answer would reach W only at the sender's next TCP
+retransmission, up to ~13 s after the restore, possibly past W's 30 s request deadline, and
+W would then submit the step a third time: a timing accident, not what this test is about.)"""
 
 
 def ip(*args: str) -> str:
@@ -240,6 +243,14 @@ def undelivered_ui_events(db: psycopg.Connection) -> int:
                       " WHERE delivered_at IS NULL").fetchone()["n"]
 
 
+def refused(log: pathlib.Path, workflow_id: str) -> bool:
+    """Whether the worker logged a result of this workflow refused (fencing: stale_result) or
+    not stored (its database connection broke: store_failed)."""
+    return any(workflow_id in line and re.search(r'"action": "(stale_result|store_failed)"',
+                                                 line)
+               for line in log.read_text().splitlines())
+
+
 def spawn_worker(argv_prefix: list[str], env: dict[str, str], log: pathlib.Path
                  ) -> subprocess.Popen:
     """A `cpoa worker` whose log goes to a file (never an unread pipe)."""
@@ -283,7 +294,7 @@ def test_worker__partitioned_mid_request_loses_the_workflow_and_its_late_result(
         started = run_cli(env, "start", "podcast", "--topic", "tides", "--client-id", "ui-1")
         assert started.returncode == 0, started.stderr
         workflow_id = started.stdout.strip()
-        agent.delay_next(STEP_PATH, AGENT_DELAY_S)
+        answer = agent.hold_next(STEP_PATH)
         cut_off = spawn_worker(network.run_inside(), env, cut_off_log)
         [request] = wait_until(lambda: agent.requests_to(STEP_PATH), timeout=30)
         survivor = spawn_worker([], env, survivor_log)
@@ -292,8 +303,6 @@ def test_worker__partitioned_mid_request_loses_the_workflow_and_its_late_result(
         # is delivered again by the survivor (at least once), which is not what this is about.
         wait_until(lambda: undelivered_ui_events(db) == 0, timeout=30)
         network.cut()
-        assert network.cut_at - request["at"] < AGENT_DELAY_S, \
-            "the machine was too slow: the agent answered before the cut"
 
         taken_over = wait_until(lambda: [r for r in agent.requests_to(STEP_PATH)
                                          if r["at"] > network.cut_at], timeout=TAKEOVER_BOUND_S)
@@ -301,10 +310,10 @@ def test_worker__partitioned_mid_request_loses_the_workflow_and_its_late_result(
         wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=30)
         assert cut_off.poll() is None, "the cut-off worker exited"
         network.restore()
+        answer.set()
 
-        # The agent's answer reaches W now (TCP retransmits it); W's record of it is refused.
-        wait_until(lambda: re.search(r"stale_result|store_failed", cut_off_log.read_text()),
-                   timeout=60)
+        # The agent's answer reaches W now; W's record of it must be refused.
+        wait_until(lambda: refused(cut_off_log, workflow_id), timeout=60)
         wait_until(lambda: undelivered_ui_events(db) == 0, timeout=30)
         wait_until(lambda: live_workers(db) == 2, timeout=30)  # W is back, with a new key
     finally:
@@ -332,7 +341,7 @@ def test_worker__partitioned_mid_request_loses_the_workflow_and_its_late_result(
 
         interrupted = request["headers"]["x-idempotency-key"]
         assert agent.duplicates() == {interrupted: 2}
-        assert sorted(agent.work_items.values())[-2:] == [1, 2]  # the same work, once again
+        assert [n for n in agent.work_items.values() if n != 1] == [2]  # that work, once more
         assert takeover_s <= TAKEOVER_BOUND_S
     finally:
         store.close()
