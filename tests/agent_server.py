@@ -1,4 +1,4 @@
-"""A scriptable agent: a real HTTP server on 127.0.0.1 that speaks the agent protocol.
+"""A scriptable agent: a real HTTP server (on 127.0.0.1 by default) that speaks the agent protocol.
 
 By default it behaves like a well-kept agent (202 + status URL, idempotent per key, valid
 results for every path). A test scripts deviations per route with :meth:`ScriptedAgent.script`:
@@ -18,6 +18,8 @@ from typing import Any
 
 ASF_NOTIFY = "/asf/internal/notify_new_audio"
 ASF_UI = "/asf/internal/send_ui_update"
+HOLD_MAX_S = 120.0
+"""Longest :meth:`ScriptedAgent.hold_next` holds an answer."""
 
 
 @dataclasses.dataclass
@@ -61,7 +63,8 @@ def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class ScriptedAgent:
-    """Every agent of the contract on one loopback port, with scriptable misbehaviour.
+    """Every agent of the contract on one port (of loopback, or of ``host``), with scriptable
+    misbehaviour.
 
     Attributes:
         requests: Every request received, as dicts (method, path, headers, body).
@@ -74,7 +77,8 @@ class ScriptedAgent:
         ui_events: UI events delivered to the ASF endpoint, in arrival order.
     """
 
-    def __init__(self, *, pending_polls: int = 0, sync: bool = False) -> None:
+    def __init__(self, *, pending_polls: int = 0, sync: bool = False,
+                 host: str = "127.0.0.1") -> None:
         self.pending_polls = pending_polls
         self.sync = sync
         self.lock = threading.Lock()
@@ -88,7 +92,8 @@ class ScriptedAgent:
         self.ui_events: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         self.delays: dict[str, float] = {}
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.holds: dict[str, threading.Event] = {}
+        self.server = http.server.ThreadingHTTPServer((host, 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -99,6 +104,9 @@ class ScriptedAgent:
         return f"http://{host}:{port}"
 
     def close(self) -> None:
+        with self.lock:
+            for hold in self.holds.values():
+                hold.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -111,6 +119,13 @@ class ScriptedAgent:
         """Delays the next default answer to ``path`` (the work is accepted first)."""
         with self.lock:
             self.delays[path] = seconds
+
+    def hold_next(self, path: str) -> threading.Event:
+        """Holds the next default answer to ``path`` (the work is accepted first) until the
+        returned event is set, or at most HOLD_MAX_S."""
+        with self.lock:
+            self.holds[path] = threading.Event()
+            return self.holds[path]
 
     def set_result(self, path: str, result: Any) -> None:
         """Makes every task of ``path`` finish with this result."""
@@ -203,6 +218,9 @@ class ScriptedAgent:
                 if scripted is None:
                     with agent.lock:
                         reply.delay_s = agent.delays.pop(path, 0.0)
+                        hold = agent.holds.pop(path, None)
+                    if hold is not None:
+                        hold.wait(HOLD_MAX_S)
                 if scripted is not None and path == ASF_UI and 200 <= reply.status < 300:
                     agent.ui_events.append(body)
                 if reply.delay_s:
