@@ -156,10 +156,12 @@ def test_events__listener_cut_then_missed_events_replayed(gateway: LiveGateway,
     workflow_id = str(gateway.engine.start_workflow("podcast", {"topic": "tides"}))
     with stream(gateway, f"?workflow_id={workflow_id}") as frames:
         frames.until("snapshot")
-        cut = db.execute(
+        # The hub's LISTEN connection may still be opening after the snapshot (under load):
+        # cut it as soon as it is there.
+        cut = wait_until(lambda: db.execute(
             "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
             " WHERE datname = current_database() AND query = 'LISTEN \"cpoa_events\"'"
-        ).fetchall()
+        ).fetchall(), timeout=10.0)
         assert [r["ok"] for r in cut] == [True]
         gateway.engine.cancel(workflow_id)  # most likely while nobody listens
         got = frames.until("snapshot")
