@@ -44,16 +44,17 @@ def excused(db: psycopg.Connection, deaths: Iterable[Iterable[Held]]) -> dict[st
 
     Args:
         db: The scenario's database, read after the run (every key has its task row then).
-        deaths: For each death, what :func:`held` returned just after it.
+        deaths: For each death, what :func:`held` returned just after it (or the snapshots
+            just before and just after it, concatenated).
     """
     keys: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
     for workflow_id, step, key in db.execute(
             "SELECT workflow_id::text, step, idempotency_key FROM task_instances"):
         keys[(workflow_id, step)].add(key)
     counts: collections.Counter[str] = collections.Counter()
-    for death in deaths:
-        for workflow_id, state, recorded in death:
-            counts.update(keys[(workflow_id, state)] - recorded)
+    for death in deaths:  # a key listed twice for one death (two snapshots) counts once
+        counts.update(set().union(*(keys[(workflow_id, state)] - recorded
+                                    for workflow_id, state, recorded in death)))
     return dict(counts)
 
 
