@@ -106,7 +106,10 @@ FROM claimed;
 -- history row, the UI event and the settled idempotency key, each selected from the UPDATE's
 -- RETURNING: a lost race writes nothing at all. With %(renew)s the worker keeps the lease of a
 -- workflow left due now and goes on with its next step, whose task rows come back as
--- step_tasks (read before this statement's own writes).
+-- step_tasks (read before this statement's own writes) -- unless the lease is dead (its
+-- holder's session was cut while the step ran): the result is applied, the lease released,
+-- and the next step waits for a claim, so a sweep requeuing that dead lease cannot hand the
+-- next step to a second slot while this one runs it.
 WITH locked AS (
     SELECT workflow_id FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
 ), moved AS (
@@ -116,10 +119,17 @@ WITH locked AS (
         context_data_json = w.context_data_json || %(context_updates)s,
         warnings = w.warnings || %(warnings)s,
         error_message = %(error_message)s,
-        lease_owner = CASE WHEN %(renew)s THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN %(renew)s
+        lease_owner = CASE WHEN %(renew)s AND cpoa_lease_live(w.lease_owner, w.lease_expires_at,
+                                                               w.lease_liveness_key)
+                           THEN w.lease_owner END,
+        lease_expires_at = CASE WHEN %(renew)s AND cpoa_lease_live(w.lease_owner,
+                                                                    w.lease_expires_at,
+                                                                    w.lease_liveness_key)
                                 THEN now() + make_interval(secs => %(ttl_s)s) END,
-        lease_liveness_key = CASE WHEN %(renew)s THEN w.lease_liveness_key END,
+        lease_liveness_key = CASE WHEN %(renew)s AND cpoa_lease_live(w.lease_owner,
+                                                                      w.lease_expires_at,
+                                                                      w.lease_liveness_key)
+                                  THEN w.lease_liveness_key END,
         next_run_at = CASE WHEN %(schedulable)s
                            THEN now() + make_interval(secs => %(run_in_s)s) END,
         end_timestamp = CASE WHEN %(schedulable)s THEN NULL ELSE now() END,

@@ -249,7 +249,7 @@ class PostgresStore:
             raise errors.StaleState(
                 f"workflow {workflow.workflow_id}: lease lost, result not applied",
                 workflow_id=workflow.workflow_id)
-        if not renew:
+        if not renew or row["lease_owner"] is None:  # None: the lease was dead, released
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
         if outcome.trigger is None and outcome.task is not None:  # read before its own write
