@@ -39,6 +39,15 @@ def held(db: psycopg.Connection, pid: int | None = None) -> list[Held]:
     return [(workflow_id, state, frozenset(keys)) for workflow_id, state, keys in rows]
 
 
+def live_workers(db: psycopg.Connection) -> int:
+    """Worker processes whose liveness lock (a session advisory lock) is held in the database
+    of ``db``: started, and vouching for their leases."""
+    return db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()[0]
+
+
 def excused(db: psycopg.Connection, deaths: Iterable[Iterable[Held]]) -> dict[str, int]:
     """Key -> the deaths that interrupted its request (one excused resubmit each).
 

@@ -188,29 +188,27 @@ def _crash_and_recover(procs: worker_proc.Processes, db: psycopg.Connection,
         db.execute("SELECT 1 FROM workflow_instances WHERE workflow_id = %s FOR UPDATE",
                    (target,))
         workers = [procs.chaos_worker(env, *args) for _ in range(2)]
-        if not worker_proc.wait_until(lambda: _live_workers(db) == 2,
+        if not worker_proc.wait_until(lambda: inflight.live_workers(db) == 2,
                                       time.monotonic() + START_S):
             raise RuntimeError("the two workers did not start")
     deadline = time.monotonic() + CASE_TIMEOUT_S
-    dead = worker_proc.wait_until(lambda: [w for w in workers if w.poll() is not None],
-                                  deadline, interval=0.01)
-    crasher = next((w for w in dead if w.returncode == -9), None)
+    last: dict[int, list[inflight.Held]] = {}
+
+    def dead() -> list[Any]:
+        for w in workers:  # what each holds, read while it runs (a sweep may come first)
+            if w.poll() is None:
+                last[w.pid] = inflight.held(db, w.pid)
+        return [w for w in workers if w.poll() is not None]
+    ended = worker_proc.wait_until(dead, deadline, interval=0.01)
+    crasher = next((w for w in ended if w.returncode == -9), None)
     found: dict[str, Any] = {"crashed": False, "held_rows": []}
     if crasher is not None:
         found["crash_at"] = worker_proc.crash_times(procs.log(crasher))
         found["crashed"] = found["crash_at"] is not None
-        found["held_rows"] = inflight.held(db, crasher.pid)
+        found["held_rows"] = last.get(crasher.pid, []) + inflight.held(db, crasher.pid)
     survivor = next(w for w in workers if w is not crasher)
     found["recovery_exit"] = survivor.wait(timeout=max(1.0, deadline - time.monotonic()))
     return target, found
-
-
-def _live_workers(db: psycopg.Connection) -> int:
-    """Worker processes whose liveness lock is held in this database."""
-    return db.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    ).fetchone()[0]
 
 
 def _recovery_s(agent: agents.ChaosAgent, store: PostgresStore, workflow_id: str,

@@ -136,11 +136,13 @@ def _victim(db: psycopg.Connection, workers: list[Any], rng: random.Random) -> i
 def _kill(procs: worker_proc.Processes, db: psycopg.Connection, proc: Any) -> dict[str, Any]:
     """SIGKILLs one worker; returns when, and which workflows it held at that instant (with
     the keys whose answers were recorded: the others may have been in flight)."""
+    before = inflight.held(db, proc.pid)
     at, at_monotonic = datetime.datetime.now(datetime.UTC), time.monotonic()
     procs.kill(proc)
-    held = inflight.held(db, proc.pid)
+    # Also just before: a survivor's sweep may requeue the dead leases before the read after.
+    held = before + inflight.held(db, proc.pid)
     return {"at": at, "at_monotonic": at_monotonic, "pid": proc.pid,
-            "held": [workflow_id for workflow_id, _, _ in held], "held_rows": held}
+            "held": sorted({workflow_id for workflow_id, _, _ in held}), "held_rows": held}
 
 
 def _unfinished(db: psycopg.Connection) -> int:
