@@ -391,7 +391,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
             target("kill -> survivor's resubmit p99 <= 1 s (default settings)",
                    rc["resume_s_p99"], "<= 1.0",
                    rc["resume_s_p99"] is not None and rc["resume_s_p99"] <= 1.0
-                   and rc["kills_resumed"] == rc["kills"]),
+                   and rc["kills_resumed"] == rc["kills"] == rc["kills_planned"]),
             target("recovery: duplicate work (every submit counted)", rc["duplicate_work"],
                    "= 0", rc["duplicate_work"] == 0),
             target("recovery: workflows completed", rc["completed"], f"= {rc['workflows']}",

@@ -67,15 +67,18 @@ def _run(db: psycopg.Connection, dsn: str, agent: SlowAgent, kills: int) -> dict
     rng = random.Random(11)
     workers: list[subprocess.Popen] = []
     rounds: list[dict[str, Any]] = []
+    error = None
     try:
         workers = [_spawn(env), _spawn(env)]
         for _ in range(kills):
             rounds.append(_round(db, env, agent, workers, rng))
         common.wait_for(lambda: _unfinished(db) == 0, ROUND_TIMEOUT_S * 2)
+    except TimeoutError as exc:  # reported with the figures so far (e.g. a workflow stuck)
+        error = str(exc)
     finally:
         for proc in workers:
             _stop(proc)
-    return _figures(db, agent, rounds, env)
+    return {**_figures(db, agent, rounds, env), "kills_planned": kills, "error": error}
 
 
 def _env(dsn: str, agent_url: str) -> dict[str, str]:
