@@ -527,19 +527,11 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
             lines.append(f"| {label} | " + " | ".join(fmt(x[key]) for x in lv) + " |")
         lines.append("")
     if r.get("idle"):
-        i = r["idle"]
-        lines += [(f"Idle `cpoa worker --concurrency 4` over {i['seconds']:.0f} s: "
-                  f"{fmt(i['statements_per_s'])} statements/s, {fmt(i['round_trips_per_s'])} "
-                  f"round trips/s, {fmt(i['commits_per_s'])} commits/s on the server, "
-                  f"CPU {i['cpu_percent']:.2f} % of a core (its server sessions "
-                  f"{i['server_cpu_percent']:.2f} %), RSS {fmt(i['rss_mb'])} MB."), ""]
+        lines += [idle_line(r["idle"], ""), ""]
     if r.get("idle_watching"):
-        w = r["idle_watching"]
-        lines += [(f"Idle `cpoa worker --concurrency 4` while another worker holds a lease "
-                  f"(default settings; it looks for dead leases every RECOVERY_CHECK_S), over "
-                  f"{w['seconds']:.0f} s: {fmt(w['statements_per_s'])} statements/s, "
-                  f"{fmt(w['round_trips_per_s'])} round trips/s, CPU {w['cpu_percent']:.2f} % "
-                  f"of a core."), ""]
+        lines += [idle_line(r["idle_watching"], " while another worker holds a lease (default "
+                            "settings: it looks for dead leases every RECOVERY_CHECK_S, 0.5 s),"),
+                  ""]
     if r.get("recovery"):
         rc = r["recovery"]
         lines += [(f"Recovery, default settings (lease TTL {fmt(rc['lease_ttl_s'])} s, recovery "
@@ -563,6 +555,15 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
             lines.append(f"| {t['target']} | {fmt(t['value'])} | {t['bound']} | "
                          f"{'PASS' if t['pass'] else 'FAIL'} |")
     return "\n".join(lines)
+
+
+def idle_line(i: dict[str, Any], when: str) -> str:
+    """One sentence on an idle worker's cost; ``when``: the circumstance, if any."""
+    return (f"Idle `cpoa worker --concurrency 4`{when} over {i['seconds']:.0f} s: "
+            f"{fmt(i['statements_per_s'])} statements/s, {fmt(i['round_trips_per_s'])} "
+            f"round trips/s, {fmt(i['commits_per_s'])} commits/s on the server, "
+            f"CPU {i['cpu_percent']:.2f} % of a core (its server sessions "
+            f"{i['server_cpu_percent']:.2f} %), RSS {fmt(i['rss_mb'])} MB.")
 
 
 def profile_lines(p: dict[str, Any], what: str) -> list[str]:
