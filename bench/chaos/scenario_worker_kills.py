@@ -1,6 +1,7 @@
 """Scenario 1, worker kills: podcast workflows with UI events, three `cpoa worker` processes, one
-of them (one inside a step, when any is) SIGKILLed every 1–2 s and restarted, against agents that answer 10 % of requests with 503,
-drop 5 % of connections after doing the work and fail 10 % of status polls with a bodiless 500.
+of them (one inside a step, when any is) SIGKILLed every 1–2 s and restarted, against agents
+that take 0.1–0.5 s to answer, answer 10 % of requests with 503, drop 5 % of connections after
+doing the work and fail 10 % of status polls with a bodiless 500.
 
 The workers run with the default lease TTL and sweep settings: a killed worker's leases die
 with its database session, and a surviving worker with free slots finds them within

@@ -8,8 +8,8 @@ request all that time). Two ``cpoa worker`` processes run (default concurrency, 
 sweep and recovery check; only the agents' URLs and their polling interval are set). Each
 round starts one podcast workflow, waits until the agent received a submit of it, SIGKILLs the
 worker holding its lease (a random 0–1 s into the request) and waits for the other worker, the
-survivor, to submit each interrupted key again (rounds one at a time: see MAX_UNFINISHED); only then is a replacement worker started, so
-the resubmit can only come from the survivor. Figures: kill → the survivor's resubmit arriving
+survivor, to submit each interrupted key again (rounds one at a time: see MAX_UNFINISHED); only
+then is a replacement worker started, so the resubmit can only come from the survivor. Figures: kill → the survivor's resubmit arriving
 at the agent (per kill, the last of its interrupted keys), workflows completed, and duplicate
 work: every submit counted, a key allowed one more submit per kill that interrupted its request
 (``bench.chaos.inflight``), nothing else.
