@@ -34,8 +34,8 @@ class ChaosAgent(ScriptedAgent):
         poll_500: Share of status polls answered with a bodiless 500.
         work_s: A task finishes this many seconds (uniform in the range) after its submit;
             polls before that answer PENDING.
-        answer_s: Each submit and poll is answered this many seconds (uniform in the range)
-            after it arrived, so that a worker spends that long inside the request.
+        answer_s: Each submit is answered this many seconds (uniform in the range) after it
+            arrived, so that a worker spends that long inside the request.
     """
 
     def __init__(self, *, seed: int = 0, submit_503: float = 0.0, drop: float = 0.0,
@@ -114,7 +114,7 @@ class ChaosAgent(ScriptedAgent):
                     self._send(Reply(500, b""))
                     return
                 reply = agent._default(method, path, headers, body)
-                if path != ASF_UI and agent.answer_s[1]:
+                if key is not None and agent.answer_s[1]:
                     with agent.lock:
                         delay = agent.random.uniform(*agent.answer_s)
                     time.sleep(delay)  # the agent taking its time to answer

@@ -1,6 +1,6 @@
 """Scenario 1, worker kills: podcast workflows with UI events, three `cpoa worker` processes, one
 of them (one inside a step, when any is) SIGKILLed every 1–2 s and restarted, against agents
-that take 0.1–0.5 s to answer, answer 10 % of requests with 503, drop 5 % of connections after
+that take 0.1–0.5 s to answer a submit, answer 10 % of requests with 503, drop 5 % of connections after
 doing the work and fail 10 % of status polls with a bodiless 500.
 
 The workers run with the default lease TTL and sweep settings: a killed worker's leases die
@@ -42,8 +42,9 @@ FAULTS = {"submit_503": 0.10, "drop": 0.05, "poll_500": 0.10}
 WORK_S = (0.3, 1.5)
 """How long each agent task takes, so that kills land in the middle of steps."""
 ANSWER_S = (0.1, 0.5)
-"""How long the agent takes to answer each submit and poll: workers spend that long inside
-requests, where a kill interrupts them."""
+"""How long the agent takes to answer each submit: workers spend that long inside requests,
+where a kill interrupts them. (Polls too would saturate the 12 slots with 200 workflows, and
+kill -> resume would then measure the queue, not the recovery.)"""
 POLL_S = "0.2"
 """Every agent's polling interval."""
 FULL = {"workflows": 200, "arrival_s": 45.0, "kills": 1000, "deadline_s": 300.0}
@@ -54,9 +55,12 @@ OUTBOX_GRACE_S = 45.0
 worker waits for its outbox lock (OUTBOX_LOCK_S, 30 s) to run out."""
 UI_STALL_S = 10.0
 """A UI event slower than this from commit to ASF waited for a killed worker's outbox lock."""
-RESUME_SLACK_S = 0.5
-"""Allowed on top of RECOVERY_CHECK_S for the requeue, the claim and the request on a busy
-machine: the bound on kill -> resumption is about 1 s."""
+RESUME_SLACK_S = 1.0
+"""Allowed on top of RECOVERY_CHECK_S (0.5 s) for the claim and the request: a kill here is
+over when the last of the 3–4 workflows it held is running again, on survivors busy with up to
+200 workflows while workers are killed and restarted every 1–2 s on 2 shared cores. (The
+benchmark's recovery scenario, `bench/run.py --only recovery`, measures one kill at a time
+against a target of p99 <= 1 s.)"""
 WATCH_S = 0.05
 
 

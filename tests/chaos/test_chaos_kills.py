@@ -29,7 +29,7 @@ def test_worker_kills__quick__nothing_lost_or_done_twice(server_dsn, tmp_path):
     every workflow completes, no step's work is done twice (every submit counted; one more
     only per answer lost or per kill that interrupted the request), every UI event arrives in
     order, and with the default lease and sweep settings a killed worker's workflows run again
-    within about RECOVERY_CHECK_S (0.5 s) plus 0.5 s."""
+    within RECOVERY_CHECK_S (0.5 s) plus 1 s."""
     result = quick_run(scenario_worker_kills, server_dsn, tmp_path)
     assert result["ok"], result
     assert result["completed_fraction"] == 1.0
@@ -38,7 +38,7 @@ def test_worker_kills__quick__nothing_lost_or_done_twice(server_dsn, tmp_path):
     assert result["ui_undelivered"] == 0
     assert result["kills"] > 0 and result["resume_over_bound"] == 0
     assert result["kills_holding_work"] > 0 and result["held_never_resumed"] == 0
-    assert result["resume_bound_s"] <= 1.0
+    assert result["resume_bound_s"] <= 1.5
     assert "CPOA_LEASE_TTL_SECONDS" not in result["non_default_settings"]
     assert "CPOA_SWEEP_INTERVAL_SECONDS" not in result["non_default_settings"]
     assert sum(result["faults_injected"].values()) > 0
