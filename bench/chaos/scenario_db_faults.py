@@ -72,7 +72,7 @@ def run(ctx: common.Context) -> dict[str, Any]:
         alive = worker.poll() is None
         worker.send_signal(signal.SIGTERM)
         exit_code = worker.wait(timeout=60)
-        duplicates = _duplicates(dsn, agent, faults)
+        duplicates = _duplicates(dsn, agent, faults, _records(log_path))
         figures = _figures(dsn, ids, faults, _records(log_path), finished, alive, exit_code,
                            duplicates["duplicate_work"])
         return {**figures, **duplicates, "non_default_settings": common.non_default_settings(env)}
@@ -152,10 +152,19 @@ def _inject(dsn: str, data_dir: pathlib.Path, log_path: pathlib.Path, terminatio
     return faults
 
 
-def _duplicates(dsn: str, agent: ScriptedAgent, faults: list[dict[str, Any]]) -> dict[str, Any]:
-    """Keys submitted more often than once plus once per fault that cut their request."""
+def _duplicates(dsn: str, agent: ScriptedAgent, faults: list[dict[str, Any]],
+                records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Keys submitted more often than once plus once per lease death that cut their request.
+
+    A cut is asynchronous: a slot may renew its lease and send the next step's submit in the
+    milliseconds before its session actually ends, after the harness's snapshot. So besides
+    the leases held around each fault, every requeue the worker logged (``recovered``: a dead
+    lease, with its workflow and state) counts as one death of that step's request.
+    """
+    requeues = [[(r["workflow_id"], r["state"], frozenset())] for r in records
+                if r.get("action") == "recovered"]
     with _admin(dsn) as conn:
-        in_flight = inflight.excused(conn, [f["held"] for f in faults])
+        in_flight = inflight.excused(conn, [f["held"] for f in faults] + requeues)
     with agent.lock:
         work = dict(agent.work)
     twice = {k: n for k, n in work.items() if n > 1 + in_flight.get(k, 0)}
