@@ -71,7 +71,7 @@ class Worker:
         try:  # vouch for this process before its first claim
             self._listener.connect()
         except errors.StoreError:
-            pass  # the listener thread keeps trying; no claim until it has a liveness key
+            pass  # the listener thread keeps trying; leases meanwhile rely on their expiry
         self.engine.liveness = self._listener
         threads = [threading.Thread(target=self._listen, name="cpoa-listen", daemon=True),
                    threading.Thread(target=self._deliver, name="cpoa-outbox", daemon=True)]
@@ -117,11 +117,6 @@ class Worker:
         free = self.concurrency - len(self._inflight)
         if free <= 0 or (self._solo is not None and not self._solo.done()):
             return 0  # a workflow under recovery runs alone until it is done
-        if self.engine.liveness_key is None:
-            # The liveness connection is down (the listener thread reconnects): a lease taken
-            # now would rely on its expiry alone, and if this worker then died or failed to
-            # store its result, the workflow would wait a whole TTL (30 s) instead of ~0.5 s.
-            return 0
         leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free,
                                       self.engine.liveness_key)
         for lease in leases:
