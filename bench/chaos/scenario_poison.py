@@ -69,14 +69,17 @@ def _supervise(ctx: Context, store: PostgresStore, dsn: str, agent: agents.Chaos
     deadline = time.monotonic() + DEADLINE_S[ctx.quick]
     with worker_proc.processes(ctx.scratch) as procs, psycopg.connect(dsn, autocommit=True) as db:
         workers = [procs.chaos_worker(env, *args) for _ in range(WORKERS)]
+        last: dict[int, list[inflight.Held]] = {}
         while time.monotonic() < deadline:
             for i, proc in enumerate(workers):
-                if proc.poll() is not None:
-                    held.append(inflight.held(db, proc.pid))  # what its death interrupted
-                    crashes.append((time.monotonic(), proc.returncode,
-                                    worker_proc.CRASH_MARK in procs.log(proc)))
-                    workers[i] = procs.chaos_worker(env, *args)
-                    restarts += 1
+                if proc.poll() is None:  # what it holds, read while it runs (after its death,
+                    last[proc.pid] = inflight.held(db, proc.pid)  # a sweep may come first)
+                    continue
+                held.append(last.get(proc.pid, []) + inflight.held(db, proc.pid))
+                crashes.append((time.monotonic(), proc.returncode,
+                                worker_proc.CRASH_MARK in procs.log(proc)))
+                workers[i] = procs.chaos_worker(env, *args)
+                restarts += 1
             rows = [store.get_workflow(w) for w in ids]
             for row in rows:
                 key = (str(row.workflow_id), row.state)
