@@ -248,6 +248,42 @@ def idle_run(args: argparse.Namespace) -> dict[str, Any]:
                           env={"CPOA_DATABASE_URL": dsn, "DB_POOL_MAX_CONN": "6"})
 
 
+def idle_watching_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The idle cost of a worker while another worker holds a lease (inside a 60 s request):
+    it looks for dead leases every RECOVERY_CHECK_S."""
+    agent = Agent("slow")
+    try:
+        with common.fresh_db(args.dsn, "idlewatch", schema=True) as dsn:
+            env = {**os.environ, **common.agent_env(agent.url), "CPOA_DATABASE_URL": dsn}
+            env.pop("CPOA_LEASE_TTL_SECONDS")  # the default lease
+            holder = subprocess.Popen([PY, "-m", "cpoa.cli", "worker"], cwd=REPO, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                common.start_podcasts(dsn, 1)
+                common.wait_for(lambda: common.leases_held(dsn) == 1, timeout=30)
+                log(f"idle while another worker holds a lease: cpoa worker --concurrency 4, "
+                    f"{args.idle_settle:g} s settle + {args.idle_window:g} s window")
+                result = run_module("bench.scenarios.idle", "--admin-dsn", args.dsn,
+                                    "--settle", str(args.idle_settle),
+                                    "--window", str(args.idle_window),
+                                    env={"CPOA_DATABASE_URL": dsn, "DB_POOL_MAX_CONN": "6"})
+                result["lease_held_throughout"] = common.leases_held(dsn) == 1
+                return result
+            finally:
+                holder.kill()
+                holder.wait()
+    finally:
+        agent.close()
+
+
+def recovery_run(args: argparse.Namespace) -> dict[str, Any]:
+    with common.fresh_db(args.dsn, "recovery", schema=True) as dsn:
+        log(f"recovery: {args.recovery_kills} SIGKILLs of a worker inside 2 s agent requests, "
+            f"a survivor running all along, default settings")
+        return run_module("bench.scenarios.recovery", "--dsn", dsn,
+                          "--kills", str(args.recovery_kills))
+
+
 def latency_run(args: argparse.Namespace) -> dict[str, Any]:
     agent = Agent("timed")
     try:
@@ -342,6 +378,24 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
             target("idle commits/s on the server <= 1", i["commits_per_s"], "<= 1",
                    i["commits_per_s"] <= 1),
             target("idle CPU < 1 %", i["cpu_percent"], "< 1", i["cpu_percent"] < 1)]})
+    if r.get("idle_watching"):
+        w = r["idle_watching"]
+        docs.append({"scenario": "idle_while_another_worker_holds_a_lease", **w, "targets": [
+            target("statements/s of an idle worker while another holds a lease <= 3 (one "
+                   "sweep per RECOVERY_CHECK_S 0.5 s, plus the idle allowance of 1)",
+                   w["statements_per_s"], "<= 3",
+                   w["statements_per_s"] <= 3 and w["lease_held_throughout"])]})
+    if r.get("recovery"):
+        rc = r["recovery"]
+        docs.append({"scenario": "recovery", **rc, "targets": [
+            target("kill -> survivor's resubmit p99 <= 1 s (default settings)",
+                   rc["resume_s_p99"], "<= 1.0",
+                   rc["resume_s_p99"] is not None and rc["resume_s_p99"] <= 1.0
+                   and rc["kills_resumed"] == rc["kills"] == rc["kills_planned"]),
+            target("recovery: duplicate work (every submit counted)", rc["duplicate_work"],
+                   "= 0", rc["duplicate_work"] == 0),
+            target("recovery: workflows completed", rc["completed"], f"= {rc['workflows']}",
+                   rc["completed"] == rc["workflows"])]})
     if r.get("latency"):
         lat = r["latency"]
         docs.append({"scenario": "agent_finish_to_next_state", **lat, "targets": [
@@ -473,12 +527,22 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
             lines.append(f"| {label} | " + " | ".join(fmt(x[key]) for x in lv) + " |")
         lines.append("")
     if r.get("idle"):
-        i = r["idle"]
-        lines += [(f"Idle `cpoa worker --concurrency 4` over {i['seconds']:.0f} s: "
-                  f"{fmt(i['statements_per_s'])} statements/s, {fmt(i['round_trips_per_s'])} "
-                  f"round trips/s, {fmt(i['commits_per_s'])} commits/s on the server, "
-                  f"CPU {i['cpu_percent']:.2f} % of a core (its server sessions "
-                  f"{i['server_cpu_percent']:.2f} %), RSS {fmt(i['rss_mb'])} MB."), ""]
+        lines += [idle_line(r["idle"], ""), ""]
+    if r.get("idle_watching"):
+        lines += [idle_line(r["idle_watching"], " while another worker holds a lease (default "
+                            "settings: it looks for dead leases every RECOVERY_CHECK_S, 0.5 s),"),
+                  ""]
+    if r.get("recovery"):
+        rc = r["recovery"]
+        lines += [(f"Recovery, default settings (lease TTL {fmt(rc['lease_ttl_s'])} s, recovery "
+                  f"check {rc['recovery_check_s']} s; non-default: "
+                  f"{rc['non_default_settings'] or 'none'}): {rc['kills']} SIGKILLs of a worker "
+                  f"inside {rc['answer_s']:g} s agent requests, a survivor running all along. "
+                  f"Kill → survivor's resubmit at the agent p50 {fmt(rc['resume_s_p50'])} s, "
+                  f"p99 {fmt(rc['resume_s_p99'])} s, max {fmt(rc['resume_s_max'])} s; "
+                  f"{rc['completed']}/{rc['workflows']} completed; duplicate work "
+                  f"{rc['duplicate_work']} ({rc['submits']} submits over {rc['work_keys']} keys, "
+                  f"{rc['resubmits_excused']} resubmits of interrupted keys)."), ""]
     if r.get("latency"):
         lat = r["latency"]
         lines += [(f"Agent finish → next state (poll interval {lat['poll_s']} s, "
@@ -491,6 +555,15 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
             lines.append(f"| {t['target']} | {fmt(t['value'])} | {t['bound']} | "
                          f"{'PASS' if t['pass'] else 'FAIL'} |")
     return "\n".join(lines)
+
+
+def idle_line(i: dict[str, Any], when: str) -> str:
+    """One sentence on an idle worker's cost; ``when``: the circumstance, if any."""
+    return (f"Idle `cpoa worker --concurrency 4`{when} over {i['seconds']:.0f} s: "
+            f"{fmt(i['statements_per_s'])} statements/s, {fmt(i['round_trips_per_s'])} "
+            f"round trips/s, {fmt(i['commits_per_s'])} commits/s on the server, "
+            f"CPU {i['cpu_percent']:.2f} % of a core (its server sessions "
+            f"{i['server_cpu_percent']:.2f} %), RSS {fmt(i['rss_mb'])} MB.")
 
 
 def profile_lines(p: dict[str, Any], what: str) -> list[str]:
@@ -513,7 +586,8 @@ def r_slots(r: dict[str, Any]) -> list[int]:
 
 # -- main ------------------------------------------------------------------------------------
 
-SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency")
+SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency",
+             "recovery")
 
 
 def main() -> int:
@@ -547,6 +621,7 @@ def main() -> int:
     args.backlog_actions = 500 if quick else 1000
     args.idle_settle, args.idle_window = (3.0, 8.0) if quick else (11.0, 20.0)
     args.latency_n = 10 if quick else 20
+    args.recovery_kills = 5 if quick else 20
     chosen = set(args.only.split(",")) if args.only else set(SCENARIOS)
     if args.no_peers:
         chosen -= {"dbos", "pgqueuer"}
@@ -593,8 +668,11 @@ def main() -> int:
             results["backlog"] = backlog_run(args)
         if "idle" in chosen:
             results["idle"] = idle_run(args)
+            results["idle_watching"] = idle_watching_run(args)
         if "latency" in chosen:
             results["latency"] = latency_run(args)
+        if "recovery" in chosen:
+            results["recovery"] = recovery_run(args)
     finally:
         if template:
             common.drop_db(args.dsn, template)

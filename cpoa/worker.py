@@ -53,6 +53,8 @@ class Worker:
         self._outage = _Outage()
         self._due_at = 0.0
         """When (monotonic) the last schedule said something becomes due or a lease expires."""
+        self._next_sweep = 0.0
+        """When (monotonic) a worker that keeps claiming sweeps next."""
         self._listener = self.store.listener(liveness=True)
 
     def stop(self) -> None:
@@ -105,6 +107,8 @@ class Worker:
                 claimed = self._claim(pool) if woken or time.monotonic() >= self._due_at else 0
                 if self.until_idle and not self._inflight and not claimed and self._idle():
                     return
+                if claimed:
+                    self._sweep_while_busy()
                 wait_s = 0.0 if claimed else self._seconds_to_wait()
                 woken = False
                 self._outage.over()
@@ -162,12 +166,23 @@ class Worker:
         except errors.StoreError:
             pass  # the lease then runs out (one TTL) and the workflow is recovered
 
+    def _sweep_while_busy(self) -> None:
+        """Sweeps at most every RECOVERY_CHECK_S while claims keep succeeding: a worker that
+        always finds something due never gets to :meth:`_seconds_to_wait`, and without this a
+        dead worker's leases would wait until every busy worker ran out of due work."""
+        if time.monotonic() < self._next_sweep:
+            return
+        if recovery.sweep(self.store, self.engine.owner).requeued:
+            self._due_at = 0.0
+        self._next_sweep = time.monotonic() + defaults.RECOVERY_CHECK_S
+
     def _seconds_to_wait(self) -> float:
         """Sweeps dead leases and returns how long to sleep (one statement)."""
         if len(self._inflight) >= self.concurrency:
             return defaults.IDLE_WAIT_MAX_S  # a finishing slot sets `wake`
         solo = self._solo is not None and not self._solo.done()
         schedule = recovery.sweep(self.store, self.engine.owner)
+        self._next_sweep = time.monotonic() + defaults.RECOVERY_CHECK_S
         if schedule.requeued:
             self._due_at = 0.0  # claim them now
             return 0.0

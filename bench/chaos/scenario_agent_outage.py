@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.chaos import common
+from bench.chaos.agents import submit_key
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -38,12 +39,14 @@ TIMEOUT_REASON = re.compile(
 
 class FlakyAgent(ScriptedAgent):
     """A well-behaved agent that, while ``down`` is set, drops every other connection and
-    answers 503 to the rest; it counts those refusals per workflow."""
+    answers 503 to the rest; it counts those refusals per workflow, and the refused submits
+    per idempotency key (``unanswered``: each explains one resubmit)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.down = threading.Event()
         self.refused: dict[str, list[float]] = collections.defaultdict(list)
+        self.unanswered: collections.Counter[str] = collections.Counter()
 
     def _default(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         if not self.down.is_set():
@@ -52,6 +55,9 @@ class FlakyAgent(ScriptedAgent):
             times = self.refused[headers.get("x-workflow-id", "")]
             times.append(time.monotonic())
             drop = len(times) % 2 == 1
+            key = submit_key(method, path, headers)
+            if key is not None:
+                self.unanswered[key] += 1
         return Reply(drop=True) if drop else Reply(503, {"error": "down for maintenance"})
 
 
@@ -80,11 +86,13 @@ def run(ctx: common.Context) -> dict[str, Any]:
     finally:
         agents.close()
         pswa.close()
-    duplicates = {k: n for k, n in pswa.work.items() if n != 1}
+    # Every submit counts; one refused by the outage explains exactly one resubmit.
+    duplicates = {k: n for k, n in pswa.work.items() if n > 1 + pswa.unanswered[k]}
     ok = short.pop("ok") and long.pop("ok") and not duplicates and not thread.is_alive()
     return {"ok": ok, "workflows": 2 * count, "poll_interval_s": INTERVAL_S,
             "poll_timeout_s": TIMEOUT_S, "short_outage": short, "long_outage": long,
-            "duplicate_pswa_work": len(duplicates),
+            "duplicate_pswa_work": len(duplicates), "pswa_submits": sum(pswa.work.values()),
+            "pswa_submits_refused": sum(pswa.unanswered.values()),
             "agent_failure_logs": sum(r.action == "agent_call_failed" for r in records),
             "step_crashes": sum(r.action == "step_crashed" for r in records)}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from bench.chaos import common
+from bench.chaos import common, inflight
 from cpoa import embedded
 from cpoa.engine import Engine
 from cpoa.settings import from_env
@@ -45,8 +45,8 @@ FINISH_TIMEOUT_S = 120.0
 PATH = ["fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing",
         "completed"]
 """The states a podcast workflow enters, each exactly once, when nothing fails."""
-LEASE_TTL_S = "5"
-"""Short leases: a result whose commit hit a dead connection waits for its lease to expire."""
+POLL_S = "0.25"
+"""Every agent's polling interval (the scenario is about the database, not about polling)."""
 
 
 def run(ctx: common.Context) -> dict[str, Any]:
@@ -63,10 +63,8 @@ def run(ctx: common.Context) -> dict[str, Any]:
         ids = [engine.start_workflow("podcast", {"topic": f"outage topic {i}"},
                                      client_id=f"client-{i % 3}") for i in range(workflows)]
         engine.store.close()
-        env = cli_env(dsn, agent.url, CPOA_LEASE_TTL_SECONDS=LEASE_TTL_S,
-                      CPOA_SWEEP_INTERVAL_SECONDS="1",
-                      **{f"CPOA_{a}_POLLING_INTERVAL_SECONDS": "0.25"
-                         for a in ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA")})
+        env = cli_env(dsn, agent.url, **{f"CPOA_{a}_POLLING_INTERVAL_SECONDS": POLL_S
+                                          for a in ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA")})
         worker = _spawn_worker(env, log_path)
         faults = _inject(dsn, data_dir, log_path, terminations, worker,
                          spacing=max(3, workflows // 5))
@@ -74,9 +72,10 @@ def run(ctx: common.Context) -> dict[str, Any]:
         alive = worker.poll() is None
         worker.send_signal(signal.SIGTERM)
         exit_code = worker.wait(timeout=60)
-        duplicates = sum(n > 1 for n in agent.work.values())
-        return _figures(dsn, ids, faults, _records(log_path), finished, alive, exit_code,
-                        duplicates)
+        duplicates = _duplicates(dsn, agent, faults, _records(log_path))
+        figures = _figures(dsn, ids, faults, _records(log_path), finished, alive, exit_code,
+                           duplicates["duplicate_work"])
+        return {**figures, **duplicates, "non_default_settings": common.non_default_settings(env)}
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
@@ -124,16 +123,19 @@ def _inject(dsn: str, data_dir: pathlib.Path, log_path: pathlib.Path, terminatio
         _progress(dsn, spacing, worker)
         with _admin(dsn) as conn:
             unfinished = _unfinished(conn)
+            held = inflight.held(conn)  # every session is cut: every lease dies
             at = time.time()
             cut = conn.execute(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
             ).fetchone()[0]
+            held += inflight.held(conn)  # also a claim made between the snapshot and the cut
         faults.append({"kind": "terminate", "at": at, "up": at, "backends_cut": cut,
-                       "unfinished": unfinished})
+                       "unfinished": unfinished, "held": held})
     _progress(dsn, spacing, worker)
     with _admin(dsn) as conn:
         unfinished = _unfinished(conn)
+        held = inflight.held(conn)
     down_at = time.time()
     embedded.stop(data_dir)
     # The fault: the server stays down DOWN_S, and at least until the worker has noticed.
@@ -142,9 +144,34 @@ def _inject(dsn: str, data_dir: pathlib.Path, log_path: pathlib.Path, terminatio
         30, worker)
     start_server(data_dir)
     up_at = time.time()
-    faults.append({"kind": "restart", "at": down_at, "up": up_at, "unfinished": unfinished})
+    with _admin(dsn) as conn:  # before the worker is back: a claim made just before the stop
+        held += inflight.held(conn)
+    faults.append({"kind": "restart", "at": down_at, "up": up_at, "unfinished": unfinished,
+                   "held": held})
     _wait(lambda: _transitions(dsn, after=up_at) > 0, 60, worker)
     return faults
+
+
+def _duplicates(dsn: str, agent: ScriptedAgent, faults: list[dict[str, Any]],
+                records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Keys submitted more often than once plus once per lease death that cut their request.
+
+    A cut is asynchronous: a slot may renew its lease and send the next step's submit in the
+    milliseconds before its session actually ends, after the harness's snapshot. So besides
+    the leases held around each fault, every requeue the worker logged (``recovered``: a dead
+    lease, with its workflow and state) counts as one death of that step's request.
+    """
+    requeues = [[(r["workflow_id"], r["state"], frozenset())] for r in records
+                if r.get("action") == "recovered"]
+    with _admin(dsn) as conn:
+        in_flight = inflight.excused(conn, [f["held"] for f in faults] + requeues)
+    with agent.lock:
+        work = dict(agent.work)
+    twice = {k: n for k, n in work.items() if n > 1 + in_flight.get(k, 0)}
+    return {"duplicate_work": len(twice), "keys_worked_twice_sample": dict(list(twice.items())[:5]),
+            "submits": sum(work.values()), "work_keys": len(work),
+            "resubmits_excused": sum(min(n, 1 + in_flight.get(k, 0)) - 1 for k, n in work.items()),
+            **inflight.summary(in_flight)}
 
 
 def _progress(dsn: str, transitions: int, worker: subprocess.Popen) -> None:

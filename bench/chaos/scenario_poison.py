@@ -2,7 +2,9 @@
 worker's fault hook SIGKILLs the process before that step's agent call), while other workflows
 run on the same workers. The harness restarts each dead worker at once. The poison workflow
 must be quarantined (``failed``, reason "quarantined…") after CPOA_MAX_RECOVERY_ATTEMPTS
-recoveries, and every other workflow must complete.
+recoveries, and every other workflow must complete. Default lease TTL and sweep settings (a
+dead worker's leases die with its session); only CPOA_MAX_RECOVERY_ATTEMPTS is lowered, to 3,
+and the figures list every non-default setting.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import collections
 import time
 from typing import Any
 
-from bench.chaos import agents, worker_proc
-from bench.chaos.common import Context
+import psycopg
+
+from bench.chaos import agents, inflight, worker_proc
+from bench.chaos.common import Context, non_default_settings
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -20,7 +24,6 @@ from tests.fix_agents import agent_env
 
 POISON_STATE = "scripting"
 MAX_RECOVERIES = 3
-LEASE_S = 1.0
 WORKERS = 2
 HEALTHY = {False: 30, True: 6}
 DEADLINE_S = {False: 120.0, True: 60.0}
@@ -40,37 +43,43 @@ def run(ctx: Context) -> dict[str, Any]:
                            for i in range(HEALTHY[ctx.quick])]
                 watched = _supervise(ctx, store, dsn, agent, poison, [poison, *healthy])
                 figures = _figures(store, poison, healthy, watched)
+                with psycopg.connect(dsn, autocommit=True) as db:
+                    in_flight = inflight.excused(db, watched["held"])
                 work = agents.duplicate_work(agent, [
-                    (w, "podcast", store.get_workflow(w).context) for w in healthy])
+                    (w, "podcast", store.get_workflow(w).context) for w in healthy],
+                    in_flight=in_flight)
             finally:
                 store.close()
     finally:
         agent.close()
     ok = (figures["poison_quarantined"] and figures["healthy_completed"] == len(healthy)
           and figures["crashes"] == MAX_RECOVERIES + 1 and work["duplicate_work"] == 0)
-    return {"ok": ok, "max_recovery_attempts": MAX_RECOVERIES, "lease_ttl_s": LEASE_S,
+    return {"ok": ok, "max_recovery_attempts": MAX_RECOVERIES,
+            "non_default_settings": watched["settings"],
             "workers": WORKERS, **figures, "healthy_duplicate_work": work["duplicate_work"]}
 
 
 def _supervise(ctx: Context, store: PostgresStore, dsn: str, agent: agents.ChaosAgent,
                poison: str, ids: list[str]) -> dict[str, Any]:
     """Runs the workers, restarting each one that dies, until every workflow is terminal."""
-    env = worker_proc.environment(
-        dsn, agent.url, CPOA_LEASE_TTL_SECONDS=str(LEASE_S), CPOA_SWEEP_INTERVAL_SECONDS="0.2",
-        CPOA_MAX_RECOVERY_ATTEMPTS=str(MAX_RECOVERIES))
+    env = worker_proc.environment(dsn, agent.url, CPOA_MAX_RECOVERY_ATTEMPTS=str(MAX_RECOVERIES))
     args = ["--target", poison, "--crash-at", f"before_call:{POISON_STATE}:every"]
-    crashes, restarts = [], 0
+    crashes, restarts, held = [], 0, []
     seen_recoveries: dict[tuple[str, str], int] = collections.defaultdict(int)
     deadline = time.monotonic() + DEADLINE_S[ctx.quick]
-    with worker_proc.processes(ctx.scratch) as procs:
+    with worker_proc.processes(ctx.scratch) as procs, psycopg.connect(dsn, autocommit=True) as db:
         workers = [procs.chaos_worker(env, *args) for _ in range(WORKERS)]
+        last: dict[int, list[inflight.Held]] = {}
         while time.monotonic() < deadline:
             for i, proc in enumerate(workers):
-                if proc.poll() is not None:
-                    crashes.append((time.monotonic(), proc.returncode,
-                                    worker_proc.CRASH_MARK in procs.log(proc)))
-                    workers[i] = procs.chaos_worker(env, *args)
-                    restarts += 1
+                if proc.poll() is None:  # what it holds, read while it runs (after its death,
+                    last[proc.pid] = inflight.held(db, proc.pid)  # a sweep may come first)
+                    continue
+                held.append(last.get(proc.pid, []) + inflight.held(db, proc.pid))
+                crashes.append((time.monotonic(), proc.returncode,
+                                worker_proc.CRASH_MARK in procs.log(proc)))
+                workers[i] = procs.chaos_worker(env, *args)
+                restarts += 1
             rows = [store.get_workflow(w) for w in ids]
             for row in rows:
                 key = (str(row.workflow_id), row.state)
@@ -80,7 +89,8 @@ def _supervise(ctx: Context, store: PostgresStore, dsn: str, agent: agents.Chaos
             time.sleep(WATCH_S)
         stopped = [procs.stop(proc) for proc in workers]
     return {"crashes": crashes, "restarts": restarts, "recoveries": seen_recoveries,
-            "clean_exits": stopped.count(0)}
+            "held": held,
+            "clean_exits": stopped.count(0), "settings": non_default_settings(env)}
 
 
 def _figures(store: PostgresStore, poison: str, healthy: list[str],

@@ -5,7 +5,9 @@
 
 ``worker`` runs a real :class:`cpoa.worker.Worker` (configured from the environment, like
 ``cpoa worker``) whose engine SIGKILLs its own process at the n-th time it reaches a boundary
-(``cpoa.engine.FAULT_POINTS``) in a state of the target workflow (``every``: each time).
+(``cpoa.engine.FAULT_POINTS``) in a state of the target workflow (``every``: each time); with
+``--count-file``, the n-th time counted over every process sharing that file, so that whichever
+worker reaches it dies and the others carry on.
 ``advance`` calls ``advance`` on the given workflows as fast as it can after reading a line on
 standard input (so that every process starts at once), and prints one JSON line of counts.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -132,8 +135,13 @@ def wait_until(check: Any, deadline: float, interval: float = 0.02) -> Any:
 
 # -- the subprocess side -----------------------------------------------------------------------
 
-def crash_hook(spec: str, target: str) -> Any:
-    """A fault hook that SIGKILLs this process at ``point:state[:n|every]`` of ``target``."""
+def crash_hook(spec: str, target: str, count_file: str | None = None) -> Any:
+    """A fault hook that SIGKILLs this process at ``point:state[:n|every]`` of ``target``.
+
+    Args:
+        count_file: Where the occurrences are counted, shared with other processes (None:
+            counted in this process only).
+    """
     point, state, *rest = spec.split(":")
     if point not in FAULT_POINTS:
         raise SystemExit(f"--crash-at: unknown point {point!r} (one of {FAULT_POINTS})")
@@ -146,11 +154,34 @@ def crash_hook(spec: str, target: str) -> Any:
         if at != point or workflow.state != state or str(workflow.workflow_id) != target:
             return
         with lock:
-            seen += 1
+            seen = _count_shared(count_file) if count_file else seen + 1
             if nth == "every" or seen == int(nth):
-                print(f"{CRASH_MARK} {point}:{state}:{seen}", file=sys.stderr, flush=True)
+                print(f"{CRASH_MARK} {point}:{state}:{seen} monotonic={time.monotonic()!r}"
+                      f" wall={time.time()!r}", file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
     return hook
+
+
+def _count_shared(path: str) -> int:
+    """Adds one to the count in ``path`` (under an exclusive lock) and returns it."""
+    with open(path, "a+") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.seek(0)
+        count = int(file.read() or 0) + 1
+        file.seek(0)
+        file.truncate()
+        file.write(str(count))
+        file.flush()
+        return count
+
+
+def crash_times(log: str) -> tuple[float, float] | None:
+    """(monotonic, wall clock) of the crash a worker's log announces, or None."""
+    for line in log.splitlines():
+        if line.startswith(CRASH_MARK):
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            return float(fields["monotonic"]), float(fields["wall"])
+    return None
 
 
 def _engine(fault_hook: Any = None) -> Engine:
@@ -163,7 +194,7 @@ def _engine(fault_hook: Any = None) -> Engine:
 
 
 def command_worker(args: argparse.Namespace) -> int:
-    hook = crash_hook(args.crash_at, args.target) if args.crash_at else None
+    hook = crash_hook(args.crash_at, args.target, args.count_file) if args.crash_at else None
     worker = Worker(_engine(hook), concurrency=args.concurrency, until_idle=args.until_idle)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
@@ -202,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="a worker that may crash itself")
     worker.add_argument("--crash-at", help="point:state[:n|every] (n-th time, default 1)")
     worker.add_argument("--target", help="the workflow whose boundary crashes the process")
+    worker.add_argument("--count-file", help="count occurrences in this file, shared with "
+                                             "other workers (default: in this process)")
     worker.add_argument("--concurrency", type=int, default=4)
     worker.add_argument("--until-idle", action="store_true")
     worker.set_defaults(handler=command_worker)

@@ -2,6 +2,7 @@
 
     python -m bench.scenarios.agent --mode sync          # every submit answers 200 SUCCESS
     python -m bench.scenarios.agent --mode timed --work-s 0.25,0.65
+    python -m bench.scenarios.agent --mode slow --answer-s 60   # each submit answers 60 s later
 
 Prints ``URL http://127.0.0.1:PORT`` once it listens, then serves until SIGTERM or until its
 standard input closes.
@@ -65,13 +66,30 @@ class TimedAgent(ScriptedAgent):
         return super()._poll(task_id)
 
 
+class SlowAgent(ScriptedAgent):
+    """Answers every submit (and ASF notification) ``answer_s`` after it arrived, with SUCCESS:
+    the worker is inside the request all that time."""
+
+    def __init__(self, answer_s: float) -> None:
+        self.answer_s = answer_s
+        super().__init__(sync=True)
+
+    def _default(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+        if method == "POST" and path != ASF_UI:
+            time.sleep(self.answer_s)  # the agent at work (this request's handler thread)
+        return super()._default(method, path, headers, body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("sync", "timed"), default="sync")
+    parser.add_argument("--mode", choices=("sync", "timed", "slow"), default="sync")
     parser.add_argument("--work-s", default="0.25,0.65")
+    parser.add_argument("--answer-s", type=float, default=60.0, help="slow: seconds per submit")
     args = parser.parse_args()
     if args.mode == "sync":
         agent = ScriptedAgent(sync=True)
+    elif args.mode == "slow":
+        agent = SlowAgent(args.answer_s)
     else:
         low, high = (float(x) for x in args.work_s.split(","))
         agent = TimedAgent((low, high))

@@ -18,7 +18,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -289,6 +289,25 @@ def agent_env(url: str, poll_s: float = 0.05, **overrides: str) -> dict[str, str
     from tests.fix_agents import agent_env as test_agent_env
     polls = {f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(poll_s) for name in POLLED_AGENTS}
     return test_agent_env(url, **{"CPOA_LEASE_TTL_SECONDS": "60", **polls, **overrides})
+
+
+def leases_held(dsn: str) -> int:
+    """Workflows whose lease somebody holds now."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM workflow_instances"
+                            " WHERE lease_owner IS NOT NULL").fetchone()[0]
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Polls ``check`` until truthy; raises TimeoutError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
 
 
 # -- statistics and output -------------------------------------------------------------------

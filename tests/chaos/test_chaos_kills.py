@@ -26,8 +26,10 @@ from tests.fix_agents import agent_env
 @pytest.mark.slow
 def test_worker_kills__quick__nothing_lost_or_done_twice(server_dsn, tmp_path):
     """Workers SIGKILLed and restarted under 503s, dropped connections and failing polls:
-    every workflow completes, no step's work is done twice, every UI event arrives in order,
-    and a killed worker's workflows run again within the lease TTL plus a sweep."""
+    every workflow completes, no step's work is done twice (every submit counted; one more
+    only per answer lost or per kill that interrupted the request), every UI event arrives in
+    order, and with the default lease and sweep settings a killed worker's workflows run again
+    within RECOVERY_CHECK_S (0.5 s) plus 1 s."""
     result = quick_run(scenario_worker_kills, server_dsn, tmp_path)
     assert result["ok"], result
     assert result["completed_fraction"] == 1.0
@@ -35,13 +37,18 @@ def test_worker_kills__quick__nothing_lost_or_done_twice(server_dsn, tmp_path):
     assert result["ui_events_lost"] == 0 and result["ui_events_reordered"] == 0
     assert result["ui_undelivered"] == 0
     assert result["kills"] > 0 and result["resume_over_bound"] == 0
+    assert result["kills_holding_work"] > 0 and result["held_never_resumed"] == 0
+    assert result["resume_bound_s"] <= 1.5
+    assert "CPOA_LEASE_TTL_SECONDS" not in result["non_default_settings"]
+    assert "CPOA_SWEEP_INTERVAL_SECONDS" not in result["non_default_settings"]
     assert sum(result["faults_injected"].values()) > 0
 
 
 @pytest.mark.slow
 def test_boundaries__quick__each_kill_point_resumes_once(server_dsn, tmp_path):
     """A worker killed at each boundary of a step (before the call, after it, before and after
-    the commit) is replaced and the workflow completes with each transition, each unit of agent
+    the commit) is replaced within about a second by a worker running all along (default
+    lease and sweep settings), and the workflow completes with each transition, each unit of agent
     work and each UI event exactly once."""
     result = quick_run(scenario_boundaries, server_dsn, tmp_path)
     assert result["ok"], result["failures"]
@@ -49,6 +56,7 @@ def test_boundaries__quick__each_kill_point_resumes_once(server_dsn, tmp_path):
     assert result["not_reached"] == 0 and result["duplicate_work"] == 0
     assert result["history_wrong"] == 0 and result["ui_events_lost"] == 0
     assert result["ui_events_reordered"] == 0
+    assert result["recovery_over_bound"] == 0 and result["recovery_bound_s"] <= 1.0
 
 
 @pytest.mark.slow
@@ -92,7 +100,6 @@ class SlowForHealthy(agents.ChaosAgent):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_poison__healthy_workflow_claimed_with_it_completes(dsn, store, tmp_path):
     """A healthy workflow whose step is in flight each time the poison workflow kills the
     worker they share is not quarantined with it (the recovering workflow is claimed alone,
@@ -102,9 +109,7 @@ def test_poison__healthy_workflow_claimed_with_it_completes(dsn, store, tmp_path
         engine = Engine(store, settings_module.from_env(agent_env(agent.url)))
         poison = str(engine.start_workflow("podcast", {"topic": "poison"}))
         healthy = str(engine.start_workflow("podcast", {"topic": "healthy"}))
-        env = worker_proc.environment(dsn, agent.url, CPOA_LEASE_TTL_SECONDS="1",
-                                      CPOA_SWEEP_INTERVAL_SECONDS="0.2",
-                                      CPOA_MAX_RECOVERY_ATTEMPTS="3")
+        env = worker_proc.environment(dsn, agent.url, CPOA_MAX_RECOVERY_ATTEMPTS="3")
         args = ["--target", poison, "--crash-at", "before_call:fetching:every"]
         with worker_proc.processes(tmp_path) as procs:
             worker = [procs.chaos_worker(env, *args)]
