@@ -10,6 +10,7 @@ are taken up within about that long. It delivers the UI-event outbox on its own 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -53,6 +54,9 @@ class Worker:
         self._outage = _Outage()
         self._due_at = 0.0
         """When (monotonic) the last schedule said something becomes due or a lease expires."""
+        self._unreleased: collections.deque[Lease] = collections.deque()
+        """Leases whose step result could not be stored (the database was away): given back
+        as soon as it answers again, instead of waiting out their TTL."""
         self._next_sweep = 0.0
         """When (monotonic) a worker that keeps claiming sweeps next."""
         self._listener = self.store.listener(liveness=True)
@@ -112,6 +116,7 @@ class Worker:
                 wait_s = 0.0 if claimed else self._seconds_to_wait()
                 woken = False
                 self._outage.over()
+                self._give_back()
             except errors.StoreError as exc:
                 wait_s = self._outage.pause(exc)
             if wait_s > 0:
@@ -141,10 +146,11 @@ class Worker:
             keep_lease = left > 0 and not self.stopping.is_set()
             try:
                 _, lease = self.engine.step(lease, keep_lease=keep_lease)
-            except errors.StoreError as exc:  # the lease expires and the sweeper requeues it
+            except errors.StoreError as exc:  # given back when the database answers again
                 logger.warning("could not store a step result: %s", exc,
                                extra={"action": "store_failed",
                                       "workflow_id": str(lease.workflow.workflow_id)})
+                self._unreleased.append(lease)
                 return
             except Exception:  # a bug here must not cost the workflow a recovery
                 logs.for_workflow(logger, lease.workflow.workflow_id).exception(
@@ -159,6 +165,12 @@ class Worker:
     def _done(self, future: concurrent.futures.Future) -> None:
         self._inflight.discard(future)
         self.wake.set()
+
+    def _give_back(self) -> None:
+        """Releases the leases whose results could not be stored (fenced: a lease that moved
+        on meanwhile is left alone), now that the database answers."""
+        while self._unreleased:
+            self._release(self._unreleased.popleft())
 
     def _release(self, lease: Lease) -> None:
         try:
