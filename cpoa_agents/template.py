@@ -40,16 +40,19 @@ def weave(request: Mapping[str, Any]) -> dict[str, Any]:
     keywords, fallback_titles, pools = _plans(request, material)
     writer = Writer(material, seed, fmt)
     leads, closing = _reserve(material, pools, len(writer.guests) or 1)
-    goal, script, estimate = target_s, {}, 0.0
+    goal, best = target_s, None
     for _ in range(_FILL_ROUNDS):  # host lines are written after choosing: correct and retry
         answers, _ = material_module.fill(pools, goal, lines_per_answer=2 if writer.guests else 1)
         segments = _segments(answers, keywords, fallback_titles, material, request["topic"])
         script = _compose(writer, request, segments, leads, closing, "")
         estimate = _estimate(script)
+        if best is None or abs(estimate - target_s) < abs(best[2] - target_s):
+            best = (segments, script, estimate)
         exhausted = sum(len(s) for seg in answers for s in seg) == sum(len(p) for p in pools)
-        if estimate >= 0.97 * target_s or exhausted:
+        if abs(estimate - target_s) <= 0.03 * target_s or (exhausted and estimate < target_s):
             break
-        goal += target_s - estimate
+        goal += target_s - estimate  # over the target too: the closing lines were not counted
+    segments, script, estimate = best
     note = ""
     if estimate < SHORT_SHARE * target_s:
         note = (f"Our sources ran out after about {max(1, round(estimate / 60))} minutes, short "

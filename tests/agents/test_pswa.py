@@ -246,7 +246,7 @@ def test_weave_script__format_sets_the_speakers(pswa: ScriptAgent, fmt: str,
     assert data["format"] == fmt
 
 
-@pytest.mark.parametrize("minutes", [1, 4, 8])
+@pytest.mark.parametrize("minutes", [1, 2, 3, 4, 8])
 def test_weave_script__length_follows_target_minutes(pswa: ScriptAgent, minutes: int) -> None:
     """The script's estimated length is within 5 % of target_minutes when the content holds
     enough material, and VFA is given the target."""
