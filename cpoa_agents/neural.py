@@ -7,7 +7,9 @@ Without the extra, :func:`available` is False and VFA speaks every turn with esp
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -15,6 +17,31 @@ VOICE = "piper:en_US-joe-medium"
 """The voice name VFA reports (and caches turns under) for this model."""
 _LOCK = threading.Lock()
 _voice = None
+
+
+NEURAL_HOST_VARIABLE = "VFA_NEURAL_HOST"
+"""``auto`` (the default: Piper when installed), or yes / no."""
+
+
+def wanted(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the host should speak with Piper, from :data:`NEURAL_HOST_VARIABLE`.
+
+    Raises:
+        ValueError: a value other than auto, yes/no (1/0, true/false, on/off), naming the
+            variable; or ``yes`` without the extra installed.
+    """
+    value = (os.environ if env is None else env).get(NEURAL_HOST_VARIABLE, "auto")
+    choice = value.strip().lower()
+    if choice == "auto":
+        return available()
+    if choice in ("1", "true", "yes", "on"):
+        if not available():
+            raise ValueError(f"{NEURAL_HOST_VARIABLE}={value!r}: the neural extra is not "
+                             "installed (pip install 'cpoa[neural]')")
+        return True
+    if choice in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{NEURAL_HOST_VARIABLE}: expected auto, yes or no, got {value!r}")
 
 
 def available() -> bool:

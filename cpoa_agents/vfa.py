@@ -220,8 +220,9 @@ class VoiceAgent(TaskAgent):
 
     def __init__(self, data_dir: str | pathlib.Path, *, neural_host: bool | None = None) -> None:
         super().__init__(data_dir)
-        self.neural_host = neural.available() if neural_host is None else neural_host
-        """The host speaks with Piper (default: when the ``neural`` extra is installed)."""
+        self.neural_host = neural.wanted() if neural_host is None else neural_host
+        """The host speaks with Piper (default: VFA_NEURAL_HOST, or when the ``neural`` extra
+        is installed)."""
         self.turns_dir = self.data_dir / "turns"
         self.audio_dir = self.data_dir / "audio"
         for folder in (self.turns_dir, self.audio_dir):

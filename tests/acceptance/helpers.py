@@ -15,7 +15,10 @@ def cli_env(dsn: str, agent_url: str, **overrides: str) -> dict[str, str]:
     """The environment of a CLI process: this database, every agent at ``agent_url``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CPOA_", "POSTGRES_", "PG"))}
-    env.update(agent_env(agent_url), CPOA_DATABASE_URL=dsn, PYTHONPATH=ROOT)
+    # The espeak-ng voices: tests that are not about Piper's neural host voice skip its cost
+    # (about 10 s of synthesis per episode on 2 cores); those that are set it back to auto.
+    env.update(agent_env(agent_url), CPOA_DATABASE_URL=dsn, PYTHONPATH=ROOT,
+               VFA_NEURAL_HOST="no")
     env.update(overrides)
     return env
 

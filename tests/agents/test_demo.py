@@ -35,9 +35,12 @@ def demo_dsn(server_dsn, template_db):
         yield dsn
 
 
-def run_demo(root, dsn, *args):
-    """Runs `cpoa demo ARGS` into ``root``; returns (folder, status, stdout, seconds)."""
-    env = cli_env(dsn, "http://127.0.0.1:9")
+def run_demo(root, dsn, *args, neural_host="no"):
+    """Runs `cpoa demo ARGS` into ``root``; returns (folder, status, stdout, seconds).
+
+    ``neural_host``: VFA_NEURAL_HOST for the run (``auto``: Piper's host voice when the
+    [neural] extra is installed)."""
+    env = cli_env(dsn, "http://127.0.0.1:9", VFA_NEURAL_HOST=neural_host)
     started = time.monotonic()
     result = run_cli(env, "demo", *args, "--output", str(root / "output"),
                      "--data-dir", str(root / "agents"), timeout=240)
@@ -54,7 +57,7 @@ def run_demo(root, dsn, *args):
 def demo(tmp_path_factory, demo_dsn):
     """Runs `cpoa demo` once on a fresh database; yields (folder, status, stdout)."""
     folder, status, stdout, _ = run_demo(tmp_path_factory.mktemp("demo"), demo_dsn,
-                                         "tidal energy")
+                                         "tidal energy", neural_host="auto")
     yield folder, status, stdout
 
 
