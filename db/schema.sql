@@ -224,6 +224,28 @@ LANGUAGE sql STABLE AS $$
        AND (p_liveness_key IS NULL OR p_liveness_key IN (SELECT cpoa_live_session_keys()))
 $$;
 
+-- The first act of a step's write (record_progress, make_transition): lock the workflow's row
+-- (SELECT … FOR UPDATE) and say which lease the write leaves on it. With p_renew_ttl_s (not
+-- NULL) and the lease still live, the holder keeps it for p_renew_ttl_s more seconds; otherwise
+-- (not asked, or dead: its holder's session was cut while the step ran) no lease is left —
+-- renewed, the sweep would requeue a dead lease and hand the next step to a second worker
+-- while this one runs it. `renewed` says which.
+CREATE OR REPLACE FUNCTION cpoa_lock_step_v1(p_workflow_id uuid, p_renew_ttl_s float8)
+RETURNS TABLE (workflow_id uuid, lease_owner text, lease_expires_at timestamptz,
+               lease_liveness_key bigint, renewed boolean)
+LANGUAGE sql AS $$
+    SELECT l.workflow_id,
+           CASE WHEN l.renew THEN l.lease_owner END,
+           CASE WHEN l.renew THEN now() + make_interval(secs => p_renew_ttl_s) END,
+           CASE WHEN l.renew THEN l.lease_liveness_key END,
+           l.renew
+    FROM (SELECT w.workflow_id, w.lease_owner, w.lease_liveness_key,
+                 p_renew_ttl_s IS NOT NULL
+                 AND cpoa_lease_live(w.lease_owner, w.lease_expires_at, w.lease_liveness_key)
+                     AS renew
+          FROM workflow_instances w WHERE w.workflow_id = p_workflow_id FOR UPDATE) l
+$$;
+
 -- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     idempotency_key  text NOT NULL,
@@ -336,6 +358,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (6)
+INSERT INTO cpoa_schema_version (version) VALUES (7)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

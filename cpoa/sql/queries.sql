@@ -106,21 +106,13 @@ FROM claimed;
 -- (not NULL) the caller keeps the lease for its next step, now, with a new fence; the step's
 -- task rows come back as step_tasks (read before this statement's own writes).
 WITH locked AS (
-    -- renew: asked for, and the lease still live. A dead lease (its holder's session was cut
-    -- while the step ran) is released even so: renewed, the sweep would requeue it and hand
-    -- the next step to a second worker while this one runs it.
-    SELECT workflow_id, CASE WHEN %(renew_ttl_s)s::float8 IS NULL THEN false
-                             ELSE cpoa_lease_live(lease_owner, lease_expires_at,
-                                                  lease_liveness_key) END AS renew
-    FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
+    SELECT * FROM cpoa_lock_step_v1(%(workflow_id)s, %(renew_ttl_s)s)
 ), moved AS (
     UPDATE workflow_instances w
     SET next_run_at = now() + make_interval(secs => %(run_in_s)s),
-        lease_owner = CASE WHEN locked.renew THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN locked.renew
-                                THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END,
-        lease_liveness_key = CASE WHEN locked.renew THEN w.lease_liveness_key END,
-        version = w.version + locked.renew::int,
+        (lease_owner, lease_expires_at, lease_liveness_key)
+            = (locked.lease_owner, locked.lease_expires_at, locked.lease_liveness_key),
+        version = w.version + locked.renewed::int,
         last_updated_timestamp = now()
     FROM locked
     WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
@@ -142,13 +134,7 @@ FROM moved;
 -- RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
 -- state is due now. With %(renew_ttl_s)s the worker keeps the lease for the next step.
 WITH locked AS (
-    -- renew: asked for, and the lease still live. A dead lease (its holder's session was cut
-    -- while the step ran) is released even so: renewed, the sweep would requeue it and hand
-    -- the next step to a second worker while this one runs it.
-    SELECT workflow_id, CASE WHEN %(renew_ttl_s)s::float8 IS NULL THEN false
-                             ELSE cpoa_lease_live(lease_owner, lease_expires_at,
-                                                  lease_liveness_key) END AS renew
-    FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
+    SELECT * FROM cpoa_lock_step_v1(%(workflow_id)s, %(renew_ttl_s)s)
 ), moved AS (
     UPDATE workflow_instances w
     SET state = %(dest)s,
@@ -158,10 +144,8 @@ WITH locked AS (
         error_message = %(error_message)s,
         next_run_at = CASE WHEN %(terminal)s THEN NULL ELSE now() END,
         end_timestamp = CASE WHEN %(terminal)s THEN now() END,
-        lease_owner = CASE WHEN locked.renew THEN w.lease_owner END,
-        lease_expires_at = CASE WHEN locked.renew
-                                THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END,
-        lease_liveness_key = CASE WHEN locked.renew THEN w.lease_liveness_key END,
+        (lease_owner, lease_expires_at, lease_liveness_key)
+            = (locked.lease_owner, locked.lease_expires_at, locked.lease_liveness_key),
         version = w.version + 1,
         -- A failure keeps the count (a quarantine reports it); any other move starts afresh.
         recovery_attempts = CASE WHEN %(trigger)s = 'fail' THEN w.recovery_attempts ELSE 0 END,
