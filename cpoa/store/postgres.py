@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,14 +27,15 @@ from cpoa.store.connection import (
     keepalive_kwargs,
     wrap_db_errors,
 )
+from cpoa.store.reads import Reads
 from cpoa.store.rows import (
     TASK_NAMES,
     jsonb,
     lease_from_row,
     progress_params,
-    storable_text,
     transition_params,
 )
+from cpoa.store.upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _due_now(outcome: models.Outcome) -> bool:
     return outcome.run_in_s <= 0
 
 
-class PostgresStore:
+class PostgresStore(Reads, Upkeep):
     """Durable state of every workflow.
 
     Args:
@@ -348,180 +348,6 @@ class PostgresStore:
         with self._errors(), self.pool.connection() as conn:
             rows = self._all(conn, "select_tasks", workflow_id=workflow_id)
         return [models.Task.from_row(r) for r in rows]
-
-    def get_history(self, workflow_id: uuid.UUID) -> list[dict]:
-        """Returns the transition history of a workflow, oldest first."""
-        with self._errors(), self.pool.connection() as conn:
-            return self._all(conn, "select_history", workflow_id=workflow_id)
-
-    def list_workflows(self, *, state: str | None = None, kind: str | None = None,
-                       limit: int = 100) -> list[models.Workflow]:
-        """Returns the newest workflows, optionally of one state or kind."""
-        with self._errors(), self.pool.connection() as conn:
-            rows = self._all(conn, "list_workflows", state=state, kind=kind, limit=limit)
-        return [models.Workflow.from_row(r) for r in rows]
-
-    def count_unfinished(self) -> tuple[int, int]:
-        """Returns (non-terminal workflows, UI events due for delivery)."""
-        with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "count_unfinished")
-        return row["workflows"], row["events"]
-
-    def metrics_snapshot(self) -> dict[str, Any]:
-        """Returns the database's gauges in one round trip (read at scrape time, never per step).
-
-        Returns:
-            ``workflows_by_state`` ({state: count}, every kind), ``oldest_due_s`` (how long
-            the longest-waiting due, unclaimed workflow has been due; 0.0 when none is) and
-            ``outbox_backlog`` (UI events not delivered yet).
-        """
-        with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "metrics_snapshot")
-        return {"workflows_by_state": dict(row["workflows_by_state"]),
-                "oldest_due_s": row["oldest_due_s"], "outbox_backlog": row["outbox_backlog"]}
-
-    # -- dashboard reads ---------------------------------------------------------------------
-
-    def events_after(self, event_id: int, workflow_id: uuid.UUID | None = None,
-                     limit: int = 500) -> list[dict]:
-        """Returns history rows with a greater event id, oldest first, with kind and label.
-
-        Args:
-            event_id: Rows after this one (0: from the start).
-            workflow_id: Only this workflow's rows (None: every workflow's).
-            limit: Rows returned at most; call again from the last one for more.
-        """
-        with self._errors(), self.pool.connection() as conn:
-            if workflow_id is None:
-                return self._all(conn, "events_after", after=event_id, limit=limit)
-            return self._all(conn, "workflow_events_after", workflow_id=workflow_id,
-                             after=event_id, limit=limit)
-
-    def get_events(self, event_ids: list[int]) -> list[dict]:
-        """Returns these history rows (those still stored), in event id order."""
-        with self._errors(), self.pool.connection() as conn:
-            return self._all(conn, "get_events", event_ids=event_ids)
-
-    def state_counts(self, kind: str | None = None) -> tuple[dict[str, int], int]:
-        """Returns workflows per state (of one kind, or all) and the newest event id.
-
-        Both come from one snapshot: a live page that shows the counts and then follows
-        the history after that id counts every later transition once.
-        """
-        with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "state_counts", kind=kind)
-        return dict(row["counts"]), row["last_event_id"]
-
-    def state_dwell_times(self, kind: str, days: float = 30.0) -> dict[str, dict[str, Any]]:
-        """Returns {state: {samples, avg_s, median_s}}: the time workflows of ``kind`` started
-        in the last ``days`` days spent in each state they have left."""
-        with self._errors(), self.pool.connection() as conn:
-            rows = self._all(conn, "state_dwell_times", kind=kind, days=days)
-        return {r["state"]: {"samples": r["samples"], "avg_s": r["avg_s"],
-                             "median_s": r["median_s"]} for r in rows}
-
-    # -- gateway reads -----------------------------------------------------------------------
-
-    def list_workflows_page(self, *, state: str | None, kind: str | None, limit: int,
-                            after: tuple[datetime.datetime, uuid.UUID] | None) -> list[dict]:
-        """Returns up to ``limit`` workflow summaries, newest first, after a keyset.
-
-        Args:
-            after: ``(start_timestamp, workflow_id)`` of the previous page's last row, or None
-                for the first page.
-        """
-        after_ts, after_id = after or (None, None)
-        with self._errors(), self.pool.connection() as conn:
-            return self._all(conn, "list_workflows_page", state=state, kind=kind, limit=limit,
-                             after_ts=after_ts, after_id=after_id)
-
-    def workflow_with_clock(self, workflow_id: uuid.UUID) -> tuple[models.Workflow,
-                                                                     datetime.datetime]:
-        """Returns a workflow and the database's clock, read together.
-
-        Raises:
-            UnknownWorkflow: no such workflow.
-        """
-        row = self._workflow_row(workflow_id)
-        return models.Workflow.from_row(row), row["db_now"]
-
-    def schema_version(self, timeout_s: float) -> int | None:
-        """Returns the applied schema's version; None when the schema was never applied.
-
-        Raises:
-            StoreError: no connection within ``timeout_s``, or the query failed.
-        """
-        with self._errors(), self.pool.connection(timeout=timeout_s) as conn:
-            try:
-                row = self._one(conn, "schema_version")
-            except psycopg.errors.UndefinedTable:  # autocommit: the connection stays usable
-                return None
-        return row["version"] if row else None
-
-    # -- UI event outbox ---------------------------------------------------------------------
-
-    def claim_ui_events(self, limit: int, lock_s: float) -> list[models.OutboxEvent]:
-        """Locks the next undelivered event of up to ``limit`` workflows for delivery."""
-        with self._transaction() as conn:
-            rows = self._all(conn, "claim_ui_events", limit=limit, lock_s=lock_s)
-        return [models.OutboxEvent.from_row(r) for r in sorted(rows, key=lambda r: r["seq"])]
-
-    def mark_ui_event_delivered(self, seq: int) -> None:
-        """Records a delivered event."""
-        with self._transaction() as conn:
-            conn.execute(self.queries["mark_ui_event_delivered"], {"seq": seq})
-
-    def mark_ui_event_failed(self, seq: int, error: str, retry_in_s: float) -> None:
-        """Records a failed delivery and when to try again."""
-        with self._transaction() as conn:
-            conn.execute(self.queries["mark_ui_event_failed"],
-                         {"seq": seq, "error": storable_text(error[:500]),
-                          "retry_in_s": retry_in_s})
-
-    def get_ui_events(self, workflow_id: uuid.UUID) -> list[dict]:
-        """Returns every queued UI event of a workflow, in order."""
-        with self._errors(), self.pool.connection() as conn:
-            return self._all(conn, "select_ui_events", workflow_id=workflow_id)
-
-    # -- pruning -----------------------------------------------------------------------------
-
-    def prune_cutoff(self, older_than_s: float) -> datetime.datetime:
-        """Returns the database's ``now()`` minus ``older_than_s``: one prune run's cutoff."""
-        with self._errors(), self.pool.connection() as conn:
-            return self._one(conn, "prune_cutoff", older_than_s=older_than_s)["cutoff"]
-
-    def count_prunable(self, cutoff: datetime.datetime) -> dict[str, int]:
-        """Counts, per table, the rows a prune with ``cutoff`` would delete (no locks taken)."""
-        with self._errors(), self.pool.connection() as conn:
-            return dict(self._one(conn, "count_prunable", cutoff=cutoff))
-
-    def prune_batch(self, cutoff: datetime.datetime, batch_size: int,
-                    lock_timeout_s: float) -> dict[str, int]:
-        """Deletes up to ``batch_size`` finished workflows last changed before ``cutoff``, with
-        their task rows, history, UI events and settled idempotency keys, in one transaction.
-
-        Rows locked by anyone else are skipped (SKIP LOCKED), never waited on; any other lock
-        is waited on for at most ``lock_timeout_s``.
-
-        Returns:
-            Rows deleted per table (``workflow_instances`` first).
-
-        Raises:
-            StoreBusy: a lock was not granted in time; nothing was deleted.
-        """
-        with self._transaction() as conn:
-            self._one(conn, "set_lock_timeout", timeout_ms=str(max(1, int(lock_timeout_s * 1000))))
-            ids = [r["workflow_id"] for r in self._all(conn, "lock_prunable", cutoff=cutoff,
-                                                       batch_size=batch_size)]
-            if not ids:
-                return {"workflow_instances": 0, "task_instances": 0, "workflow_events": 0,
-                        "ui_event_outbox": 0, "idempotency_keys": 0}
-            counts = {"workflow_instances": len(ids),
-                      **self._one(conn, "count_pruned_rows", workflow_ids=ids)}
-            counts["idempotency_keys"] = conn.execute(self.queries["delete_pruned_keys"],
-                                                      {"workflow_ids": ids}).rowcount
-            conn.execute(self.queries["delete_pruned_workflows"], {"workflow_ids": ids})
-            return counts
 
     # -- wake-ups ----------------------------------------------------------------------------
 
