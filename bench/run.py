@@ -1,7 +1,7 @@
 """CPOA's performance harness: CPOA, its ceiling and its peers, in one run, on one server.
 
-    python bench/run.py            # full: N = 5 000, ≈ 9 minutes on 2 cores
-    python bench/run.py --quick    # N = 300, backlog up to 10k, < 3 minutes
+    python -m bench.run            # full: N = 5 000, ≈ 9 minutes on 2 cores
+    python -m bench.run --quick    # N = 300, backlog up to 10k, < 3 minutes
 
 Prints a results table, then one JSON line per scenario (``{"scenario": …}``) with its figures,
 its ratios to the references measured in this same run, and pass/fail per target. Every scenario
@@ -26,7 +26,6 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.scenarios import backlog, common, pgbench
 from bench.scenarios import profile as profiling

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,22 +12,10 @@ from cpoa import settings as settings_module
 from cpoa.agents.client import AgentClient
 from cpoa.engine import Engine
 from cpoa.models import Task
-from cpoa.settings import POLLED_AGENTS, Settings
+from cpoa.settings import Settings
 from cpoa.store import PostgresStore
-from tests.agent_server import ASF_NOTIFY, ASF_UI, ScriptedAgent
-
-FAST_POLL_S = 0.05
-
-
-def agent_env(url: str, **overrides: str) -> dict[str, str]:
-    """Environment variables that point every agent at ``url`` with fast polling."""
-    env = {f"{name}_SERVICE_URL": url for name in POLLED_AGENTS}
-    env.update({f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(FAST_POLL_S)
-                for name in POLLED_AGENTS})
-    env.update(ASF_NOTIFICATION_URL=url + ASF_NOTIFY, CPOA_ASF_SEND_UI_UPDATE_URL=url + ASF_UI,
-               CPOA_SERVICE_RETRY_BACKOFF_FACTOR="0.01", CPOA_LEASE_TTL_SECONDS="30")
-    env.update(overrides)
-    return env
+from cpoa.testing.agent import ScriptedAgent, agent_env
+from cpoa.testing.wait import drive, wait_until
 
 
 @pytest.fixture
@@ -58,25 +45,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(check: Callable[[], object], timeout: float = 10.0,
-               interval: float = 0.02) -> object:
-    """Polls ``check`` until it returns something truthy; fails the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {check}")
-        time.sleep(interval)
-
-
-def drive(engine: Engine, workflow_id: object, timeout: float = 10.0) -> str:
-    """Advances one workflow until it is terminal (waits on its schedule, not a fixed sleep)."""
-    def step() -> str | None:
-        state = engine.advance(workflow_id)
-        return state if state in ("completed", "failed", "cancelled") else None
-    return wait_until(step, timeout, interval=0.01)  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.agent_server import ScriptedAgent
+from cpoa.testing.agent import ScriptedAgent
 from tests.fix_agents import engine_for, wait_until
 
 STOP_TIMEOUT_S = 15.0

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tests.agent_server import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent
+from cpoa.testing.agent import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent
 
 
 class ChaosAgent(ScriptedAgent):

@@ -1,7 +1,7 @@
 """The fault harness: runs every scenario (or the named ones) and prints one JSON line each.
 
-    python bench/chaos/run.py                 # every scenario, full size
-    python bench/chaos/run.py --quick worker_kills storm
+    python -m bench.chaos.run                 # every scenario, full size
+    python -m bench.chaos.run --quick worker_kills storm
 
 Each scenario is a module ``bench/chaos/scenario_<name>.py`` with ``run(ctx) -> dict``; the dict
 always holds ``"scenario"``, ``"ok"`` (bool: every promise held) and the figures.
@@ -17,9 +17,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from bench.chaos import common  # noqa: E402
+from bench.chaos import common
 
 HERE = pathlib.Path(__file__).resolve().parent
 

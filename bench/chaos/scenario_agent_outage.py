@@ -24,8 +24,8 @@ from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
 from cpoa.worker import Worker
-from tests.agent_server import Reply, ScriptedAgent
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import Reply, ScriptedAgent
+from cpoa.testing.agent import agent_env
 
 INTERVAL_S = 0.1
 TIMEOUT_S = 2.0

@@ -48,8 +48,8 @@ from cpoa.agents.client import (
 )
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.agent_server import ScriptedAgent, default_result
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import ScriptedAgent, default_result
+from cpoa.testing.agent import agent_env
 
 LIMIT = 4096
 """CPOA_MAX_RESPONSE_BYTES for this scenario."""
@@ -947,6 +947,7 @@ def run(ctx: common.Context) -> dict[str, Any]:
           and bystanders["bystanders_clean"] == bystanders["bystanders"])
     return {
         "ok": ok, "replies": seen[0], "seed": SEED, "max_response_bytes": LIMIT,
+        "categories": sorted(GENERATORS),
         "outcomes": dict(totals), "by_category": {k: dict(v) for k, v in sorted(outcomes.items())},
         "violations": sum(violations.values()), "violations_by_category": dict(violations),
         "escaped_exceptions": dict(escaped), "violation_examples": examples,

@@ -23,9 +23,10 @@ from cpoa import errors, outbox
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.acceptance.helpers import cli_env, run_cli
-from tests.agent_server import ScriptedAgent
-from tests.fix_agents import agent_env, drive
+from cpoa.testing.cli import cli_env, run_cli
+from cpoa.testing.agent import ScriptedAgent
+from cpoa.testing.agent import agent_env
+from cpoa.testing.wait import drive
 
 TABLES = ("workflow_instances", "workflow_transitions", "task_instances", "idempotency_keys",
           "workflow_events", "ui_event_outbox")
@@ -150,7 +151,8 @@ def run(ctx: common.Context) -> dict[str, Any]:
     return {"ok": ok, "api_cases": api["cases"], "api_refused_naming_field": api["refused"],
             "api_failures": api["failures"][:10], "cli_cases": cli["cases"],
             "cli_exit_2_naming_field": cli["refused"], "cli_failures": cli["failures"][:10],
-            "rows_written_by_bad_requests": written, "rows_before": before, **verbatim}
+            "rows_written_by_bad_requests": written, "rows_before": before,
+            "tables_expected": len(TABLES), **verbatim}
 
 
 # -- refused input ---------------------------------------------------------------------------

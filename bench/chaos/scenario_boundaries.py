@@ -30,8 +30,8 @@ from cpoa import settings as settings_module
 from cpoa.engine import FAULT_POINTS, Engine
 from cpoa.store import PostgresStore
 from cpoa.worker import Worker
-from tests.agent_server import ASF_UI
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import ASF_UI
+from cpoa.testing.agent import agent_env
 
 PARAMS = {"podcast": {"topic": "tides"}, "snippets": {"query": "ocean", "limit": 2}}
 PARALLEL = 4

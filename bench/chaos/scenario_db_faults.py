@@ -29,8 +29,8 @@ from cpoa import embedded
 from cpoa.engine import Engine
 from cpoa.settings import from_env
 from cpoa.store import PostgresStore
-from tests.acceptance.helpers import ROOT, cli_env
-from tests.agent_server import ScriptedAgent
+from cpoa.testing.cli import ROOT, cli_env
+from cpoa.testing.agent import ScriptedAgent
 
 OUTAGE_THREADS = 3
 """Worker threads with their own outage tracker (claim loop, listener, outbox): at most one
@@ -296,7 +296,7 @@ def _figures(dsn: str, ids: list, faults: list[dict[str, Any]], records: list[di
         "log_records": len(records), "outages": outages,
         "restart_down_s": restart["down_s"], "restart_recover_s": restart["recover_s"],
         "max_stall_s": max((o["stall_s"] or float("inf")) for o in outages),
-        "recover_bound_s": RECOVER_BOUND_S,
+        "recover_bound_s": RECOVER_BOUND_S, "outage_threads": OUTAGE_THREADS,
     }
 
 

@@ -20,7 +20,7 @@ from bench.chaos.common import Context, non_default_settings
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import agent_env
 
 POISON_STATE = "scripting"
 MAX_RECOVERIES = 3

@@ -26,8 +26,8 @@ from cpoa import embedded, errors
 from cpoa import settings as settings_module
 from cpoa import sql as cpoa_sql
 from cpoa.store import PostgresStore
-from tests.acceptance.helpers import cli_env, run_cli
-from tests.agent_server import Reply, ScriptedAgent
+from cpoa.testing.cli import cli_env, run_cli
+from cpoa.testing.agent import Reply, ScriptedAgent
 
 PASSWORD = "Zq8-s3cr%t_pw"
 """Holds a ``%``: a URL must carry it percent-encoded, and a user who forgets is the test."""

@@ -19,7 +19,7 @@ from cpoa import machine
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import agent_env
 
 FULL = (8, 50)
 QUICK = (4, 10)

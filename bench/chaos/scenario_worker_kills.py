@@ -31,8 +31,8 @@ from cpoa import defaults
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.agent_server import ASF_UI
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import ASF_UI
+from cpoa.testing.agent import agent_env
 
 SEED = 1
 WORKERS = 3

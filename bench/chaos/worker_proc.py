@@ -1,7 +1,7 @@
 """Worker subprocesses of the fault harness: the entry point, and how scenarios start and reap them.
 
-    python bench/chaos/worker_proc.py worker --target ID --crash-at before_commit:scripting:2
-    python bench/chaos/worker_proc.py advance --deadline 60 ID ...
+    python -m bench.chaos.worker_proc worker --target ID --crash-at before_commit:scripting:2
+    python -m bench.chaos.worker_proc advance --deadline 60 ID ...
 
 ``worker`` runs a real :class:`cpoa.worker.Worker` (configured from the environment, like
 ``cpoa worker``) whose engine SIGKILLs its own process at the n-th time it reaches a boundary
@@ -29,15 +29,13 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from cpoa import errors, logs, machine, models
 from cpoa import settings as settings_module
 from cpoa.engine import FAULT_POINTS, Engine
 from cpoa.store import PostgresStore, conninfo
 from cpoa.worker import Worker
-from tests.acceptance.helpers import cli_env
+from cpoa.testing.cli import cli_env
 
 CRASH_MARK = "chaos: SIGKILL at"
 """What a crashing worker prints on stderr just before it kills itself."""
@@ -81,7 +79,7 @@ class Processes:
 
     def chaos_worker(self, env: dict[str, str], *extra: str) -> subprocess.Popen:
         """Starts this module's ``worker`` (with a fault hook)."""
-        return self.spawn("chaos-worker", [__file__, "worker", *extra], env)
+        return self.spawn("chaos-worker", ["-m", "bench.chaos.worker_proc", "worker", *extra], env)
 
     def log(self, proc: subprocess.Popen) -> str:
         """The output a process wrote so far."""

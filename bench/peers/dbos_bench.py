@@ -2,7 +2,7 @@
 
 Runs in its own virtualenv (``pip install dbos psutil``); ``bench/run.py`` starts it:
 
-    /tmp/benchvenv/bin/python bench/peers/dbos_bench.py --admin-dsn A --dsn D -n 5000 --threads 4
+    /tmp/benchvenv/bin/python -m bench.peers.dbos_bench --admin-dsn A --dsn D -n 5000 --threads 4
 
 Each thread calls the workflow function directly (DBOS checkpoints the workflow and each step in
 its system database); ``--max-seconds`` stops starting new workflows after that long, and the
@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import logging
-import pathlib
-import sys
 import threading
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import psycopg
 

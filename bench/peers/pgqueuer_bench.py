@@ -2,7 +2,7 @@
 
 Runs in the peers' virtualenv (``pip install pgqueuer psutil``):
 
-    /tmp/benchvenv/bin/python bench/peers/pgqueuer_bench.py --admin-dsn A --dsn D --jobs 30000
+    /tmp/benchvenv/bin/python -m bench.peers.pgqueuer_bench --admin-dsn A --dsn D --jobs 30000
 
 The jobs are enqueued first in batches of 1 000 (not timed); then one QueueManager (psycopg
 async driver, batch size 10) drains them in ``drain`` mode, timed; ``--max-seconds`` stops it
@@ -15,11 +15,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import pathlib
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import psycopg
 

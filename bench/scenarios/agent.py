@@ -23,8 +23,7 @@ import threading
 import time
 from typing import Any
 
-from bench.scenarios import common  # noqa: F401  (puts the repository on sys.path)
-from tests.agent_server import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent
+from cpoa.testing.agent import ASF_NOTIFY, ASF_UI, Reply, ScriptedAgent
 
 
 class TimedAgent(ScriptedAgent):

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import threading
 import time
 import types
@@ -22,8 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
@@ -260,11 +257,11 @@ def install_counting() -> None:
 class InstantClient:
     """The AgentClient interface, answering every submit and poll with a valid result at once.
 
-    The results are those of the test suite's scripted agent (``tests.agent_server``).
+    The results are those of the test suite's scripted agent (``cpoa.testing.agent``).
     """
 
     def __init__(self) -> None:
-        from tests.agent_server import default_result
+        from cpoa.testing.agent import default_result
         self.default_result = default_result
 
     def submit(self, service: str, base_url: str, path: str, body: Mapping[str, Any], *,
@@ -286,7 +283,7 @@ class InstantClient:
 def agent_env(url: str, poll_s: float = 0.05, **overrides: str) -> dict[str, str]:
     """The test suite's agent_env, with polls every ``poll_s`` and a 60 s lease."""
     from cpoa.settings import POLLED_AGENTS
-    from tests.fix_agents import agent_env as test_agent_env
+    from cpoa.testing.agent import agent_env as test_agent_env
     polls = {f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(poll_s) for name in POLLED_AGENTS}
     return test_agent_env(url, **{"CPOA_LEASE_TTL_SECONDS": "60", **polls, **overrides})
 

@@ -31,7 +31,7 @@ from bench.chaos import inflight
 from bench.scenarios import common
 from bench.scenarios.agent import SlowAgent
 from cpoa import defaults
-from tests.agent_server import ASF_UI
+from cpoa.testing.agent import ASF_UI
 
 ANSWER_S = 2.0
 """How long the agent takes to answer each submit."""
@@ -85,7 +85,7 @@ def _env(dsn: str, agent_url: str) -> dict[str, str]:
     """The workers' environment: this database, every agent at ``agent_url``, no tuning
     beyond the polling interval (the test suite's agent_env shortens the retry backoff: put
     back)."""
-    from tests.acceptance.helpers import cli_env
+    from cpoa.testing.cli import cli_env
     env = cli_env(dsn, agent_url, **{f"CPOA_{name}_POLLING_INTERVAL_SECONDS": POLL_S
                                      for name in defaults.POLLING_S})
     for name in ("CPOA_SERVICE_RETRY_BACKOFF_FACTOR", "CPOA_LEASE_TTL_SECONDS"):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cpoa import embedded
-from tests.acceptance.helpers import cli_env, run_cli
+from cpoa.testing.cli import cli_env, run_cli
 
 
 def test_db_init__is_safe_to_repeat(dsn, agent):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.acceptance.helpers import cli_env, run_cli
+from cpoa.testing.cli import cli_env, run_cli
 
 NOWHERE = "postgresql://nobody@127.0.0.1:1/x"
 """A database no test reaches: commands refused before connecting never notice."""

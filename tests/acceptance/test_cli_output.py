@@ -11,7 +11,7 @@ import sys
 
 from psycopg import conninfo
 
-from tests.acceptance.helpers import ROOT, cli_env, run_cli, spawn_cli
+from cpoa.testing.cli import ROOT, cli_env, run_cli, spawn_cli
 from tests.fix_agents import wait_until
 
 AUDIO_URL = "http://127.0.0.1/audio.mp3"

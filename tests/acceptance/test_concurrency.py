@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cpoa import machine
-from tests.acceptance.helpers import ROOT, cli_env, run_cli
+from cpoa.testing.cli import ROOT, cli_env, run_cli
 
 ADVANCE_LOOP = """
 import sys

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cpoa import machine
-from tests.acceptance.helpers import ROOT, cli_env, run_cli, spawn_cli
+from cpoa.testing.cli import ROOT, cli_env, run_cli, spawn_cli
 from tests.fix_agents import wait_until
 
 RESUME_DEADLINE_S = 5.0

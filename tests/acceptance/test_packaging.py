@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.acceptance.helpers import ROOT
+from cpoa.testing.cli import ROOT
 
 
 @pytest.mark.slow

@@ -47,9 +47,9 @@ import pytest
 from cpoa import machine
 from cpoa.store import PostgresStore
 from tests import fix_db
-from tests.acceptance.helpers import ROOT, cli_env, run_cli
+from cpoa.testing.cli import ROOT, cli_env, run_cli
 from tests.acceptance.test_crash import live_workers
-from tests.agent_server import ScriptedAgent
+from cpoa.testing.agent import ScriptedAgent
 from tests.fix_agents import wait_until
 
 TAKEOVER_BOUND_S = 25.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg import conninfo as pg_conninfo
 
-from tests.acceptance.helpers import cli_env, run_cli
+from cpoa.testing.cli import cli_env, run_cli
 
 PASSWORD = "Zq8-s3cret-pw"
 

@@ -13,7 +13,7 @@ import requests
 
 from cpoa import defaults
 from cpoa_agents.corpus import CorpusServer
-from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
+from cpoa.testing.cli import cli_env, run_cli, spawn_cli
 from tests.agents.protocol import finished, serving, submit
 from tests.fix_agents import wait_until
 

@@ -20,7 +20,7 @@ from PIL import Image
 from cpoa_agents import neural, text
 from cpoa_agents.corpus import CORPUS_DIR
 from cpoa_agents.text import STOP_WORDS
-from tests.acceptance.helpers import cli_env, run_cli
+from cpoa.testing.cli import cli_env, run_cli
 from tests.agents.audio_checks import high_band_share, median_pitch
 from tests.fix_db import database
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pypdf import PdfReader
 
-from tests.acceptance.helpers import cli_env, run_cli
+from cpoa.testing.cli import cli_env, run_cli
 from tests.agents.audio_checks import median_pitch
 from tests.agents.test_demo import _wav, demo_dsn, run_demo  # noqa: F401 (fixture)
 

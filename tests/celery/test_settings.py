@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from cpoa import defaults, errors, models
-from tests.acceptance.helpers import ROOT, cli_env
+from cpoa.testing.cli import ROOT, cli_env
 
 celery_tasks = pytest.importorskip("cpoa.celery_tasks", reason="the [celery] extra is missing")
 

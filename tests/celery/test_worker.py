@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.helpers import ROOT, cli_env
+from cpoa.testing.cli import ROOT, cli_env
 from tests.fix_agents import wait_until
 
 celery_tasks = pytest.importorskip("cpoa.celery_tasks", reason="the [celery] extra is missing")

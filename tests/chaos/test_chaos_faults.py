@@ -1,4 +1,4 @@
-"""The fault harness's fault scenarios in their quick versions (`bench/chaos/run.py --quick`):
+"""The fault harness's fault scenarios in their quick versions (`python -m bench.chaos.run --quick`):
 database faults, an agent outage, bad agent replies, bad requests, secrets; and one small
 reproducer for each engine bug those scenarios found (fixed; they guard against a return)."""
 
@@ -7,21 +7,15 @@ from __future__ import annotations
 import pathlib
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 
-from bench.chaos import (
-    scenario_agent_outage,
-    scenario_bad_replies,
-    scenario_bad_requests,
-    scenario_db_faults,
-    scenario_secrets,
-)
-from bench.chaos.common import quick_run
+from tests.chaos.harness import quick
 from cpoa import errors
-from tests.acceptance.helpers import cli_env, run_cli
-from tests.agent_server import Reply
+from cpoa.testing.cli import cli_env, run_cli
+from cpoa.testing.agent import Reply
 from tests.fix_agents import drive, step_task, wait_until
 
 
@@ -45,13 +39,13 @@ def test_db_faults__quick__workers_ride_out_cut_backends_and_a_restart(server_ds
     """A worker subprocess whose backends are cut twice and whose server is restarted stays
     alive, completes every workflow, and logs "database unavailable" once per outage and
     thread (never per row), soon making progress again."""
-    result = quick_run(scenario_db_faults, server_dsn, scratch)
+    result = quick("db_faults", server_dsn)
     assert result["completed"] == result["workflows"], result["states"]
     assert result["worker_alive"] and result["worker_exit"] == 0
     outages = result["outages"]
     assert [o["kind"] for o in outages] == ["terminate", "terminate", "restart"]
     assert all(o["unfinished_workflows"] > 0 for o in outages)  # each fault hit mid-run
-    assert all(o["db_outage_logs"] <= scenario_db_faults.OUTAGE_THREADS for o in outages)
+    assert all(o["db_outage_logs"] <= result["outage_threads"] for o in outages)
     assert outages[-1]["db_outage_logs"] >= 1 and outages[-1]["recover_s"] is not None
     assert result["ok"], result
 
@@ -61,7 +55,7 @@ def test_agent_outage__quick__short_waits_long_fails_then_retry_completes(server
     """PSWA down longer than its polling interval but shorter than its timeout: workflows wait
     and complete; down longer than the timeout: they fail naming PSWA and the timeout, and
     retry completes them once PSWA is back, with no step's work done twice."""
-    result = quick_run(scenario_agent_outage, server_dsn, scratch)
+    result = quick("agent_outage", server_dsn)
     assert result["ok"], result
     short, long = result["short_outage"], result["long_outage"]
     assert short["states"] == {"completed": result["workflows"] // 2}
@@ -93,10 +87,10 @@ def test_bad_replies__quick__no_exception_and_a_reason_for_each(server_dsn, scra
     oversize and gzip-bomb bodies, odd statuses, malformed HTTP) each end as succeeded, open,
     transient or failed with a reason naming the field or the problem; sampled end to end
     through advance, beside healthy workflows that all complete untouched."""
-    result = quick_run(scenario_bad_replies, server_dsn, scratch)
+    result = quick("bad_replies", server_dsn)
     assert result["replies"] == 500
     by_category = result["by_category"]
-    assert set(by_category) == set(scenario_bad_replies.GENERATORS)
+    assert set(by_category) == set(result["categories"])
     for good in ("valid", "extra_fields", "content_type"):
         assert set(by_category[good]) <= {"succeeded", "open"}, (good, by_category[good])
     assert result["bystanders"] == result["bystanders_clean"] > 0
@@ -111,14 +105,14 @@ def test_bad_requests__quick__refused_naming_the_field_and_hostile_text_inert(se
     """Invalid start_workflow arguments and ids raise InvalidInput naming the field, the CLI
     exits 2 naming it, nothing is written; SQL and script strings are stored and sent
     verbatim and every table still exists."""
-    result = quick_run(scenario_bad_requests, server_dsn, scratch)
+    result = quick("bad_requests", server_dsn)
     assert result["ok"], result
     assert result["api_refused_naming_field"] == result["api_cases"] >= 80
     assert result["cli_exit_2_naming_field"] == result["cli_cases"] >= 5
     assert result["rows_written_by_bad_requests"] == {}
     assert result["stored_verbatim"] == result["hostile_workflows"]
     assert result["hostile_states"] == ["completed"]
-    assert result["tables_present"] == len(scenario_bad_requests.TABLES)
+    assert result["tables_present"] == result["tables_expected"]
 
 
 SECRET_BUGS = (
@@ -133,7 +127,7 @@ MALFORMED_RUNS = {"url_password_not_encoded", "url_malformed_host", "keyvalue_un
 def test_secrets__quick__the_password_never_appears(server_dsn, scratch):
     """DEBUG-level CLI runs with the password in a URL, in POSTGRES_PASSWORD, with agent
     errors and failing connections never print the password, plain or percent-encoded."""
-    result = quick_run(scenario_secrets, server_dsn, scratch)
+    result = quick("secrets", server_dsn)
     assert result["lines_scanned"] > 100 and result["debug_records"] > 0
     assert result["agent_error_logs"] > 0 and result["bad_exits"] == []
     assert result["crashes"] == [] and result["leaks"] == []
@@ -217,11 +211,16 @@ def test_store__one_failure_after_the_backends_are_cut(store, db):
     assert failures <= 1
 
 
+PASSWORD = "Zq8-s3cr%t_pw"
+"""Holds a ``%``: a URL must carry it percent-encoded, and a user who forgets is the test."""
+ENCODED = urllib.parse.quote(PASSWORD, safe="")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("url", [
-    f"postgresql://cpoa:{scenario_secrets.PASSWORD}@127.0.0.1:1/cpoa",
-    f"postgresql://cpoa:{scenario_secrets.ENCODED}@[::1/cpoa",
-    f"host=127.0.0.1 port=1 password='{scenario_secrets.PASSWORD}",
+    f"postgresql://cpoa:{PASSWORD}@127.0.0.1:1/cpoa",
+    f"postgresql://cpoa:{ENCODED}@[::1/cpoa",
+    f"host=127.0.0.1 port=1 password='{PASSWORD}",
 ], ids=["unencoded-percent", "broken-ipv6", "unterminated-quote"])
 def test_cli__malformed_database_url_is_a_usage_error(agent, url):
     """A malformed CPOA_DATABASE_URL is a configuration error naming the variable (exit 2),
@@ -230,6 +229,6 @@ def test_cli__malformed_database_url_is_a_usage_error(agent, url):
     result = run_cli(cli_env(url, agent.url), "-vv", "list", timeout=60)
     output = result.stdout + result.stderr
     assert time.monotonic() - started < 60
-    assert scenario_secrets.PASSWORD not in output
+    assert PASSWORD not in output
     assert not any(line.startswith("Traceback") for line in result.stderr.splitlines())
     assert result.returncode == 2 and "CPOA_DATABASE_URL" in result.stderr

@@ -14,7 +14,7 @@ import pytest
 from psycopg import conninfo as pg_conninfo
 
 from cpoa import defaults, sql
-from tests.agent_server import Reply, ScriptedAgent
+from cpoa.testing.agent import Reply, ScriptedAgent
 from tests.fix_agents import drive, engine_for
 from tests.fix_gateway import LiveGateway
 

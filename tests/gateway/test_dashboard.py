@@ -13,7 +13,7 @@ import pytest
 
 from cpoa import machine
 from cpoa.gateway import live, statechart
-from tests.agent_server import Reply, ScriptedAgent
+from cpoa.testing.agent import Reply, ScriptedAgent
 from tests.fix_agents import drive
 from tests.fix_gateway import LiveGateway
 

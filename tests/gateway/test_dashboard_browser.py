@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 
 from cpoa.store import PostgresStore
 from cpoa.worker import Worker
-from tests.agent_server import Reply, ScriptedAgent
+from cpoa.testing.agent import Reply, ScriptedAgent
 from tests.fix_agents import engine_for
 from tests.fix_browser import CHROMIUM, launch_chromium
 from tests.fix_gateway import LiveGateway

@@ -10,7 +10,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
+from cpoa.testing.cli import cli_env, run_cli, spawn_cli
 from tests.fix_agents import wait_until
 
 TOKEN = "tok-serve-5c1e0b7d2a"  # distinctive enough to search the logs for

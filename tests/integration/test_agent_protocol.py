@@ -13,7 +13,7 @@ import requests
 from cpoa import errors
 from cpoa import settings as settings_module
 from cpoa.agents.client import AgentClient
-from tests.agent_server import ASF_NOTIFY, Reply, ScriptedAgent
+from cpoa.testing.agent import ASF_NOTIFY, Reply, ScriptedAgent
 from tests.fix_agents import (agent_env, drive, engine_for, failed_with, leave, sent,
                                step_task, wait_until)
 

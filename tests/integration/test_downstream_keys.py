@@ -4,7 +4,7 @@ dedupes the start, never the agents' work. Real agent, real database."""
 from __future__ import annotations
 
 from cpoa import prune
-from tests.agent_server import ASF_NOTIFY
+from cpoa.testing.agent import ASF_NOTIFY
 from tests.fix_agents import drive
 
 

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from cpoa import errors, events, machine, models
 from cpoa import store as store_module
-from tests.agent_server import Reply
+from cpoa.testing.agent import Reply
 from tests.fix_agents import drive, wait_until
 
 LONG_TTL_S = 30.0

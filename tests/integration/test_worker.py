@@ -11,7 +11,7 @@ import pytest
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.worker import Worker
-from tests.agent_server import ASF_UI, Reply
+from cpoa.testing.agent import ASF_UI, Reply
 from tests.fix_agents import agent_env, wait_until
 
 

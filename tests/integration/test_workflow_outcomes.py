@@ -16,7 +16,7 @@ import pytest
 
 from cpoa import errors
 from cpoa.engine import Engine
-from tests.agent_server import ASF_NOTIFY, Reply, ScriptedAgent
+from cpoa.testing.agent import ASF_NOTIFY, Reply, ScriptedAgent
 from tests.fix_agents import (drive, engine_for, failed_with, leave, sent, step_task,
                                wait_until)
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cpoa import errors as cpoa_errors
 from cpoa import machine, metrics, recovery
 from cpoa.agents.client import AgentClient
-from tests.agent_server import Reply
+from cpoa.testing.agent import Reply
 from tests.fix_agents import drive, engine_for, failed_with, leave, wait_until
 from tests.metrics.helpers import Samples, delta, errors, scrape, transitions, value
 

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.acceptance.helpers import cli_env, run_cli, spawn_cli
+from cpoa.testing.cli import cli_env, run_cli, spawn_cli
 from tests.fix_agents import free_port, wait_until
 from tests.metrics.helpers import Samples, parse, transitions, value
 

@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 
 from cpoa import defaults, prune
-from tests.acceptance.helpers import cli_env, run_cli
-from tests.agent_server import Reply
+from cpoa.testing.cli import cli_env, run_cli
+from cpoa.testing.agent import Reply
 from tests.fix_agents import drive, engine_for
 
 OLD_DAYS = 40

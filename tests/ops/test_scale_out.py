@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from cpoa import machine
-from tests.acceptance.helpers import ROOT, cli_env
-from tests.agent_server import ASF_NOTIFY, ASF_UI, ScriptedAgent
+from cpoa.testing.cli import ROOT, cli_env
+from cpoa.testing.agent import ASF_NOTIFY, ASF_UI, ScriptedAgent
 from tests.fix_agents import wait_until
 
 WORKERS = 3

@@ -26,7 +26,7 @@ from cpoa import decide, errors, machine, models, steps
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from tests.agent_server import ScriptedAgent
+from cpoa.testing.agent import ScriptedAgent
 from tests.fix_agents import agent_env
 from tests.fix_db import database
 

@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
-from tests.fix_agents import agent_env
+from cpoa.testing.agent import agent_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The folder that holds the cpoa package (the repository, in a checkout)."""
 
 
 def cli_env(dsn: str, agent_url: str, **overrides: str) -> dict[str, str]:

@@ -16,10 +16,25 @@ import time
 import uuid
 from typing import Any
 
+from cpoa.settings import POLLED_AGENTS
+
 ASF_NOTIFY = "/asf/internal/notify_new_audio"
 ASF_UI = "/asf/internal/send_ui_update"
 HOLD_MAX_S = 120.0
 """Longest :meth:`ScriptedAgent.hold_next` holds an answer."""
+FAST_POLL_S = 0.05
+"""The polling interval :func:`agent_env` sets for every agent."""
+
+
+def agent_env(url: str, **overrides: str) -> dict[str, str]:
+    """Environment variables that point every agent at ``url`` with fast polling."""
+    env = {f"{name}_SERVICE_URL": url for name in POLLED_AGENTS}
+    env.update({f"CPOA_{name}_POLLING_INTERVAL_SECONDS": str(FAST_POLL_S)
+                for name in POLLED_AGENTS})
+    env.update(ASF_NOTIFICATION_URL=url + ASF_NOTIFY, CPOA_ASF_SEND_UI_UPDATE_URL=url + ASF_UI,
+               CPOA_SERVICE_RETRY_BACKOFF_FACTOR="0.01", CPOA_LEASE_TTL_SECONDS="30")
+    env.update(overrides)
+    return env
 
 
 @dataclasses.dataclass
