@@ -58,7 +58,18 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
             raise errors.InvalidInput(f"files: expected a list of at most {defaults.URLS_MAX} "
                                       "document URLs", field="files")
         cleaned["files"] = [_url(u, f"files[{i}]") for i, u in enumerate(files)]
-    voice = params.get("voice_params")
+    cleaned["voice_params"] = _voice_params(params.get("voice_params"))
+    if params.get("persona") is not None:
+        cleaned["persona"] = text(params["persona"], "persona")
+    if params.get("max_results") is not None:
+        cleaned["max_results"] = integer(params["max_results"], "max_results", MAX_RESULTS_MIN,
+                                         MAX_RESULTS_MAX)
+    _episode_options(params, cleaned)
+    return cleaned
+
+
+def _voice_params(voice: Any) -> dict[str, Any]:
+    """``voice_params``: an object of known fields, each of its type (None: no overrides)."""
     voice = {} if voice is None else voice
     if not isinstance(voice, Mapping):
         raise errors.InvalidInput("voice_params: expected an object", field="voice_params")
@@ -75,14 +86,7 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
                                       field=f"voice_params.{key}")
         if isinstance(value, str):
             text(value, f"voice_params.{key}", TEXT_ID_MAX_CHARS)
-    cleaned["voice_params"] = dict(voice)
-    if params.get("persona") is not None:
-        cleaned["persona"] = text(params["persona"], "persona")
-    if params.get("max_results") is not None:
-        cleaned["max_results"] = integer(params["max_results"], "max_results", MAX_RESULTS_MIN,
-                                         MAX_RESULTS_MAX)
-    _episode_options(params, cleaned)
-    return cleaned
+    return dict(voice)
 
 
 def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
+from typing import Any
 
 from cpoa import defaults, errors
 
@@ -112,6 +113,19 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def _asf(reader: EnvReader) -> dict[str, Any]:
+    """ASF's settings: where it is notified and sent UI events, and how long it is tried."""
+    asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
+    return {
+        "asf_notification_url": reader.url("ASF_NOTIFICATION_URL",
+                                           f"{asf}/asf/internal/notify_new_audio"),
+        "asf_ui_update_url": reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
+                                        f"{asf}/asf/internal/send_ui_update"),
+        "asf_notify_timeout_s": reader.number("CPOA_ASF_NOTIFY_TIMEOUT_SECONDS",
+                                              defaults.ASF_NOTIFY_TIMEOUT_S, positive=True),
+    }
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Reads and validates the configuration.
 
@@ -125,17 +139,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ConfigError: naming the first variable whose value is unusable.
     """
     reader = EnvReader(os.environ if env is None else env)
-    agents = {name: _agent(reader, name) for name in POLLED_AGENTS}
-    asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
     return Settings(
         database=_database(reader),
-        agents=agents,
-        asf_notification_url=reader.url("ASF_NOTIFICATION_URL",
-                                        f"{asf}/asf/internal/notify_new_audio"),
-        asf_ui_update_url=reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
-                                     f"{asf}/asf/internal/send_ui_update"),
-        asf_notify_timeout_s=reader.number("CPOA_ASF_NOTIFY_TIMEOUT_SECONDS",
-                                           defaults.ASF_NOTIFY_TIMEOUT_S, positive=True),
+        agents={name: _agent(reader, name) for name in POLLED_AGENTS},
+        **_asf(reader),
         retry_count=reader.integer("CPOA_SERVICE_RETRY_COUNT", defaults.SERVICE_RETRY_COUNT,
                                    minimum=1),
         retry_backoff_factor=reader.number("CPOA_SERVICE_RETRY_BACKOFF_FACTOR",

@@ -105,19 +105,10 @@ class Stream:
                 if resync:
                     subscription.overflowed = False
                     resync = False
-                    found = False
-                    async for rows in self._replay(sent):
-                        if rows is None:  # the database failed: try again after a while
+                    async for text in self._catch_up(sent, summarize=first):
+                        if text is None:  # the database failed: try again after a while
                             resync = True
-                            break
-                        texts = await self._batch(rows, sent, summarize=False)
-                        found = found or bool(texts)
-                        for text in texts:
-                            yield text
-                    # The first replay always ends with a summary, later ones only if they
-                    # found something the stream had missed.
-                    if first or found:
-                        for text in await self._batch([], sent, summarize=True):
+                        else:
                             yield text
                     first = False
                 item = await subscription.next(self.heartbeat_s)
@@ -154,6 +145,25 @@ class Stream:
             logger.warning("live stream: database read failed: %s", exc,
                            extra={"action": "live_read_failed"})
             return None
+
+    async def _catch_up(self, sent: Sent, summarize: bool) -> AsyncIterator[str | None]:
+        """The frames of the rows after the stream's cursor, then a summary if ``summarize``
+        (the first catch-up) or if it found rows the stream had missed; a last None when a
+        read failed."""
+        found = failed = False
+        async for rows in self._replay(sent):
+            if rows is None:
+                failed = True
+                break
+            texts = await self._batch(rows, sent, summarize=False)
+            found = found or bool(texts)
+            for text in texts:
+                yield text
+        if summarize or found:
+            for text in await self._batch([], sent, summarize=True):
+                yield text
+        if failed:
+            yield None
 
     async def _replay(self, sent: Sent) -> AsyncIterator[list[dict[str, Any]] | None]:
         """Yields the rows after the stream's cursor a page at a time (None: a read failed)."""
