@@ -74,6 +74,17 @@ def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
     return Call(key, item, tasks.get(key) or new_task(workflow, step, key))
 
 
+def slot_cap(step: steps.Step, call: Call, max_in_flight: int | None) -> int | None:
+    """The agent's in-flight limit when ``call`` is a submit to a capped agent (it must hold
+    one of the agent's slots first); None when no slot is needed (no limit, a poll of a task
+    the agent accepted, or a notification)."""
+    if max_in_flight is None or step.notified:
+        return None
+    if call.task.status == "submitted" and call.task.status_url:
+        return None
+    return max_in_flight
+
+
 def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
                task: models.Task, now: datetime.datetime) -> Wait | Finish:
     """What the step records once the call for ``task``'s item came back as ``task``."""

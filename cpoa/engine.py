@@ -168,25 +168,43 @@ class Engine:
         try:
             with self.heartbeat.holding(lease.workflow.workflow_id):
                 outcome = self._decide_and_act(lease, log)
+        except errors.StoreError:
+            raise  # the database, not the step: the caller gives the lease back
+        except errors.StaleState as exc:
+            log.warning("lease lost before the call: %s", exc, extra={"action": "stale_result"})
+            return self.store.get_workflow(lease.workflow.workflow_id), None
         except Exception as exc:  # a bug must fail the workflow, never the worker
             log.exception("step crashed", extra={"action": "step_crashed",
                                                  "state": lease.workflow.state})
             reason = f"internal error: {type(exc).__name__}: {logs.clip(str(exc), 300)}"
             outcome = decide.verdict_outcome(lease.workflow, steps.Verdict(False, reason=reason))
+        if outcome is None:  # queued for an agent slot: the lease is gone, nothing to record
+            return self.store.get_workflow(lease.workflow.workflow_id), None
         self._fault("after_call", lease.workflow)
         return self._record(lease, outcome, keep_lease, log)
 
-    def _decide_and_act(self, lease: models.Lease, log: logs.WorkflowLogger) -> models.Outcome:
+    def _decide_and_act(self, lease: models.Lease,
+                        log: logs.WorkflowLogger) -> models.Outcome | None:
+        """The step's outcome; None when it waits for an agent slot (its lease released)."""
         workflow, clock = lease.workflow, _clock(lease.db_now)
         tasks = {t.item_key: t for t in lease.tasks}
         action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts)
         if isinstance(action, decide.Call):
+            step = steps.step_for(workflow)
+            cap = decide.slot_cap(step, action, self._max_in_flight(step))
+            if cap is not None and not self.store.take_slot(lease, step.agent, action.item_key,
+                                                            cap):
+                log.info("waiting for a %s slot (%d in flight)", step.agent, cap,
+                         extra={"action": "slot_wait", "agent": step.agent})
+                return None
             self._fault("before_call", workflow)
-            task = attempt.act(self.client, self.settings, steps.step_for(workflow), workflow,
-                               action.task, action.item, clock,
-                               log.bind(task_id=str(action.task.task_id)))
+            task = attempt.act(self.client, self.settings, step, workflow, action.task,
+                               action.item, clock, log.bind(task_id=str(action.task.task_id)))
             action = decide.after_call(workflow, tasks, task, clock())
         return decide.outcome(workflow, action)
+
+    def _max_in_flight(self, step: steps.Step) -> int | None:
+        return None if step.notified else self.settings.agent(step.agent).max_in_flight
 
     def _record(self, lease: models.Lease, outcome: models.Outcome, keep_lease: bool,
                 log: logs.WorkflowLogger) -> tuple[models.Workflow, models.Lease | None]:

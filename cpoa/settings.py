@@ -26,12 +26,15 @@ class AgentSettings:
         base_url: Scheme, host and port; endpoint paths are appended.
         poll_interval_s: Pause between two status polls.
         poll_timeout_s: Longest a step may take, counted from its first submit.
+        max_in_flight: Tasks submitted to the agent and not finished, across every worker,
+            at most (``CPOA_<AGENT>_MAX_IN_FLIGHT``); None: no limit.
     """
 
     name: str
     base_url: str
     poll_interval_s: float
     poll_timeout_s: float
+    max_in_flight: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +176,7 @@ def _agent(reader: EnvReader, name: str) -> AgentSettings:
                                       positive=True),
         poll_timeout_s=reader.number(f"CPOA_{name}_POLLING_TIMEOUT_SECONDS", timeout,
                                      positive=True),
+        max_in_flight=reader.integer(f"CPOA_{name}_MAX_IN_FLIGHT", 0, minimum=1) or None,
     )
 
 

@@ -78,6 +78,19 @@ CREATE INDEX IF NOT EXISTS workflow_instances_by_start
 CREATE INDEX IF NOT EXISTS workflow_instances_finished
     ON workflow_instances (last_updated_timestamp) WHERE next_run_at IS NULL;
 
+-- Per-agent flow control (CPOA_<AGENT>_MAX_IN_FLIGHT), schema version 8. A workflow that
+-- finds its agent's slots all taken waits in the agent's queue (waiting_agent, the item it
+-- will submit, since when) with no lease and no polling; the write that frees a slot hands it
+-- to the next waiter and wakes the workers (cpoa_release_slots_v1). `priority` orders the
+-- queue within a tenant (user_id); tenants take turns by the slots they had (agent_tenants).
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS waiting_agent text;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS waiting_item text;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS waiting_since timestamptz;
+CREATE INDEX IF NOT EXISTS workflow_instances_waiting
+    ON workflow_instances (waiting_agent, (coalesce(user_id, '')), priority DESC, waiting_since)
+    WHERE waiting_agent IS NOT NULL;
+
 -- Every (kind, from, to) the machine allows; a trigger refuses any other state change.
 CREATE TABLE IF NOT EXISTS workflow_transitions (
     kind        text NOT NULL,
@@ -246,6 +259,145 @@ LANGUAGE sql AS $$
           FROM workflow_instances w WHERE w.workflow_id = p_workflow_id FOR UPDATE) l
 $$;
 
+-- An agent's limit, as the workers were configured when they last took a slot; its row is
+-- also the lock that makes taking and freeing its slots one at a time.
+CREATE TABLE IF NOT EXISTS agent_flow (
+    agent          text PRIMARY KEY,
+    max_in_flight  integer NOT NULL CHECK (max_in_flight > 0)
+);
+
+-- A slot of a capped agent held by one item of a workflow's step, from before its submit until
+-- its task finished or the workflow left the state. It belongs to the workflow, not to a
+-- worker: a worker that dies holding one leaves it to whoever resumes the workflow.
+CREATE TABLE IF NOT EXISTS agent_slots (
+    agent        text NOT NULL,
+    workflow_id  uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    item_key     text NOT NULL,
+    tenant       text NOT NULL,
+    granted_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workflow_id, agent, item_key)
+);
+CREATE INDEX IF NOT EXISTS agent_slots_by_agent ON agent_slots (agent);
+
+-- Fair share: slots each tenant has had of each agent. A tenant that starts waiting again is
+-- brought up to the least of those already waiting, so old savings buy no burst.
+CREATE TABLE IF NOT EXISTS agent_tenants (
+    agent    text NOT NULL,
+    tenant   text NOT NULL,
+    granted  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (agent, tenant)
+);
+
+CREATE OR REPLACE FUNCTION cpoa_grant_slot_v1(p_agent text, p_workflow_id uuid, p_item_key text,
+                                              p_tenant text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO agent_slots (agent, workflow_id, item_key, tenant)
+    VALUES (p_agent, p_workflow_id, p_item_key, p_tenant);
+    INSERT INTO agent_tenants AS t (agent, tenant, granted) VALUES (p_agent, p_tenant, 1)
+    ON CONFLICT (agent, tenant) DO UPDATE SET granted = t.granted + 1;
+$$;
+
+-- A leased workflow's step takes a slot of p_agent for p_item_key before it submits: true
+-- when it holds one (already, or now); false when all p_max_in_flight are taken and the
+-- workflow now waits in the agent's queue, lease released; NULL when the lease was lost.
+CREATE OR REPLACE FUNCTION cpoa_take_slot_v1(p_workflow_id uuid, p_owner text, p_version bigint,
+                                             p_agent text, p_item_key text,
+                                             p_max_in_flight integer, p_recheck_s float8)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_tenant text;
+    v_waiting text;
+BEGIN
+    SELECT coalesce(user_id, ''), waiting_agent INTO v_tenant, v_waiting
+    FROM workflow_instances
+    WHERE workflow_id = p_workflow_id AND version = p_version AND lease_owner = p_owner
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM agent_slots WHERE workflow_id = p_workflow_id
+               AND agent = p_agent AND item_key = p_item_key) THEN
+        RETURN true;
+    END IF;
+    INSERT INTO agent_flow AS f (agent, max_in_flight) VALUES (p_agent, p_max_in_flight)
+    ON CONFLICT (agent) DO UPDATE SET max_in_flight = EXCLUDED.max_in_flight
+        WHERE f.max_in_flight <> EXCLUDED.max_in_flight;
+    PERFORM 1 FROM agent_flow WHERE agent = p_agent FOR UPDATE;
+    IF (SELECT count(*) FROM agent_slots WHERE agent = p_agent) < p_max_in_flight THEN
+        PERFORM cpoa_grant_slot_v1(p_agent, p_workflow_id, p_item_key, v_tenant);
+        UPDATE workflow_instances
+        SET waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL
+        WHERE workflow_id = p_workflow_id AND waiting_agent IS NOT NULL;
+        RETURN true;
+    END IF;
+    IF v_waiting IS NULL AND NOT EXISTS (
+            SELECT 1 FROM workflow_instances WHERE waiting_agent = p_agent
+            AND coalesce(user_id, '') = v_tenant) THEN
+        INSERT INTO agent_tenants AS t (agent, tenant, granted)
+        SELECT p_agent, v_tenant, coalesce(min(u.granted), 0) FROM agent_tenants u
+        WHERE u.agent = p_agent AND EXISTS (
+            SELECT 1 FROM workflow_instances w WHERE w.waiting_agent = p_agent
+            AND coalesce(w.user_id, '') = u.tenant)
+        ON CONFLICT (agent, tenant) DO UPDATE SET granted = greatest(t.granted, EXCLUDED.granted);
+    END IF;
+    UPDATE workflow_instances
+    SET waiting_agent = p_agent, waiting_item = p_item_key,
+        waiting_since = coalesce(waiting_since, now()),
+        next_run_at = now() + make_interval(secs => p_recheck_s),
+        lease_owner = NULL, lease_expires_at = NULL, lease_liveness_key = NULL,
+        version = version + 1, last_updated_timestamp = now()
+    WHERE workflow_id = p_workflow_id;
+    RETURN false;
+END
+$$;
+
+-- Frees p_workflow_id's slots (of item p_item_key; NULL: all of them) and hands each freed
+-- agent's slots to its next waiters: the tenant that had the fewest, then the highest
+-- priority, then the longest wait. A waiter given a slot is due now, and the workers hear it.
+CREATE OR REPLACE FUNCTION cpoa_release_slots_v1(p_workflow_id uuid, p_item_key text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_agent text;
+    v_next record;
+    v_granted integer := 0;
+BEGIN
+    FOR v_agent IN
+        WITH freed AS (DELETE FROM agent_slots WHERE workflow_id = p_workflow_id
+                       AND (p_item_key IS NULL OR item_key = p_item_key) RETURNING agent)
+        SELECT DISTINCT agent FROM freed ORDER BY agent
+    LOOP
+        PERFORM 1 FROM agent_flow WHERE agent = v_agent FOR UPDATE;
+        LOOP
+            EXIT WHEN (SELECT count(*) FROM agent_slots WHERE agent = v_agent)
+                      >= (SELECT max_in_flight FROM agent_flow WHERE agent = v_agent);
+            SELECT w.workflow_id, w.waiting_item, u.tenant INTO v_next
+            FROM agent_tenants u
+            CROSS JOIN LATERAL (
+                SELECT workflow_id, waiting_item, priority, waiting_since
+                FROM workflow_instances
+                WHERE waiting_agent = v_agent AND coalesce(user_id, '') = u.tenant
+                ORDER BY priority DESC, waiting_since
+                LIMIT 1 FOR UPDATE SKIP LOCKED) w
+            WHERE u.agent = v_agent
+            ORDER BY u.granted, w.priority DESC, w.waiting_since
+            LIMIT 1;
+            EXIT WHEN NOT FOUND;
+            PERFORM cpoa_grant_slot_v1(v_agent, v_next.workflow_id, v_next.waiting_item,
+                                       v_next.tenant);
+            UPDATE workflow_instances
+            SET waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL,
+                next_run_at = now()
+            WHERE workflow_id = v_next.workflow_id;
+            v_granted := v_granted + 1;
+        END LOOP;
+    END LOOP;
+    IF v_granted > 0 THEN
+        PERFORM pg_notify('cpoa_due', '');
+    END IF;
+    RETURN v_granted;
+END
+$$;
+
 -- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     idempotency_key  text NOT NULL,
@@ -358,6 +510,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (7)
+INSERT INTO cpoa_schema_version (version) VALUES (8)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -120,8 +120,13 @@ WITH locked AS (
     RETURNING w.*
 ), task AS (
     SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+), freed AS (
+    -- A finished item gives its agent slot (if it held one) to the next waiter.
+    SELECT cpoa_release_slots_v1(moved.workflow_id, %(task)s::jsonb ->> 'item_key') FROM moved
+    WHERE %(task)s::jsonb ->> 'status' IN ('succeeded', 'failed')
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
+    (SELECT count(*) FROM freed) AS slots_freed,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
 FROM moved;
 
@@ -150,6 +155,7 @@ WITH locked AS (
         -- A failure keeps the count (a quarantine reports it); any other move starts afresh.
         recovery_attempts = CASE WHEN %(trigger)s = 'fail' THEN w.recovery_attempts ELSE 0 END,
         retry_count = w.retry_count + (%(trigger)s = 'retry')::int,
+        waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL,
         last_updated_timestamp = now()
     FROM locked
     WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
@@ -179,10 +185,24 @@ WITH locked AS (
                              WHEN %(trigger)s = 'retry' THEN 'processing' END AS status) s
     WHERE s.status IS NOT NULL AND k.workflow_id = moved.workflow_id
       AND k.task_name = %(task_name)s
+), freed AS (
+    -- Leaving the state gives back every agent slot its items held (to the next waiters).
+    SELECT cpoa_release_slots_v1(moved.workflow_id, NULL) FROM moved
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
+    (SELECT count(*) FROM freed) AS slots_freed,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
 FROM moved;
+
+-- take_agent_slot --
+-- Before a submit to an agent with CPOA_<AGENT>_MAX_IN_FLIGHT: the slot of this item
+-- (granted: true), or a place in the agent's queue with the lease released (false; it is
+-- handed a slot and made due by the write that frees one, or tries again after
+-- %(recheck_s)s s). No row: the lease was lost.
+SELECT granted FROM (
+    SELECT cpoa_take_slot_v1(%(workflow_id)s, %(owner)s, %(version)s, %(agent)s, %(item_key)s,
+                             %(max_in_flight)s, %(recheck_s)s) AS granted) t
+WHERE granted IS NOT NULL;
 
 -- insert_history --
 INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)

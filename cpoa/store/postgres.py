@@ -19,7 +19,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cpoa import errors, machine, models, sql
+from cpoa import defaults, errors, machine, models, sql
 from cpoa.store.connection import (
     CONNECT_TIMEOUT_S,
     WAKE_CHANNEL,
@@ -255,6 +255,25 @@ class PostgresStore(Reads, Upkeep):
                 t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
                 outcome.task))
         return next_lease.workflow, next_lease
+
+    def take_slot(self, lease: models.Lease, agent: str, item_key: str,
+                  max_in_flight: int) -> bool:
+        """Takes one of ``agent``'s ``max_in_flight`` slots for an item about to be submitted
+        (one statement). True: the item holds it (already, or now). False: every slot is
+        taken; the workflow waits in the agent's queue and its lease is released.
+
+        Raises:
+            StaleState: the lease was lost; nothing was written.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "take_agent_slot", workflow_id=lease.workflow.workflow_id,
+                            owner=lease.owner, version=lease.fence, agent=agent,
+                            item_key=item_key, max_in_flight=max_in_flight,
+                            recheck_s=defaults.SLOT_RECHECK_S)
+        if row is None:
+            raise errors.StaleState(f"workflow {lease.workflow.workflow_id}: lease lost",
+                                    workflow_id=lease.workflow.workflow_id)
+        return row["granted"]
 
     def _write(self, name: str, params: Mapping[str, Any],
                before_commit: Callable[[], None] | None) -> dict | None:

@@ -106,6 +106,10 @@ class ScriptedAgent:
         self.by_key: dict[str, str] = {}
         self.ui_events: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
+        self.unfinished: dict[str, set[str]] = collections.defaultdict(set)
+        """Per path: tasks created and not yet reported SUCCESS (what the agent is working on)."""
+        self.max_unfinished: collections.Counter[str] = collections.Counter()
+        """Per path: the most tasks ever unfinished at once."""
         self.delays: dict[str, float] = {}
         self.holds: dict[str, threading.Event] = {}
         self.server = http.server.ThreadingHTTPServer((host, 0), self._handler())
@@ -182,9 +186,15 @@ class ScriptedAgent:
                 task_id = uuid.uuid4().hex
                 self.by_key[key] = task_id
                 result = self.results.get(path) or default_result(path, body or {})
-                self.tasks[task_id] = {"result": result, "polls": 0}
+                self.tasks[task_id] = {"result": result, "polls": 0, "path": path}
+                self.unfinished[path].add(task_id)
+                self.max_unfinished[path] = max(self.max_unfinished[path],
+                                                len(self.unfinished[path]))
             task = self.tasks[task_id]
-        if self.sync or task["polls"] > self.pending_polls:
+            done = self.sync or task["polls"] > self.pending_polls
+            if done:
+                self.unfinished[path].discard(task_id)
+        if done:
             return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
         return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
 
@@ -196,6 +206,7 @@ class ScriptedAgent:
             task["polls"] += 1
             if task["polls"] <= self.pending_polls:
                 return Reply(202, {"task_id": task_id, "status": "PENDING"})
+            self.unfinished[task["path"]].discard(task_id)
         return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:

@@ -230,3 +230,19 @@ def test_timing__the_notified_step_has_its_own_pace():
         1.0, settings.asf_notify_timeout_s, False)
     fetching = steps.step_for(workflow())
     assert attempt.timing(settings, fetching).honour_retry_after is True
+
+
+def test_slot_cap__only_a_submit_to_a_capped_agent_needs_a_slot():
+    """A submit to an agent with a limit needs a slot; a poll of a task the agent accepted,
+    a notification, or an agent without a limit does not."""
+    wf = workflow("synthesizing")
+    step = steps.step_for(wf)
+    call = decide.Call("", None, task_of(wf))
+    assert decide.slot_cap(step, call, 2) == 2
+    assert decide.slot_cap(step, call, None) is None
+    polled = task_of(wf, status="submitted", status_url="/v1/tasks/t1")
+    assert decide.slot_cap(step, decide.Call("", None, polled), 2) is None
+    final = workflow("finalizing")
+    assert steps.step_for(final).notified
+    assert decide.slot_cap(steps.step_for(final), decide.Call("", None, task_of(final)),
+                           2) is None

@@ -78,6 +78,13 @@ def test_from_env__reads_agent_variables(name):
         "https://agents.example:8443", 0.5, 42.0)
 
 
+def test_from_env__max_in_flight_unset_is_no_limit():
+    """CPOA_<AGENT>_MAX_IN_FLIGHT: unset or blank is no limit; a whole number >= 1 is read."""
+    config = settings.from_env({"CPOA_VFA_MAX_IN_FLIGHT": "3", "CPOA_TDA_MAX_IN_FLIGHT": " "})
+    assert config.agent("VFA").max_in_flight == 3
+    assert config.agent("TDA").max_in_flight is None and config.agent("IGA").max_in_flight is None
+
+
 def test_from_env__blank_value_means_default():
     """An empty or blank variable counts as unset."""
     config = settings.from_env({"CPOA_SERVICE_RETRY_COUNT": "  ", "TDA_SERVICE_URL": ""})
@@ -119,6 +126,10 @@ BAD_VALUES = [
     ("IGA_SERVICE_URL", "http://"),
     ("ASF_NOTIFICATION_URL", "file:///tmp/notify"),
     ("CPOA_ASF_SEND_UI_UPDATE_URL", "ws://asf/ui"),
+    ("CPOA_VFA_MAX_IN_FLIGHT", "two"),
+    ("CPOA_VFA_MAX_IN_FLIGHT", "0"),
+    ("CPOA_PSWA_MAX_IN_FLIGHT", "-1"),
+    ("CPOA_IGA_MAX_IN_FLIGHT", "1.5"),
 ]
 
 
