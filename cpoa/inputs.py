@@ -44,7 +44,7 @@ def workflow_params(kind: str, params: Any) -> dict[str, Any]:
 
 def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     _only(params, ("topic", "urls", "files", "voice_params", "persona", "max_results", "format",
-                   "target_minutes"))
+                   "target_minutes", "review", "cover_prompt"))
     cleaned: dict[str, Any] = {"topic": text(params.get("topic"), "topic")}
     urls = params.get("urls")
     urls = [] if urls is None else urls  # `or []` would let "", 0 or {} pass as no URLs
@@ -85,6 +85,17 @@ def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+def _review_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:
+    """Copies the optional ``review`` (a yes/no) and ``cover_prompt``, checked."""
+    if params.get("review") is not None:
+        if not isinstance(params["review"], bool):
+            raise errors.InvalidInput("review: expected true or false", field="review")
+        if params["review"]:
+            cleaned["review"] = True
+    if params.get("cover_prompt") is not None:
+        cleaned["cover_prompt"] = text(params["cover_prompt"], "cover_prompt")
+
+
 def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:
     """Copies the optional ``format`` and ``target_minutes``, checked, into ``cleaned``."""
     if params.get("format") is not None:
@@ -95,6 +106,7 @@ def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None
     if params.get("target_minutes") is not None:
         cleaned["target_minutes"] = integer(params["target_minutes"], "target_minutes",
                                             TARGET_MINUTES_MIN, TARGET_MINUTES_MAX)
+    _review_options(params, cleaned)
 
 
 def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:
