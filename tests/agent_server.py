@@ -45,8 +45,9 @@ def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
             {"topic_id": f"t{i}", "title_suggestion": f"Topic {i}", "summary": f"Summary {i}",
              "keywords": ["k"], "relevance_score": 1.0 - i / 10} for i in range(min(limit, 2))]}
     if path == "/weave_script":
+        revised = " (revised)" if body.get("revision_notes") else ""  # a rejected script
         return {"status": "success", "script_data": {
-            "script_id": "s1", "title": f"On {body.get('topic')}",
+            "script_id": "s2" if revised else "s1", "title": f"On {body.get('topic')}{revised}",
             "segments": [{"segment_title": "Intro", "lines": [
                 {"speaker": "Host", "text": "Welcome."}, {"speaker": "Guest", "text": "Hi."}]}]}}
     if path == "/forge_voice":
