@@ -50,8 +50,11 @@ def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
             "script_id": "s2" if revised else "s1", "title": f"On {body.get('topic')}{revised}",
             "segments": [{"segment_title": "Intro", "lines": [
                 {"speaker": "Host", "text": "Welcome."}, {"speaker": "Guest", "text": "Hi."}]}]}}
-    if path == "/forge_voice":
-        return {"status": "success", "audio_url": "http://127.0.0.1/audio.mp3",
+    if path == "/forge_voice":  # another voice, another file
+        voice = (body.get("voice_params") or {}).get("voice_name")
+        return {"status": "success",
+                "audio_url": f"http://127.0.0.1/audio-{voice}.mp3" if voice
+                else "http://127.0.0.1/audio.mp3",
                 "audio_format": "mp3", "duration_s": 12.5, "stream_id": "stream-1",
                 "tts_settings_used": {"voice_name": "en"}}
     if path == "/generate_image":

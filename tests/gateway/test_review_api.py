@@ -1,0 +1,98 @@
+"""The review and fork routes: 200/202 on success, 409 for the losing reviewer, 422 naming the
+field, 401 without the token."""
+
+from __future__ import annotations
+
+import copy
+
+from tests.fix_agents import drive, wait_until
+
+TOKEN = "review-token"
+
+
+def awaiting(engine) -> str:
+    workflow_id = engine.start_workflow("podcast", {"topic": "tides", "review": True})
+    wait_until(lambda: engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    return str(workflow_id)
+
+
+def test_review_route__approve_then_409(gateway):
+    """An approval is a 200 with the next state; a second one is a 409 invalid_transition."""
+    workflow_id = awaiting(gateway.engine)
+    answer = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                 json={"decision": "approve"})
+    assert (answer.status_code, answer.json()) == (200, {"workflow_id": workflow_id,
+                                                         "state": "synthesizing"})
+    again = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                json={"decision": "reject", "notes": "too late"})
+    assert (again.status_code, again.json()["error"]) == (409, "invalid_transition")
+    assert "awaiting_review" in again.json()["message"]
+
+
+def test_review_route__bad_edit_is_422_naming_the_field(gateway, store):
+    """An edited script with a bad line is a 422 naming it; nothing changes."""
+    workflow_id = awaiting(gateway.engine)
+    before = store.get_workflow(workflow_id)
+    script = copy.deepcopy(before.context["script"])
+    script["segments"][0]["lines"][0]["text"] = ""
+    answer = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                 json={"decision": "approve", "script": script})
+    assert answer.status_code == 422
+    assert answer.json()["field"] == "script.segments[0].lines[0].text"
+    assert store.get_workflow(workflow_id) == before
+
+
+def test_review_route__edit_and_reject_with_notes(gateway, store):
+    """An edited approval is stored; a rejection with notes goes back to scripting."""
+    workflow_id = awaiting(gateway.engine)
+    script = copy.deepcopy(store.get_workflow(workflow_id).context["script"])
+    script["title"] = "<b>Edited</b> title"
+    answer = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                 json={"decision": "approve", "script": script})
+    assert answer.json()["state"] == "synthesizing"
+    assert store.get_workflow(workflow_id).context["script"]["title"] == "<b>Edited</b> title"
+    other = awaiting(gateway.engine)
+    rejected = gateway.client.post(f"/v1/workflows/{other}/review",
+                                   json={"decision": "reject", "notes": "Shorter."})
+    assert rejected.json()["state"] == "scripting"
+    missing = gateway.client.post(f"/v1/workflows/{other}/review", json={"decision": "maybe"})
+    assert (missing.status_code, missing.json()["field"]) == (422, "decision")
+
+
+def test_review_and_fork_routes__need_the_token(make_gateway, store):
+    """With CPOA_API_TOKEN set, review and fork without it are 401 and change nothing."""
+    gateway = make_gateway(CPOA_API_TOKEN=TOKEN)
+    workflow_id = awaiting(gateway.engine)
+    refused = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                  json={"decision": "approve"})
+    assert refused.status_code == 401
+    forked = gateway.client.post(f"/v1/workflows/{workflow_id}/fork",
+                                 json={"from_state": "fetching"})
+    assert forked.status_code == 401
+    assert store.get_workflow(workflow_id).state == "awaiting_review"
+    allowed = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                  json={"decision": "approve"},
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert allowed.status_code == 200
+
+
+def test_fork_route__202_with_forked_from_and_422_unreached(gateway, agent):
+    """A fork is a 202 with its status URL, whose status names the source; a fork from a
+    state the source never reached is a 422 naming from_state."""
+    source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(gateway.engine, source) == "completed"
+    answer = gateway.client.post(f"/v1/workflows/{source}/fork", json={
+        "from_state": "synthesizing", "params": {"voice_params": {"voice_name": "en+f4"}}})
+    assert answer.status_code == 202
+    status = gateway.client.get(answer.json()["status_url"]).json()
+    assert status["forked_from"] == str(source)
+    assert status["state"] == "synthesizing"
+    listed = gateway.client.get("/v1/workflows").json()["items"]
+    assert {str(source): None, status["workflow_id"]: str(source)} == {
+        item["workflow_id"]: item["forked_from"] for item in listed}
+    running = gateway.engine.start_workflow("podcast", {"topic": "tides"})
+    busy = gateway.client.post(f"/v1/workflows/{running}/fork", json={"from_state": "fetching"})
+    assert busy.status_code == 409
+    failed = gateway.client.post(f"/v1/workflows/{source}/fork",
+                                 json={"from_state": "awaiting_review"})
+    assert (failed.status_code, failed.json()["field"]) == (422, "from_state")
