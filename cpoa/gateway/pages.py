@@ -176,7 +176,8 @@ def _summary(view: Mapping[str, Any]) -> Markup:
              ("Next run", "next_run_at", _time(view["next_run_at"])),
              ("Retries", "retry_count", view["retry_count"]),
              ("Recoveries", "recovery_attempts", view["recovery_attempts"]),
-             ("Lease", "lease_owner", view["lease_owner"] or "–")]
+             ("Lease", "lease_owner", view["lease_owner"] or "–"),
+             ("Forked from", "forked_from", _forked_from(view["forked_from"]))]
     items = [Markup(el("dt", {}, label) + el("dd", {"data-field": name}, value))
              for label, name, value in facts]
     warnings = [el("li", {}, w) for w in view["warnings"]]
@@ -185,6 +186,13 @@ def _summary(view: Mapping[str, Any]) -> Markup:
         + el("p", {"class_": "error", "data-testid": "error", "hidden": not view["error"]},
              view["error"] or "")
         + el("ul", {"class_": "warnings", "data-testid": "warnings"}, warnings))
+
+
+def _forked_from(source: str | None) -> Markup | str:
+    """A link to the workflow this one was forked from (a UUID we stored), or a dash."""
+    if not source:
+        return "–"
+    return el("a", {"href": f"/workflows/{source}", "data-testid": "forked-from"}, source)
 
 
 def _actions(view: Mapping[str, Any]) -> Markup:

@@ -96,3 +96,14 @@ def test_fork_route__202_with_forked_from_and_422_unreached(gateway, agent):
     failed = gateway.client.post(f"/v1/workflows/{source}/fork",
                                  json={"from_state": "awaiting_review"})
     assert (failed.status_code, failed.json()["field"]) == (422, "from_state")
+
+
+def test_dashboard__shows_forked_from_as_a_link(gateway):
+    """A fork's page links to its source; a plain workflow's shows a dash."""
+    source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(gateway.engine, source) == "completed"
+    fork = gateway.engine.fork(source, "synthesizing")
+    page = gateway.client.get(f"/workflows/{fork}").text
+    assert f'<a href="/workflows/{source}" data-testid="forked-from">{source}</a>' in page
+    plain = gateway.client.get(f"/workflows/{source}").text
+    assert 'data-testid="forked-from"' not in plain
