@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import threading
 
 import transitions
@@ -126,6 +128,39 @@ def labelled_edges(kind: str) -> dict[tuple[str, str], list[str]]:
 def edges(kind: str) -> set[tuple[str, str]]:
     """Returns every (source, dest) pair some trigger allows."""
     return set(labelled_edges(kind))
+
+
+def enforced_edges() -> set[tuple[str, str, str]]:
+    """Every (kind, source, dest) of every kind: the rows of ``workflow_transitions``."""
+    return {(kind, source, dest) for kind in KINDS for source, dest in edges(kind)}
+
+
+def fingerprint() -> str:
+    """The machine's version: a short hash of every kind's states and edges, what the
+    database enforces (its CHECK and ``workflow_transitions``); ``cpoa_machine`` records it."""
+    document = {kind: {"states": sorted(states(kind)),
+                       "edges": sorted(f"{s}>{d}" for s, d in edges(kind))}
+                for kind in sorted(KINDS)}
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def difference(db_fingerprint: str | None, db_edges: set[tuple[str, str, str]]) -> str | None:
+    """Says how the database's machine differs from this code's, and what fixes it (None:
+    they agree)."""
+    missing = sorted(enforced_edges() - db_edges)
+    extra = sorted(db_edges - enforced_edges())
+    if missing or db_fingerprint is None:
+        shown = ", ".join(f"{k} {s} -> {d}" for k, s, d in missing) or "its machine version"
+        return (f"the database's state machine ({db_fingerprint or 'unrecorded'}) is older "
+                f"than this code's ({fingerprint()}): it lacks {shown}; run `cpoa db init` "
+                "with this version of CPOA to migrate it in place (workflows keep going)")
+    if extra or db_fingerprint != fingerprint():
+        shown = ", ".join(f"{k} {s} -> {d}" for k, s, d in extra) or "nothing this code lacks"
+        return (f"the database's state machine ({db_fingerprint}) is not this code's "
+                f"({fingerprint()}): it allows {shown}; this CPOA is older than the one that "
+                "migrated the database: upgrade it (or run `cpoa db init` from it if it is "
+                "the newer one)")
+    return None
 
 
 def decide(kind: str, state: str, trigger: str, failed_from_state: str | None = None,

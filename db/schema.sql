@@ -372,6 +372,19 @@ CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
 -- rows up by workflow_id, and without this it scanned the whole outbox once per workflow.
 CREATE INDEX IF NOT EXISTS ui_event_outbox_by_workflow ON ui_event_outbox (workflow_id, seq);
 
+-- The state machine this schema enforces (schema version 9): cpoa.machine.fingerprint(), a
+-- hash of every kind's states and edges (the CHECK workflow_state_known and the rows of
+-- workflow_transitions above). A worker whose machine differs refuses to start
+-- (cpoa/worker.py); a unit test keeps this literal equal to the code's.
+CREATE TABLE IF NOT EXISTS cpoa_machine (
+    only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    fingerprint  text NOT NULL,
+    applied_at   timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO cpoa_machine (fingerprint) VALUES ('e36f5960f7394684')
+ON CONFLICT (only_row) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, applied_at = now()
+    WHERE cpoa_machine.fingerprint <> EXCLUDED.fingerprint;
+
 -- The version of this file: bump the number below with every change to it. `GET /healthz`
 -- compares it with the version the running code carries (cpoa.sql.schema_version()); applying
 -- an older file never lowers it.

@@ -495,3 +495,14 @@ LIMIT %(limit)s;
 
 -- schema_version --
 SELECT version FROM cpoa_schema_version;
+
+-- enforced_machine --
+-- The state machine the database enforces: its recorded fingerprint and every allowed edge.
+SELECT (SELECT fingerprint FROM cpoa_machine) AS fingerprint,
+    coalesce((SELECT jsonb_agg(jsonb_build_array(kind, from_state, to_state))
+              FROM workflow_transitions), '[]'::jsonb) AS edges;
+
+-- enforced_edges --
+-- The same edges, for a database whose schema has no cpoa_machine yet (before version 9).
+SELECT coalesce((SELECT jsonb_agg(jsonb_build_array(kind, from_state, to_state))
+                 FROM workflow_transitions), '[]'::jsonb) AS edges;

@@ -475,6 +475,17 @@ class PostgresStore:
                 return None
         return row["version"] if row else None
 
+    def enforced_machine(self) -> tuple[str | None, set[tuple[str, str, str]]]:
+        """Returns the database's machine: its fingerprint (None: not recorded, a schema older
+        than version 9) and its allowed (kind, source, dest) edges."""
+        with self._errors(), self.pool.connection() as conn:
+            try:
+                row = self._one(conn, "enforced_machine")
+            except psycopg.errors.UndefinedTable:  # before schema version 9
+                row = {"fingerprint": None, "edges": conn.execute(
+                    self.queries["enforced_edges"]).fetchone()["edges"]}
+        return row["fingerprint"], {tuple(edge) for edge in row["edges"]}
+
     # -- UI event outbox ---------------------------------------------------------------------
 
     def claim_ui_events(self, limit: int, lock_s: float) -> list[models.OutboxEvent]:

@@ -182,3 +182,24 @@ def test_decide__review_refused_elsewhere_names_the_gate(trigger):
     with pytest.raises(errors.InvalidTransition) as info:
         machine.decide("podcast", "synthesizing", trigger)
     assert "only a workflow awaiting_review" in str(info.value)
+
+
+def test_fingerprint__recorded_by_the_schema():
+    """schema.sql records this code's machine fingerprint (change both together)."""
+    from cpoa import sql
+
+    assert f"INSERT INTO cpoa_machine (fingerprint) VALUES ('{machine.fingerprint()}')" in (
+        sql.schema())
+
+
+def test_difference__names_missing_and_extra_edges():
+    """A database lacking an edge is told to run `cpoa db init`; one with an edge this code
+    lacks says this CPOA is the older; the same machine has no difference."""
+    mine = machine.enforced_edges()
+    assert machine.difference(machine.fingerprint(), mine) is None
+    older = machine.difference("old", mine - {("podcast", "scripting", "awaiting_review")})
+    assert "lacks podcast scripting -> awaiting_review" in older
+    assert "cpoa db init" in older
+    assert "cpoa db init" in machine.difference(None, mine)
+    newer = machine.difference("new", mine | {("podcast", "imaging", "scripting")})
+    assert "allows podcast imaging -> scripting" in newer and "upgrade" in newer
