@@ -19,6 +19,9 @@ def awaiting(engine) -> str:
 def test_review_route__approve_then_409(gateway):
     """An approval is a 200 with the next state; a second one is a 409 invalid_transition."""
     workflow_id = awaiting(gateway.engine)
+    why = gateway.client.get(f"/v1/workflows/{workflow_id}/why")
+    assert (why.status_code, why.json()["state"]) == (200, "awaiting_review")
+    assert gateway.client.get(f"/workflows/{workflow_id}").status_code == 200
     answer = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
                                  json={"decision": "approve"})
     assert (answer.status_code, answer.json()) == (200, {"workflow_id": workflow_id,

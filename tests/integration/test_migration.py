@@ -56,7 +56,7 @@ def test_db_init__migrates_v6_in_place_and_every_workflow_finishes(v6_store, age
     engine = engine_for(v6_store, agent)
     assert v6_store.enforced_machine()[0] is None
     with pytest.raises(errors.MachineMismatch, match="cpoa db init"):
-        Worker(engine).run()
+        Worker(engine, until_idle=True).run()
     made = in_every_state(engine, agent)
     v6_store.apply_schema()
     assert v6_store.schema_version(5.0) == sql.schema_version()
