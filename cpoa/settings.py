@@ -157,10 +157,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                           defaults.WORKER_CONCURRENCY, minimum=1),
         embedded_data_dir=reader.text("CPOA_EMBEDDED_DATA_DIR", ""),
         api_token=reader.text("CPOA_API_TOKEN", ""),
-        review_scripts=reader.flag("CPOA_REVIEW_SCRIPTS", False),
-        review_timeout_s=reader.number("CPOA_REVIEW_TIMEOUT_SECONDS", defaults.REVIEW_TIMEOUT_S,
-                                       positive=True),
+        **_review(reader),
     )
+
+
+def _review(reader: EnvReader) -> dict[str, object]:
+    """The review gate's settings (CPOA_REVIEW_SCRIPTS, CPOA_REVIEW_TIMEOUT_SECONDS)."""
+    return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
+            "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
+                                              defaults.REVIEW_TIMEOUT_S, positive=True)}
 
 
 def _agent(reader: EnvReader, name: str) -> AgentSettings:
