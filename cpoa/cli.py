@@ -16,7 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, embedded, errors, inputs, logs, machine, metrics, options
+from cpoa import (api, bulk, defaults, diagram, embedded, errors, inputs, logs, machine, metrics,
+                  options)
 from cpoa import progress, prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
@@ -273,6 +274,30 @@ def command_fork(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    where = bulk.Filter.checked(
+        state=args.state, kind=args.kind, failed_step=args.failed_step,
+        started_after=inputs.instant(args.started_after, "started_after"),
+        started_before=inputs.instant(args.started_before, "started_before"))
+    changes: dict[str, Any] = {}
+    if args.voice:
+        changes["voice_params"] = {"voice_name": args.voice}
+    for name in ("persona", "cover_prompt"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    report = bulk.run(engine, args.action, where, dry_run=args.dry_run,
+                      batch_size=args.batch_size, from_state=args.from_state,
+                      params=changes or None)
+    verb = f"would {args.action}" if report.dry_run else f"{args.action}"
+    text = [f"{verb}: {len(report.changed)} of {report.matched} matching workflow(s)"]
+    text += [f"  {c['workflow_id']}  {c['from']} -> {c['to']}"
+             + (f"  new {c['new_workflow_id']}" if c.get("new_workflow_id") else "")
+             for c in report.changed]
+    text += [f"  refused {r['workflow_id']}: {r['error']}" for r in report.refused]
+    _print(args, report.as_json(), "\n".join(text))
+    return 0
+
+
 def command_serve(engine: Engine, args: argparse.Namespace) -> int:
     from cpoa.gateway import server  # FastAPI and uvicorn load for this command only
 
@@ -349,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--json", action="store_true", help="print one JSON document")
         one.set_defaults(handler=handler)
     configure_review_parsers(sub)
+    configure_bulk_parser(sub)
     listing = _add(sub, "list", help="list workflows, newest first")
     listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
                                                     for s in machine.states(k)}))
@@ -403,6 +429,33 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--serve", action="store_true",
                       help="keep serving the live page after the episode, until Ctrl-C")
     demo.set_defaults(handler=command_demo, standalone=True)
+
+
+def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
+    states = sorted({s for k in machine.KINDS for s in machine.states(k)})
+    bulking = _add(sub, "bulk", help="retry, cancel or fork every workflow matching a filter, "
+                                     "in batches")
+    bulking.add_argument("action", choices=bulk.ACTIONS)
+    bulking.add_argument("--state", choices=states)
+    bulking.add_argument("--kind", choices=sorted(machine.KINDS))
+    bulking.add_argument("--failed-step", choices=states, help="the state they failed in")
+    bulking.add_argument("--started-after", metavar="TIME",
+                         help="ISO 8601 with its UTC offset, e.g. 2026-12-01T00:00:00+00:00")
+    bulking.add_argument("--started-before", metavar="TIME")
+    bulking.add_argument("--from", dest="from_state", metavar="STATE",
+                         help="fork only: where the forks start")
+    bulking.add_argument("--voice", help="fork only: voice_params.voice_name")
+    bulking.add_argument("--persona", help="fork only")
+    bulking.add_argument("--cover-prompt", help="fork only")
+    bulking.add_argument("--dry-run", action="store_true",
+                         help="list what would change and change nothing")
+    bulking.add_argument(
+        "--batch-size", type=options.positive_int, metavar="N",
+        default=os.environ.get("CPOA_BULK_BATCH_SIZE") or defaults.BULK_BATCH_SIZE,
+        help="workflows per batch "
+             f"[env CPOA_BULK_BATCH_SIZE, default {defaults.BULK_BATCH_SIZE}]")
+    bulking.add_argument("--json", action="store_true", help="print one JSON document")
+    bulking.set_defaults(handler=command_bulk)
 
 
 def configure_review_parsers(sub: argparse._SubParsersAction) -> None:

@@ -129,6 +129,9 @@ REVIEW_TIMEOUT_S = 7 * 24 * 3600.0
 """How long a script awaits its reviewer before the workflow fails
 (CPOA_REVIEW_TIMEOUT_SECONDS)."""
 
+BULK_BATCH_SIZE = 100
+"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`)."""
+
 REVIEW_NOTES_MAX_CHARS = 5000
 """Longest reviewer's notes accepted with a rejection (passed to PSWA as revision_notes)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import urllib.parse
@@ -146,6 +147,24 @@ def optional_id(value: Any, field: str) -> str | None:
     if value is None:
         return None
     return text(value, field, TEXT_ID_MAX_CHARS)
+
+
+def instant(value: str | None, field: str) -> datetime.datetime | None:
+    """Parses an ISO 8601 time with its UTC offset (None stays None).
+
+    Raises:
+        InvalidInput: naming ``field``.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise errors.InvalidInput(f"{field}: expected an ISO 8601 time with its UTC offset, "
+                                  "e.g. 2026-12-01T00:00:00+00:00", field=field)
+    return parsed
 
 
 def workflow_id(value: Any) -> uuid.UUID:

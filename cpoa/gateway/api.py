@@ -13,11 +13,11 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from cpoa import defaults, errors, events, inputs, metrics, sql
+from cpoa import bulk, defaults, errors, events, inputs, metrics, sql
 from cpoa.engine import Engine
 from cpoa.gateway import auth, schemas, why
 
@@ -197,6 +197,21 @@ def fork(workflow_id: WorkflowId, body: schemas.ForkRequest, request: Request,
     status_url = f"{request.scope.get('root_path', '')}/v1/workflows/{new_id}"
     response.headers["Location"] = status_url
     return schemas.Started(workflow_id=new_id, status_url=status_url)
+
+
+@router.post("/v1/bulk/{action}", response_model=schemas.BulkReport,
+             responses=_errors(401, 413, 422, 503), tags=["workflows"])
+def bulk_action(action: Annotated[Literal["retry", "cancel", "fork"], Path()],
+                body: schemas.BulkRequest, engine: EngineDep) -> dict[str, Any]:
+    """Retries, cancels or forks every workflow matching the filter, in bounded batches; each
+    is changed on its own (one that changed meanwhile is refused and listed). `dry_run` lists
+    what would change and changes nothing."""
+    where = bulk.Filter.checked(
+        state=body.state, kind=body.kind, failed_step=body.failed_step,
+        started_after=inputs.instant(body.started_after, "started_after"),
+        started_before=inputs.instant(body.started_before, "started_before"))
+    return bulk.run(engine, action, where, dry_run=body.dry_run, batch_size=body.batch_size,
+                    from_state=body.from_state, params=body.params).as_json()
 
 
 # -- operations -------------------------------------------------------------------------------

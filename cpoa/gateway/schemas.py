@@ -103,6 +103,31 @@ class ForkRequest(_Request):
     client_id: Identifier | None = Field(None, description="default: the source's client")
 
 
+class BulkRequest(_Request):
+    """`POST /v1/bulk/{action}`: retry, cancel or fork every workflow matching the filter."""
+
+    state: StateName | None = None
+    kind: KindName | None = None
+    failed_step: StateName | None = Field(None, description="the state they failed in")
+    started_after: Identifier | None = Field(None, examples=["2026-12-01T00:00:00+00:00"],
+                                             description="ISO 8601 with its UTC offset")
+    started_before: Identifier | None = Field(None, description="ISO 8601 with its UTC offset")
+    dry_run: bool = Field(False, description="list what would change; change nothing")
+    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=1000)
+    from_state: StateName | None = Field(None, description="fork only: where the forks start")
+    params: dict[str, Any] | None = Field(None, description="fork only: parameters to change")
+
+
+class BulkReport(BaseModel):
+    """What a bulk action changed (or would change, in a dry run) and what it refused."""
+
+    action: Literal["retry", "cancel", "fork"]
+    dry_run: bool
+    matched: int
+    changed: list[dict[str, Any]]
+    refused: list[dict[str, Any]]
+
+
 class Started(BaseModel):
     """A workflow was started, or found by its idempotency key."""
 

@@ -496,6 +496,24 @@ LIMIT %(limit)s;
 -- schema_version --
 SELECT version FROM cpoa_schema_version;
 
+-- db_now --
+SELECT now() AS now;
+
+-- select_bulk_batch --
+-- The next %(limit)s workflows a bulk action's filter matches, by id after %(after_id)s
+-- (keyset), among those started by %(as_of)s: a workflow started during the run (a fork it
+-- made) is not picked up, and one changed by the run neither repeats nor hides another.
+SELECT workflow_id, kind, state, failed_from_state, start_timestamp FROM workflow_instances
+WHERE start_timestamp <= %(as_of)s
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+  AND (%(failed_step)s::text IS NULL OR failed_from_state = %(failed_step)s::text)
+  AND (%(started_after)s::timestamptz IS NULL OR start_timestamp >= %(started_after)s)
+  AND (%(started_before)s::timestamptz IS NULL OR start_timestamp < %(started_before)s)
+  AND (%(after_id)s::uuid IS NULL OR workflow_id > %(after_id)s::uuid)
+ORDER BY workflow_id
+LIMIT %(limit)s;
+
 -- enforced_machine --
 -- The state machine the database enforces: its recorded fingerprint and every allowed edge.
 SELECT (SELECT fingerprint FROM cpoa_machine) AS fingerprint,

@@ -38,3 +38,18 @@ def test_cli__review_edit_approve_conflict_and_fork(dsn, agent, tmp_path):
     assert "completed" in status.stdout
     unreached = run_cli(env, "fork", fork_id, "--from", "scripting")
     assert unreached.returncode == 2 and "from_state" in unreached.stderr
+
+
+def test_cli__bulk_cancel_dry_run_changes_nothing(dsn, agent):
+    """`cpoa bulk cancel --dry-run` lists the matching workflows and changes none; without
+    --dry-run it cancels them."""
+    env = cli_env(dsn, agent.url)
+    ids = [run_cli(env, "start", "podcast", "--topic", f"t{i}").stdout.strip() for i in range(3)]
+    dry = run_cli(env, "bulk", "cancel", "--state", "fetching", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(c["workflow_id"] for c in json.loads(dry.stdout)["changed"]) == sorted(ids)
+    listed = run_cli(env, "list", "--state", "fetching", "--json")
+    assert len(json.loads(listed.stdout)) == 3
+    done = run_cli(env, "bulk", "cancel", "--kind", "podcast", "--batch-size", "2")
+    assert done.returncode == 0 and "cancel: 3 of 3" in done.stdout
+    assert len(json.loads(run_cli(env, "list", "--state", "cancelled", "--json").stdout)) == 3

@@ -110,3 +110,25 @@ def test_dashboard__shows_forked_from_as_a_link(gateway):
     assert f'<a href="/workflows/{source}" data-testid="forked-from">{source}</a>' in page
     plain = gateway.client.get(f"/workflows/{source}").text
     assert 'data-testid="forked-from"' not in plain
+
+
+def test_bulk_route__dry_run_then_retry(gateway, agent):
+    """POST /v1/bulk/retry with dry_run lists the failed workflows and changes nothing; then
+    it retries them; a bad time is a 422 naming it."""
+    from tests.agent_server import Reply
+
+    agent.script("POST", "/harvest", Reply(400, {"error": "no"}), Reply(400, {"error": "no"}))
+    failed = [gateway.engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(2)]
+    for workflow_id in failed:
+        assert drive(gateway.engine, workflow_id) == "failed"
+    dry = gateway.client.post("/v1/bulk/retry", json={"state": "failed", "dry_run": True})
+    assert dry.status_code == 200
+    assert (dry.json()["matched"], dry.json()["dry_run"]) == (2, True)
+    assert {gateway.engine.store.get_workflow(w).state for w in failed} == {"failed"}
+    done = gateway.client.post("/v1/bulk/retry", json={"state": "failed", "batch_size": 1})
+    assert sorted(c["workflow_id"] for c in done.json()["changed"]) == sorted(map(str, failed))
+    assert {gateway.engine.store.get_workflow(w).state for w in failed} == {"fetching"}
+    bad = gateway.client.post("/v1/bulk/cancel", json={"started_after": "yesterday"})
+    assert (bad.status_code, bad.json()["field"]) == (422, "started_after")
+    unknown = gateway.client.post("/v1/bulk/explode", json={})
+    assert unknown.status_code == 422
