@@ -132,3 +132,22 @@ def test_bulk_route__dry_run_then_retry(gateway, agent):
     assert (bad.status_code, bad.json()["field"]) == (422, "started_after")
     unknown = gateway.client.post("/v1/bulk/explode", json={})
     assert unknown.status_code == 422
+
+
+def test_dashboard__review_editor_escapes_the_script(gateway, agent):
+    """The page of a workflow awaiting review has the editor, with the script's text escaped
+    in form values; a finished workflow's page has the Fork form instead."""
+    agent.set_result("/weave_script", {"status": "success", "script_data": {
+        "script_id": "s", "title": '"><script>alert(1)</script>', "segments": [
+            {"segment_title": "<i>Intro</i>", "lines": [
+                {"speaker": "Host", "text": "</textarea><b>bold</b>"}]}]}})
+    workflow_id = awaiting(gateway.engine)
+    page = gateway.client.get(f"/workflows/{workflow_id}").text
+    assert 'data-testid="review"' in page and 'data-testid="fork"' not in page
+    assert "<script>alert(1)</script>" not in page and "<b>bold</b>" not in page
+    assert "&lt;/textarea&gt;&lt;b&gt;bold&lt;/b&gt;" in page
+    assert 'value="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in page
+    gateway.engine.review(workflow_id, approve=True)
+    assert drive(gateway.engine, workflow_id) == "completed"
+    done = gateway.client.get(f"/workflows/{workflow_id}").text
+    assert 'data-testid="review"' not in done and 'data-testid="fork"' in done
