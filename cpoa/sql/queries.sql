@@ -149,7 +149,8 @@ FROM moved;
 -- still in %(source)s at the fenced %(version)s (and, for a worker's step, still leased by
 -- %(owner)s; cancel and retry pass no owner). Every other write is selected from the UPDATE's
 -- RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
--- state is due after %(run_in_s)s (0 but for a waiting state). With %(renew_ttl_s)s the worker keeps the lease for the next step.
+-- state is due after %(run_in_s)s (0 but for a waiting state). With %(renew_ttl_s)s the worker
+-- keeps the lease for the next step.
 WITH locked AS (
     -- renew: asked for, and the lease still live. A dead lease (its holder's session was cut
     -- while the step ran) is released even so: renewed, the sweep would requeue it and hand
