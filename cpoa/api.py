@@ -70,3 +70,14 @@ def cancel(workflow_id: Any) -> str:
 def retry(workflow_id: Any) -> str:
     """Retries a failed workflow (see :meth:`Engine.retry`)."""
     return default_engine().retry(workflow_id)
+
+
+def review(workflow_id: Any, *, approve: bool, script: Any = None, notes: Any = None) -> str:
+    """Approves or rejects a script awaiting review (see :meth:`Engine.review`)."""
+    return default_engine().review(workflow_id, approve=approve, script=script, notes=notes)
+
+
+def fork(workflow_id: Any, from_state: str, params: Mapping[str, Any] | None = None, *,
+         client_id: str | None = None) -> uuid.UUID:
+    """Starts a workflow from a finished one at ``from_state`` (see :meth:`Engine.fork`)."""
+    return default_engine().fork(workflow_id, from_state, params, client_id=client_id)

@@ -16,7 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import api, defaults, diagram, embedded, errors, inputs, logs, machine, metrics, options
+from cpoa import (api, bulk, defaults, diagram, embedded, errors, inputs, logs, machine, metrics,
+                  options)
 from cpoa import progress, prune, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
@@ -107,6 +108,8 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
             params["voice_params"] = voice
         if args.persona:
             params["persona"] = args.persona
+        if args.review is not None:
+            params["review"] = args.review
     else:
         params = {"query": args.query, "limit": args.limit}
     workflow_id = engine.start_workflow(args.kind, params, idempotency_key=args.idempotency_key,
@@ -125,6 +128,10 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
               f"`cpoa cancel {workflow_id}` drops it", file=sys.stderr)
         return 130
     status = engine.get_workflow(workflow_id)
+    if state in machine.WAITING_STATES:
+        _print(args, status, f"{workflow_id} {state}: read the script with `cpoa status "
+                             f"{workflow_id} --json`, then `cpoa review {workflow_id} --approve`")
+        return 0
     _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
                                                       if status["error"] else ""))
     return 0 if state == "completed" else 1
@@ -140,6 +147,8 @@ def command_status(engine: Engine, args: argparse.Namespace) -> int:
     status = engine.get_workflow(args.workflow_id)
     text = [f"{status['workflow_id']}  {status['kind']}  {status['state']}  "
             f"{status['progress']:.0%}", f"{_about(status)}: {_subject(status)}"]
+    if status.get("forked_from"):
+        text.append(f"forked from: {status['forked_from']}")
     if _audio_url(status):
         text.append(f"audio: {_audio_url(status)}")
     if status["error"]:
@@ -229,6 +238,66 @@ def command_retry(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_review(engine: Engine, args: argparse.Namespace) -> int:
+    script = _read_script(args.script) if args.script else None
+    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes)
+    _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
+    return 0
+
+
+def _read_script(path: str) -> Any:
+    """The edited script of ``cpoa review --script FILE`` (JSON; ``-`` is stdin)."""
+    try:
+        with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as file:
+            document = json.load(file)
+    except (OSError, ValueError) as exc:
+        raise errors.InvalidInput(f"script: cannot read {path} as JSON: {exc}",
+                                  field="script") from None
+    if isinstance(document, dict) and isinstance(document.get("script_data"), dict):
+        return document["script_data"]  # a whole PSWA result is fine too
+    return document
+
+
+def command_fork(engine: Engine, args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    source = engine.store.get_workflow(inputs.workflow_id(args.workflow_id))
+    voice = {k: v for k, v in (("voice_name", args.voice), ("speaking_rate", args.speaking_rate))
+             if v is not None}
+    if voice:
+        changes["voice_params"] = {**source.params.get("voice_params", {}), **voice}
+    for name in ("persona", "cover_prompt"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    new_id = engine.fork(source.workflow_id, args.from_state, changes)
+    _print(args, {"workflow_id": str(new_id), "forked_from": str(source.workflow_id)},
+           str(new_id))
+    return 0
+
+
+def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
+    where = bulk.Filter.checked(
+        state=args.state, kind=args.kind, failed_step=args.failed_step,
+        started_after=inputs.instant(args.started_after, "started_after"),
+        started_before=inputs.instant(args.started_before, "started_before"))
+    changes: dict[str, Any] = {}
+    if args.voice:
+        changes["voice_params"] = {"voice_name": args.voice}
+    for name in ("persona", "cover_prompt"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    report = bulk.run(engine, args.action, where, dry_run=args.dry_run,
+                      batch_size=args.batch_size, from_state=args.from_state,
+                      params=changes or None)
+    verb = f"would {args.action}" if report.dry_run else f"{args.action}"
+    text = [f"{verb}: {len(report.changed)} of {report.matched} matching workflow(s)"]
+    text += [f"  {c['workflow_id']}  {c['from']} -> {c['to']}"
+             + (f"  new {c['new_workflow_id']}" if c.get("new_workflow_id") else "")
+             for c in report.changed]
+    text += [f"  refused {r['workflow_id']}: {r['error']}" for r in report.refused]
+    _print(args, report.as_json(), "\n".join(text))
+    return 0
+
+
 def command_serve(engine: Engine, args: argparse.Namespace) -> int:
     from cpoa.gateway import server  # FastAPI and uvicorn load for this command only
 
@@ -304,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("workflow_id")
         one.add_argument("--json", action="store_true", help="print one JSON document")
         one.set_defaults(handler=handler)
+    configure_review_parsers(sub)
+    configure_bulk_parser(sub)
     listing = _add(sub, "list", help="list workflows, newest first")
     listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
                                                     for s in machine.states(k)}))
@@ -360,6 +431,59 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=command_demo, standalone=True)
 
 
+def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
+    states = sorted({s for k in machine.KINDS for s in machine.states(k)})
+    bulking = _add(sub, "bulk", help="retry, cancel or fork every workflow matching a filter, "
+                                     "in batches")
+    bulking.add_argument("action", choices=bulk.ACTIONS)
+    bulking.add_argument("--state", choices=states)
+    bulking.add_argument("--kind", choices=sorted(machine.KINDS))
+    bulking.add_argument("--failed-step", choices=states, help="the state they failed in")
+    bulking.add_argument("--started-after", metavar="TIME",
+                         help="ISO 8601 with its UTC offset, e.g. 2026-12-01T00:00:00+00:00")
+    bulking.add_argument("--started-before", metavar="TIME")
+    bulking.add_argument("--from", dest="from_state", metavar="STATE",
+                         help="fork only: where the forks start")
+    bulking.add_argument("--voice", help="fork only: voice_params.voice_name")
+    bulking.add_argument("--persona", help="fork only")
+    bulking.add_argument("--cover-prompt", help="fork only")
+    bulking.add_argument("--dry-run", action="store_true",
+                         help="list what would change and change nothing")
+    bulking.add_argument(
+        "--batch-size", type=options.positive_int, metavar="N",
+        default=os.environ.get("CPOA_BULK_BATCH_SIZE") or defaults.BULK_BATCH_SIZE,
+        help="workflows per batch "
+             f"[env CPOA_BULK_BATCH_SIZE, default {defaults.BULK_BATCH_SIZE}]")
+    bulking.add_argument("--json", action="store_true", help="print one JSON document")
+    bulking.set_defaults(handler=command_bulk)
+
+
+def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
+    review = _add(sub, "review", help="approve or reject the script of a workflow awaiting "
+                                      "review (exit 1 if another reviewer acted first)")
+    review.add_argument("workflow_id")
+    decision = review.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true", help="go on to the voices")
+    decision.add_argument("--reject", dest="approve", action="store_false",
+                          help="PSWA writes a new script from --notes")
+    review.add_argument("--script", metavar="FILE", help="with --approve: the edited script "
+                        "(JSON, as in `cpoa status ID --json` outputs.script; - for stdin)")
+    review.add_argument("--notes", help="what to change (required with --reject)")
+    review.add_argument("--json", action="store_true", help="print one JSON document")
+    review.set_defaults(handler=command_review)
+    fork = _add(sub, "fork", help="a new workflow from a finished one, from a state on")
+    fork.add_argument("workflow_id")
+    fork.add_argument("--from", dest="from_state", required=True, metavar="STATE",
+                      help="where the fork starts, e.g. synthesizing (the context before it "
+                           "is copied; those steps are not run again)")
+    fork.add_argument("--voice", help="voice_params.voice_name, e.g. en+f4")
+    fork.add_argument("--speaking-rate", type=float)
+    fork.add_argument("--persona")
+    fork.add_argument("--cover-prompt", help="IGA's prompt for the cover art")
+    fork.add_argument("--json", action="store_true", help="print one JSON document")
+    fork.set_defaults(handler=command_fork)
+
+
 def configure_db_parser(sub: argparse._SubParsersAction) -> None:
     db = _add(sub, "db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -378,6 +502,9 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
     podcast.add_argument("--voice-name")
     podcast.add_argument("--speaking-rate", type=float)
     podcast.add_argument("--persona")
+    podcast.add_argument("--review", action="store_true", default=None,
+                         help="wait for a reviewer after the script (`cpoa review`) "
+                              "[env CPOA_REVIEW_SCRIPTS, default off]")
     snippets = _add(kinds, "snippets", help="short snippets about discovered topics")
     snippets.add_argument("--query", required=True)
     snippets.add_argument("--limit", type=int, default=5)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cpoa import events, machine, models, steps
+from cpoa import defaults, events, machine, models, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,10 @@ class Finish:
 Action = Call | Wait | Finish
 
 
+REVIEW_DEADLINE_REASON = ("review deadline passed: nobody approved or rejected the script "
+                          "within CPOA_REVIEW_TIMEOUT_SECONDS")
+
+
 def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
                 now: datetime.datetime, max_recoveries: int) -> Action:
     """What one step of ``workflow`` does now.
@@ -62,6 +66,10 @@ def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
         reason = (f"quarantined: the lease expired {workflow.recovery_attempts} times in state "
                   f"{workflow.state} (a worker crashed or hung each time)")
         return Finish(steps.Verdict(False, reason=reason))
+    if workflow.state in machine.WAITING_STATES:  # due only at its deadline: it has passed
+        if workflow.next_run_at is not None and now < workflow.next_run_at:
+            return Wait((workflow.next_run_at - now).total_seconds())
+        return Finish(steps.Verdict(False, reason=REVIEW_DEADLINE_REASON))
     step = steps.step_for(workflow)
     items = step.items(workflow)
     open_items = [(k, it) for k, it in items if k not in tasks or not tasks[k].is_finished]
@@ -100,21 +108,31 @@ def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
     return Finish(step.conclude(workflow, [tasks[k] for k, _ in items]), task)
 
 
-def outcome(workflow: models.Workflow, action: Wait | Finish) -> models.Outcome:
+def outcome(workflow: models.Workflow, action: Wait | Finish,
+            review_timeout_s: float = defaults.REVIEW_TIMEOUT_S) -> models.Outcome:
     """The write that records ``action``: progress in the state, or a transition."""
     if isinstance(action, Wait):
         return models.Outcome.progress(action.task, action.run_in_s)
-    return verdict_outcome(workflow, action.verdict, action.task)
+    return verdict_outcome(workflow, action.verdict, action.task,
+                           review_timeout_s=review_timeout_s)
+
+
+def due_in(dest: str, review_timeout_s: float) -> float:
+    """Seconds from entering ``dest`` until it is due: a waiting state's deadline, else 0."""
+    return review_timeout_s if dest in machine.WAITING_STATES else 0.0
 
 
 def verdict_outcome(workflow: models.Workflow, verdict: steps.Verdict,
-                    task: models.Task | None = None) -> models.Outcome:
+                    task: models.Task | None = None, *,
+                    review_timeout_s: float = defaults.REVIEW_TIMEOUT_S) -> models.Outcome:
     """The transition a step's verdict makes: ``step_done`` on success, else ``fail``."""
     trigger = "step_done" if verdict.ok else "fail"
-    decision = machine.decide(workflow.kind, workflow.state, trigger, workflow.failed_from_state)
+    decision = machine.decide(workflow.kind, workflow.state, trigger, workflow.failed_from_state,
+                              workflow.wants_review)
     reason = f"{workflow.state}: {verdict.reason}" if verdict.reason else None
     return models.Outcome.transition(
         trigger, decision.state, task=task, failed_from_state=decision.failed_from_state,
+        run_in_s=due_in(decision.state, review_timeout_s),
         context_updates=verdict.context, warnings=verdict.warnings, error_message=reason,
         ui_event=events.entered(workflow, decision.state,
                                 failed_from_state=decision.failed_from_state, error=reason,

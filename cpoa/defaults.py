@@ -129,6 +129,16 @@ PRUNE_BUSY_RETRIES = 3
 TOPIC_MAX_CHARS = 1000
 """Longest topic or query accepted by start_workflow."""
 
+REVIEW_TIMEOUT_S = 7 * 24 * 3600.0
+"""How long a script awaits its reviewer before the workflow fails
+(CPOA_REVIEW_TIMEOUT_SECONDS)."""
+
+BULK_BATCH_SIZE = 100
+"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`)."""
+
+REVIEW_NOTES_MAX_CHARS = 5000
+"""Longest reviewer's notes accepted with a rejection (passed to PSWA as revision_notes)."""
+
 URLS_MAX = 20
 """Most source URLs accepted by start_workflow."""
 

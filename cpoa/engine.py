@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cpoa import (attempt, decide, errors, events, heartbeat, inputs, logs, machine, metrics,
-                  models, presentation, steps)
+from cpoa import (attempt, decide, editorial, errors, events, heartbeat, inputs, logs, machine,
+                  metrics, models, presentation, steps)
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -75,6 +75,9 @@ class Engine:
         Raises:
             InvalidInput: naming the bad field.
         """
+        if (kind == "podcast" and self.settings.review_scripts and isinstance(params, Mapping)
+                and params.get("review") is None):  # CPOA_REVIEW_SCRIPTS: the default
+            params = {**params, "review": True}
         cleaned = inputs.workflow_params(kind, params)
         key = inputs.optional_id(idempotency_key, "idempotency_key")
         client_id = inputs.optional_id(client_id, "client_id")
@@ -131,11 +134,58 @@ class Engine:
         """
         def decide(wf: models.Workflow) -> models.Outcome:
             dest = machine.decide(wf.kind, wf.state, "retry", wf.failed_from_state).state
-            return models.Outcome.transition("retry", dest, ui_event=events.entered(wf, dest))
+            return models.Outcome.transition(  # back to awaiting_review: a new deadline
+                "retry", dest, run_in_s=self._due_in(dest), ui_event=events.entered(wf, dest))
         workflow = self._apply(inputs.workflow_id(workflow_id), decide)
         logs.for_workflow(logger, workflow.workflow_id).info(
             "workflow retried", extra={"action": "retry", "state": workflow.state})
         return workflow.state
+
+    def review(self, workflow_id: Any, *, approve: bool, script: Any = None,
+               notes: Any = None) -> str:
+        """Approves (optionally with an edited script) or rejects (with notes) the script of
+        a workflow awaiting review; returns the state it goes to (synthesizing or scripting).
+
+        Of two reviewers acting at once, exactly one wins: the row lock orders them and the
+        second finds the workflow no longer awaiting review.
+
+        Raises:
+            InvalidInput: a bad field, named (``script.segments[2].lines[0].text``, ``notes``);
+                nothing is stored.
+            InvalidTransition: the workflow is not awaiting review.
+        """
+        decision = editorial.Decision.checked(approve, script, notes)  # before any lock
+        workflow = self._apply(inputs.workflow_id(workflow_id),
+                               lambda wf: editorial.decision_outcome(wf, decision))
+        logs.for_workflow(logger, workflow.workflow_id).info(
+            "script %s", "approved" if approve else "rejected",
+            extra={"action": "review", "edited": decision.script is not None,
+                   "state": workflow.state})
+        return workflow.state
+
+    def fork(self, workflow_id: Any, from_state: Any, params: Mapping[str, Any] | None = None,
+             *, client_id: str | None = None) -> uuid.UUID:
+        """Starts a new workflow from a completed, failed or cancelled one: its context is
+        copied up to ``from_state``, where it starts, with ``params`` changed over the
+        source's. Its agent keys are its own: the steps before ``from_state`` are not run.
+
+        Raises:
+            InvalidInput: naming the field (``from_state`` unreached, a bad parameter).
+            InvalidTransition: the source is still working.
+        """
+        source = self.store.get_workflow(inputs.workflow_id(workflow_id))
+        history = self.store.get_history(source.workflow_id)
+        cleaned, context = editorial.fork_plan(source, history, from_state, params)
+        client_id = inputs.optional_id(client_id, "client_id") or source.client_id
+        new_id = uuid.uuid4()
+        first = models.Workflow(new_id, source.kind, from_state, cleaned, context, [],
+                                client_id=client_id)
+        self.store.create_fork(first, source.workflow_id, user_id=source.user_id,
+                               ui_event=events.entered(first, from_state))
+        logs.for_workflow(logger, new_id).info(
+            "workflow forked", extra={"action": "fork", "forked_from": str(source.workflow_id),
+                                      "state": from_state})
+        return new_id
 
     def get_workflow(self, workflow_id: Any) -> dict[str, Any]:
         """Returns the status of a workflow: state, progress, warnings, error, outputs, tasks.
@@ -177,7 +227,8 @@ class Engine:
             log.exception("step crashed", extra={"action": "step_crashed",
                                                  "state": lease.workflow.state})
             reason = f"internal error: {type(exc).__name__}: {logs.clip(str(exc), 300)}"
-            outcome = decide.verdict_outcome(lease.workflow, steps.Verdict(False, reason=reason))
+            outcome = decide.verdict_outcome(lease.workflow, steps.Verdict(False, reason=reason),
+                                             review_timeout_s=self.settings.review_timeout_s)
         if outcome is None:  # queued for an agent slot: the lease is gone, nothing to record
             return self.store.get_workflow(lease.workflow.workflow_id), None
         self._fault("after_call", lease.workflow)
@@ -201,7 +252,7 @@ class Engine:
             task = attempt.act(self.client, self.settings, step, workflow, action.task,
                                action.item, clock, log.bind(task_id=str(action.task.task_id)))
             action = decide.after_call(workflow, tasks, task, clock())
-        return decide.outcome(workflow, action)
+        return decide.outcome(workflow, action, self.settings.review_timeout_s)
 
     def _max_in_flight(self, step: steps.Step) -> int | None:
         return None if step.notified else self.settings.agent(step.agent).max_in_flight
@@ -235,6 +286,9 @@ class Engine:
         workflow = self.store.apply(workflow_id, remember)
         metrics.transitioned(before[-1], workflow.state)
         return workflow
+
+    def _due_in(self, dest: str) -> float:
+        return decide.due_in(dest, self.settings.review_timeout_s)
 
     def _fault(self, point: str, workflow: models.Workflow) -> None:
         if self.fault_hook is not None:

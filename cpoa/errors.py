@@ -5,6 +5,7 @@
     ├── InvalidInput             a bad argument to the public API (names the field)
     │   └── UnknownWorkflow      no workflow with that id
     ├── InvalidTransition        the machine refuses the trigger in this state
+    ├── MachineMismatch          the database enforces another state machine than this code
     ├── StaleState               the row changed under us (lost lease, fenced version)
     ├── Unauthorized             an API call without the right bearer token (CPOA_API_TOKEN)
     ├── StoreError               the database failed
@@ -60,6 +61,10 @@ class InvalidTransition(CPOAError):
     def __init__(self, message: str | None = None, *, workflow_id: object = None,
                  state: str | None = None, trigger: str | None = None) -> None:
         super().__init__(message, workflow_id=workflow_id, state=state, trigger=trigger)
+
+
+class MachineMismatch(CPOAError):
+    """The database enforces another state machine than this code; run `cpoa db init`."""
 
 
 class StaleState(CPOAError):

@@ -8,6 +8,7 @@ MESSAGES = {
     "fetching": "Fetching web content...",
     "analyzing": "Analyzing topics...",
     "scripting": "Writing the script...",
+    "awaiting_review": "The script awaits a reviewer's approval.",
     "synthesizing": "Synthesizing voices...",
     "finalizing": "Publishing the episode...",
     "discovering": "Discovering topics...",
@@ -48,4 +49,7 @@ def entered(workflow: models.Workflow, dest: str, *, failed_from_state: str | No
     if dest == "failed":
         data.update(error=error, failed_from_state=failed_from_state)
         return models.UIEvent("task_error", data)
+    if dest in machine.WAITING_STATES:  # ASF shows the reviewer where to act
+        data["review_url"] = f"/v1/workflows/{workflow.workflow_id}/review"
+        return models.UIEvent("review_requested", data)
     return models.UIEvent("generation_status", data)

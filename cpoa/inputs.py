@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import urllib.parse
@@ -44,7 +45,7 @@ def workflow_params(kind: str, params: Any) -> dict[str, Any]:
 
 def _podcast(params: Mapping[str, Any]) -> dict[str, Any]:
     _only(params, ("topic", "urls", "files", "voice_params", "persona", "max_results", "format",
-                   "target_minutes"))
+                   "target_minutes", "review", "cover_prompt"))
     cleaned: dict[str, Any] = {"topic": text(params.get("topic"), "topic")}
     urls = params.get("urls")
     urls = [] if urls is None else urls  # `or []` would let "", 0 or {} pass as no URLs
@@ -89,6 +90,17 @@ def _voice_params(voice: Any) -> dict[str, Any]:
     return dict(voice)
 
 
+def _review_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:
+    """Copies the optional ``review`` (a yes/no) and ``cover_prompt``, checked."""
+    if params.get("review") is not None:
+        if not isinstance(params["review"], bool):
+            raise errors.InvalidInput("review: expected true or false", field="review")
+        if params["review"]:
+            cleaned["review"] = True
+    if params.get("cover_prompt") is not None:
+        cleaned["cover_prompt"] = text(params["cover_prompt"], "cover_prompt")
+
+
 def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None:
     """Copies the optional ``format`` and ``target_minutes``, checked, into ``cleaned``."""
     if params.get("format") is not None:
@@ -99,6 +111,7 @@ def _episode_options(params: Mapping[str, Any], cleaned: dict[str, Any]) -> None
     if params.get("target_minutes") is not None:
         cleaned["target_minutes"] = integer(params["target_minutes"], "target_minutes",
                                             TARGET_MINUTES_MIN, TARGET_MINUTES_MAX)
+    _review_options(params, cleaned)
 
 
 def _snippets(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,6 +151,24 @@ def optional_id(value: Any, field: str) -> str | None:
     if value is None:
         return None
     return text(value, field, TEXT_ID_MAX_CHARS)
+
+
+def instant(value: str | None, field: str) -> datetime.datetime | None:
+    """Parses an ISO 8601 time with its UTC offset (None stays None).
+
+    Raises:
+        InvalidInput: naming ``field``.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise errors.InvalidInput(f"{field}: expected an ISO 8601 time with its UTC offset, "
+                                  "e.g. 2026-12-01T00:00:00+00:00", field=field)
+    return parsed
 
 
 def workflow_id(value: Any) -> uuid.UUID:

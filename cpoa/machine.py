@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import threading
 
 import transitions
@@ -15,8 +17,10 @@ from cpoa import errors
 
 PODCAST_STEPS = ["fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing"]
 SNIPPETS_STEPS = ["discovering", "crafting", "imaging"]
+PODCAST_WORKING = [*PODCAST_STEPS[:3], "awaiting_review", *PODCAST_STEPS[3:]]
+"""The podcast's steps and, after scripting, the wait for a reviewer (``review: true``)."""
 
-PODCAST_STATES = [*PODCAST_STEPS, {"name": "completed", "final": True}, "failed",
+PODCAST_STATES = [*PODCAST_WORKING, {"name": "completed", "final": True}, "failed",
                   {"name": "cancelled", "final": True}]
 SNIPPETS_STATES = [*SNIPPETS_STEPS, {"name": "completed", "final": True}, "failed",
                    {"name": "cancelled", "final": True}]
@@ -36,11 +40,17 @@ def _common(steps: list[str]) -> list[dict]:
 PODCAST_TRANSITIONS = [
     {"trigger": "step_done", "source": "fetching", "dest": "analyzing"},
     {"trigger": "step_done", "source": "analyzing", "dest": "scripting"},
-    {"trigger": "step_done", "source": "scripting", "dest": "synthesizing"},
+    # A workflow started with review: true waits for a person between script and voices.
+    {"trigger": "step_done", "source": "scripting", "dest": "awaiting_review",
+     "conditions": "wants_review"},
+    {"trigger": "step_done", "source": "scripting", "dest": "synthesizing",
+     "unless": "wants_review"},
+    {"trigger": "approve", "source": "awaiting_review", "dest": "synthesizing"},
+    {"trigger": "reject", "source": "awaiting_review", "dest": "scripting"},
     {"trigger": "step_done", "source": "synthesizing", "dest": "imaging"},
     {"trigger": "step_done", "source": "imaging", "dest": "finalizing"},
     {"trigger": "step_done", "source": "finalizing", "dest": "completed"},
-    *_common(PODCAST_STEPS),
+    *_common(PODCAST_WORKING),
 ]
 
 SNIPPETS_TRANSITIONS = [
@@ -56,12 +66,16 @@ KINDS = {
 }
 """kind -> (states, transitions, initial state)."""
 
-TRIGGERS = ("step_done", "fail", "cancel", "retry")
+TRIGGERS = ("step_done", "fail", "cancel", "retry", "approve", "reject")
 FINAL_STATES = frozenset({"completed", "cancelled"})
 """No trigger leaves these."""
 
 TERMINAL_STATES = frozenset({"completed", "cancelled", "failed"})
 """No work is scheduled in these; only `retry` or `cancel` leave `failed`."""
+
+WAITING_STATES = frozenset({"awaiting_review"})
+"""No agent work in these: a person's action (approve, reject, cancel) moves the workflow on;
+it is due only at its deadline, which fails it."""
 
 
 @dataclasses.dataclass
@@ -70,6 +84,7 @@ class WorkflowModel:
 
     state: str
     failed_from_state: str | None = None
+    review: bool = False
 
     def remember_origin(self, event: transitions.EventData) -> None:
         self.failed_from_state = event.transition.source
@@ -79,6 +94,9 @@ class WorkflowModel:
 
     def resumes_here(self, event: transitions.EventData) -> bool:
         return event.transition.dest == self.failed_from_state
+
+    def wants_review(self, event: transitions.EventData) -> bool:
+        return self.review
 
 
 def states(kind: str) -> list[str]:
@@ -112,8 +130,41 @@ def edges(kind: str) -> set[tuple[str, str]]:
     return set(labelled_edges(kind))
 
 
-def decide(kind: str, state: str, trigger: str,
-           failed_from_state: str | None = None) -> WorkflowModel:
+def enforced_edges() -> set[tuple[str, str, str]]:
+    """Every (kind, source, dest) of every kind: the rows of ``workflow_transitions``."""
+    return {(kind, source, dest) for kind in KINDS for source, dest in edges(kind)}
+
+
+def fingerprint() -> str:
+    """The machine's version: a short hash of every kind's states and edges, what the
+    database enforces (its CHECK and ``workflow_transitions``); ``cpoa_machine`` records it."""
+    document = {kind: {"states": sorted(states(kind)),
+                       "edges": sorted(f"{s}>{d}" for s, d in edges(kind))}
+                for kind in sorted(KINDS)}
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def difference(db_fingerprint: str | None, db_edges: set[tuple[str, str, str]]) -> str | None:
+    """Says how the database's machine differs from this code's, and what fixes it (None:
+    they agree)."""
+    missing = sorted(enforced_edges() - db_edges)
+    extra = sorted(db_edges - enforced_edges())
+    if missing or db_fingerprint is None:
+        shown = ", ".join(f"{k} {s} -> {d}" for k, s, d in missing) or "its machine version"
+        return (f"the database's state machine ({db_fingerprint or 'unrecorded'}) is older "
+                f"than this code's ({fingerprint()}): it lacks {shown}; run `cpoa db init` "
+                "with this version of CPOA to migrate it in place (workflows keep going)")
+    if extra or db_fingerprint != fingerprint():
+        shown = ", ".join(f"{k} {s} -> {d}" for k, s, d in extra) or "nothing this code lacks"
+        return (f"the database's state machine ({db_fingerprint}) is not this code's "
+                f"({fingerprint()}): it allows {shown}; this CPOA is older than the one that "
+                "migrated the database: upgrade it (or run `cpoa db init` from it if it is "
+                "the newer one)")
+    return None
+
+
+def decide(kind: str, state: str, trigger: str, failed_from_state: str | None = None,
+           review: bool = False) -> WorkflowModel:
     """Runs one trigger on a copy of the workflow's state.
 
     Args:
@@ -121,6 +172,8 @@ def decide(kind: str, state: str, trigger: str,
         state: The current state.
         trigger: One of :data:`TRIGGERS`.
         failed_from_state: Where a failed workflow failed (guards ``retry``).
+        review: The workflow was started with ``review: true`` (guards ``step_done`` out of
+            scripting).
 
     Returns:
         The model after the transition: its ``state`` and ``failed_from_state``.
@@ -128,13 +181,13 @@ def decide(kind: str, state: str, trigger: str,
     Raises:
         InvalidTransition: if the trigger is not allowed in this state.
     """
-    dest, origin = _decided(kind, state, trigger, failed_from_state)
-    return WorkflowModel(state=dest, failed_from_state=origin)
+    dest, origin = _decided(kind, state, trigger, failed_from_state, review)
+    return WorkflowModel(state=dest, failed_from_state=origin, review=review)
 
 
 @functools.lru_cache(maxsize=1024)
-def _decided(kind: str, state: str, trigger: str,
-             failed_from_state: str | None) -> tuple[str, str | None]:
+def _decided(kind: str, state: str, trigger: str, failed_from_state: str | None,
+             review: bool) -> tuple[str, str | None]:
     """``decide`` on the `transitions` machine, remembered: the machine is pure, and adding a
     model to it costs more than the rest of a step's Python (an InvalidTransition is not
     remembered; it is raised again each time)."""
@@ -144,7 +197,7 @@ def _decided(kind: str, state: str, trigger: str,
             state=state, trigger=trigger)
     refused = errors.InvalidTransition(refusal(kind, state, trigger), state=state,
                                        trigger=trigger)
-    model = WorkflowModel(state=state, failed_from_state=failed_from_state)
+    model = WorkflowModel(state=state, failed_from_state=failed_from_state, review=review)
     machine = _machine(kind)
     machine.add_model(model, initial=state)
     try:
@@ -166,6 +219,9 @@ def refusal(kind: str, state: str, trigger: str) -> str:
         allowed = "only a failed workflow can be retried"
     elif trigger == "cancel":
         allowed = "only a workflow still working, or failed, can be cancelled"
+    elif trigger in ("approve", "reject") and kind == "podcast":
+        allowed = ("only a workflow awaiting_review can be approved or rejected (another "
+                   "reviewer may have acted first)")
     elif sources:
         allowed = f"{trigger} applies in state {', '.join(sources)}"
     else:

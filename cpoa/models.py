@@ -41,6 +41,7 @@ class Workflow:
     recovery_attempts: int = 0
     retry_count: int = 0
     key_base: str | None = None
+    forked_from: uuid.UUID | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Workflow:
@@ -59,6 +60,11 @@ class Workflow:
     @property
     def is_terminal(self) -> bool:
         return self.state in machine.TERMINAL_STATES
+
+    @property
+    def wants_review(self) -> bool:
+        """Started with ``review: true``: a reviewer sees the script before the voices."""
+        return bool(self.params.get("review"))
 
     @property
     def agent_key_base(self) -> str:
@@ -157,7 +163,8 @@ class Outcome:
         context_updates: Keys to merge into ``context_data_json``.
         warnings: Warnings to append.
         error_message: The failure reason.
-        run_in_s: With no trigger: seconds until the workflow is due again.
+        run_in_s: Seconds until the workflow is due again (a transition: 0, but for a
+            waiting state, whose deadline it is).
         detail: Extra data for the history row.
         ui_event: The UI event to queue (when the workflow has a ``client_id``).
     """

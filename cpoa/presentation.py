@@ -23,6 +23,7 @@ def summary(workflow: models.Workflow) -> dict[str, Any]:
         "updated_at": iso(workflow.last_updated_timestamp),
         "ended_at": iso(workflow.end_timestamp), "next_run_at": iso(workflow.next_run_at),
         "lease_owner": workflow.lease_owner,
+        "forked_from": str(workflow.forked_from) if workflow.forked_from else None,
     }
 
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import TextIO
 
-from cpoa import defaults, errors, events, models
+from cpoa import defaults, errors, events, machine, models
 from cpoa.engine import Engine
 
 BAR_WIDTH = 30
@@ -22,7 +22,8 @@ BAR_WIDTH = 30
 
 def drive(engine: Engine, workflow_id: uuid.UUID, *, timeout_s: float | None = None,
           after_step: Callable[[models.Workflow], None] | None = None) -> models.Workflow:
-    """Advances one workflow until it is terminal, sleeping until it is due again.
+    """Advances one workflow until it is terminal (or awaits a reviewer), sleeping until it
+    is due again.
 
     Args:
         engine: The engine to advance it with.
@@ -41,8 +42,8 @@ def drive(engine: Engine, workflow_id: uuid.UUID, *, timeout_s: float | None = N
         workflow = engine.advance_workflow(workflow_id)
         if after_step is not None:
             after_step(workflow)
-        if workflow.is_terminal:
-            return workflow
+        if workflow.is_terminal or workflow.state in machine.WAITING_STATES:
+            return workflow  # a reviewer acts next, not this loop
         if deadline is not None and time.monotonic() > deadline:
             raise errors.CPOAError(
                 f"workflow {workflow_id} still {workflow.state} after {timeout_s:g} s")

@@ -101,6 +101,10 @@ class Settings:
     embedded_data_dir: str = ""
     api_token: str = dataclasses.field(default="", repr=False)
     """CPOA_API_TOKEN: when set, every mutating gateway call needs it as a bearer token."""
+    review_scripts: bool = False
+    """CPOA_REVIEW_SCRIPTS: podcasts started without a ``review`` field wait for a reviewer."""
+    review_timeout_s: float = defaults.REVIEW_TIMEOUT_S
+    """CPOA_REVIEW_TIMEOUT_SECONDS: a script unreviewed this long fails its workflow."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -163,7 +167,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                           defaults.WORKER_CONCURRENCY, minimum=1),
         embedded_data_dir=reader.text("CPOA_EMBEDDED_DATA_DIR", ""),
         api_token=reader.text("CPOA_API_TOKEN", ""),
+        **_review(reader),
     )
+
+
+def _review(reader: EnvReader) -> dict[str, object]:
+    """The review gate's settings (CPOA_REVIEW_SCRIPTS, CPOA_REVIEW_TIMEOUT_SECONDS)."""
+    return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
+            "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
+                                              defaults.REVIEW_TIMEOUT_S, positive=True)}
 
 
 def _agent(reader: EnvReader, name: str) -> AgentSettings:
@@ -251,6 +263,15 @@ class EnvReader:
             bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
             raise errors.ConfigError(f"{name}: {raw!r} must be {bound}", variable=name)
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "").lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw in ("1", "true", "yes", "on")
+        raise errors.ConfigError(f"{name}: {raw!r} is not yes or no: give 1, true, yes, on or "
+                                 "0, false, no, off", variable=name)
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default)

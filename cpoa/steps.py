@@ -44,6 +44,8 @@ class Step:
         skipped_is_failure: ``result.status == "skipped"`` fails the item.
         notified: The agent is notified (one POST to its full URL, 2xx is success), not
             given a task to poll (ASF).
+        produces: The context keys the step writes (a fork copies those of the steps
+            before its starting state).
     """
 
     agent: str
@@ -55,6 +57,7 @@ class Step:
     items: Callable[[models.Workflow], list[tuple[str, Any]]] = lambda wf: [("", None)]
     skipped_is_failure: bool = True
     notified: bool = False
+    produces: tuple[str, ...] = ()
 
     def idempotency_key(self, workflow: models.Workflow, item_key: str) -> str:
         """``<base>_<step>[_<item>][_r<n>]`` (contract §2), fit for an HTTP header.
@@ -109,9 +112,23 @@ def _harvested(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
     return Verdict(True, dict(verdict.context["harvest"]))
 
 
+def script_revision(wf: models.Workflow) -> int:
+    """Which script this is: 1, then one more after each rejection by a reviewer."""
+    return int(wf.context.get("script_revision") or 1)
+
+
+def _script_items(wf: models.Workflow) -> list[tuple[str, Any]]:
+    """One item; a rewrite after a rejection is item ``v<n>``, so its task row and its PSWA
+    key (``<base>_pswa_v<n>``) are new and PSWA writes a new script."""
+    revision = script_revision(wf)
+    return [("" if revision == 1 else f"v{revision}", None)]
+
+
 def _script_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
     body = {"topic": wf.params["topic"], "content": wf.context["content"][:PSWA_CONTENT_MAX_CHARS],
             "topics": wf.context.get("topics", [])}
+    if script_revision(wf) > 1 and wf.context.get("revision_notes"):
+        body["revision_notes"] = wf.context["revision_notes"]
     for name in ("persona", "format", "target_minutes"):
         if wf.params.get(name):
             body[name] = wf.params[name]
@@ -121,6 +138,8 @@ def _script_request(wf: models.Workflow, _: Any) -> dict[str, Any]:
 
 
 def _cover_prompt(wf: models.Workflow, _: Any) -> dict[str, Any]:
+    if wf.params.get("cover_prompt"):
+        return {"prompt": wf.params["cover_prompt"]}
     title = wf.context["script"]["title"]
     return {"prompt": f"Podcast cover art for \u201c{title}\u201d, an episode about "
                       f"{wf.params['topic']}"}
@@ -133,29 +152,34 @@ def _notified(wf: models.Workflow, tasks: Sequence[models.Task]) -> Verdict:
                    warnings=(f"ASF notification failed: {_reason(tasks[0])}",))
 
 
+REVIEW_CONTEXT = ("script_revision", "revision_notes", "script_history", "review")
+"""What the review gate adds to the context beside ``script`` (cpoa/editorial.py)."""
+
 PODCAST = {
-    "fetching": Step("WCHA", "/harvest", "wcha", _harvest_request, results.harvest, _harvested),
+    "fetching": Step("WCHA", "/harvest", "wcha", _harvest_request, results.harvest, _harvested,
+                     produces=("content", "source_urls")),
     "analyzing": Step(
         "TDA", "/discover_topics", "tda",
         lambda wf, _: {"query": wf.params["topic"], "content": wf.context["content"]},
-        results.discovered_topics, _only("topics")),
+        results.discovered_topics, _only("topics"), produces=("topics",)),
     "scripting": Step("PSWA", "/weave_script", "pswa", _script_request, results.script,
-                      _only("script")),
+                      _only("script"), items=_script_items,
+                      produces=("script", *REVIEW_CONTEXT)),
     "synthesizing": Step(
         "VFA", "/forge_voice", "vfa",
         lambda wf, _: {"script": wf.context["script"],
                        "voice_params": wf.params.get("voice_params", {})},
-        results.audio, _only("audio")),
+        results.audio, _only("audio"), produces=("audio",)),
     "imaging": Step("IGA", "/generate_image", "iga", _cover_prompt,
                     lambda r: results.image(r)["image_url"],
                     _only("image_url", required=False, warn="cover art skipped"),
-                    skipped_is_failure=True),
+                    skipped_is_failure=True, produces=("image_url",)),
     "finalizing": Step(
         "ASF", "", "asf",
         lambda wf, _: {"stream_id": wf.context["audio"]["stream_id"],
                        "audio_url": wf.context["audio"]["url"],
                        "workflow_id": str(wf.workflow_id)},
-        lambda r: r, _notified, notified=True),
+        lambda r: r, _notified, notified=True, produces=("asf_notified",)),
 }
 
 
@@ -212,9 +236,9 @@ SNIPPETS = {
     "discovering": Step(
         "TDA", "/discover_topics", "tda",
         lambda wf, _: {"query": wf.params["query"], "limit": wf.params["limit"]},
-        results.discovered_topics, _discovered),
+        results.discovered_topics, _discovered, produces=("topics",)),
     "crafting": Step("SCA", "/craft_snippet", "sca", _craft_request, results.snippet, _crafted,
-                     items=_topics),
+                     items=_topics, produces=("snippets",)),
     "imaging": Step("IGA", "/generate_image", "iga",
                     lambda wf, s: {"prompt": s["cover_art_prompt"]},
                     lambda r: results.image(r)["image_url"], _illustrated, items=_prompts),
@@ -226,3 +250,10 @@ STEPS = {"podcast": PODCAST, "snippets": SNIPPETS}
 def step_for(workflow: models.Workflow) -> Step:
     """Returns the step of the workflow's current state."""
     return STEPS[workflow.kind][workflow.state]
+
+
+def context_before(kind: str, state: str, context: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``context`` the steps before ``state`` wrote (what a fork copies)."""
+    earlier = list(STEPS[kind])[:list(STEPS[kind]).index(state)]
+    keys = {key for name in earlier for key in STEPS[kind][name].produces}
+    return {key: value for key, value in context.items() if key in keys}

@@ -15,8 +15,9 @@ import concurrent.futures
 import logging
 import threading
 import time
+from typing import Any
 
-from cpoa import defaults, errors, logs, models, outbox, recovery
+from cpoa import defaults, errors, logs, machine, models, outbox, recovery
 from cpoa.engine import Engine
 from cpoa.models import Lease
 
@@ -25,6 +26,19 @@ LISTEN_POLL_S = 1.0
 """How often the listener thread looks at the stop flag between notifications."""
 OUTAGE_PAUSE_S = (0.5, 10.0)
 """First and longest pause after a database error, doubling in between."""
+
+
+def check_machine(store: Any) -> None:
+    """Refuses to run on a database whose state machine is not this code's.
+
+    Raises:
+        MachineMismatch: naming the difference and the command that fixes it.
+    """
+    mismatch = machine.difference(*store.enforced_machine())
+    if mismatch is not None:
+        logger.error("state machine mismatch", extra={"action": "machine_mismatch",
+                                                      "reason": mismatch})
+        raise errors.MachineMismatch(mismatch)
 
 
 class Worker:
@@ -68,7 +82,12 @@ class Worker:
         self.outbox_wake.set()
 
     def run(self) -> None:
-        """Runs until :meth:`stop` (or idle, with ``until_idle``)."""
+        """Runs until :meth:`stop` (or idle, with ``until_idle``).
+
+        Raises:
+            MachineMismatch: the database enforces another state machine (nothing was run).
+        """
+        check_machine(self.store)
         logger.info("worker started", extra={"action": "worker_start",
                                              "owner": self.engine.owner,
                                              "concurrency": self.concurrency})

@@ -28,7 +28,8 @@ from cpoa_agents.service import BadRequest, Handler, Request, Response, Service,
 
 logger = logging.getLogger(__name__)
 
-UI_EVENT_NAMES = ("generation_status", "task_error")  # contract §4; also the SSE event names
+# contract §4 (review_requested: issue 15's review gate); also the SSE event names
+UI_EVENT_NAMES = ("generation_status", "task_error", "review_requested")
 AUDIO_EVENT = "new_audio"  # the SSE event name of a finished-episode notification
 MAX_EVENTS = 10_000  # records kept in memory and replayed to a new page
 # Dedupe keys outlive their records, so a late retry of an evicted event is still dropped.

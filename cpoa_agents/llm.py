@@ -128,6 +128,8 @@ def write_script(client: ChatClient, request: Mapping[str, Any], script_id: str)
              "topics": [{"title": t["title_suggestion"], "keywords": t["keywords"],
                          "summary": t["summary"]} for t in request["topics"]],
              "content": request["content"]}
+    if request.get("revision_notes"):  # a reviewer rejected the last script: say what to fix
+        brief["revision_notes"] = request["revision_notes"]
     answer = client.complete(SYSTEM_PROMPT % {"script_id": script_id},
                              json.dumps(brief, ensure_ascii=False))
     return parse_script(answer, script_id)

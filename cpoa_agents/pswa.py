@@ -10,7 +10,9 @@ its answer is not a valid script.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,9 @@ from cpoa_agents import llm, service, template, validate
 logger = logging.getLogger(__name__)
 
 TOPIC_MAX_CHARS, PERSONA_MAX_CHARS, CONTENT_MAX_CHARS, MAX_TOPICS = 1000, 1000, 50_000, 50
+NOTES_MAX_CHARS = 5000
+"""Longest ``revision_notes`` (a reviewer's notes on a rejected script)."""
+_DROP_WORDS = re.compile(r"\b(drop|remove|cut|skip|delete)\b", re.IGNORECASE)
 """Request limits: characters of topic, persona and content (contract §3); number of topics."""
 MAX_SOURCES = 50
 
@@ -63,7 +68,9 @@ class ScriptAgent(service.TaskAgent):
                 "target_minutes": validate.number(body, "target_minutes",
                                                   *template.MINUTES_RANGE,
                                                   template.DEFAULT_MINUTES),
-                "sources": _sources(body)}
+                "sources": _sources(body),
+                "revision_notes": validate.text(body, "revision_notes",
+                                                max_chars=NOTES_MAX_CHARS, required=False)}
 
     def run(self, request: dict[str, Any], task_id: str) -> dict[str, Any]:
         """Writes the script with the LLM when configured, else (or as fallback) the template.
@@ -72,7 +79,8 @@ class ScriptAgent(service.TaskAgent):
             llm.LLMError: The LLM answer was unusable and fallback is off.
         """
         if self.llm is None:
-            return _result(template.weave(request), "template")
+            return _result(revise(template.weave(request), request.get("revision_notes")),
+                           "template")
         script_id = template.script_id(request, f"llm:{self.llm.model}")
         try:
             return _result(llm.write_script(self.llm, request, script_id), "llm")
@@ -82,6 +90,21 @@ class ScriptAgent(service.TaskAgent):
             logger.warning("llm script unusable, using template",
                            extra={"agent": self.name, "task_id": task_id, "reason": str(exc)})
             return {**_result(template.weave(request), "template"), "llm_error": str(exc)[:500]}
+
+
+def revise(script_data: dict[str, Any], notes: str | None) -> dict[str, Any]:
+    """The template backend's answer to a reviewer's notes: when they ask to drop, remove, cut,
+    skip or delete, every segment whose title they name goes (never all of them); the script
+    gets an id of its own. (The LLM backend reads the notes in its brief instead.)"""
+    if not notes:
+        return script_data
+    lowered = notes.lower()
+    kept = [s for s in script_data["segments"]
+            if not (_DROP_WORDS.search(notes) and s["segment_title"].strip()
+                    and s["segment_title"].strip().lower() in lowered)]
+    digest = hashlib.sha256(notes.encode("utf-8", "replace")).hexdigest()[:6]
+    return {**script_data, "script_id": f"{script_data['script_id']}-rev-{digest}",
+            "segments": kept or script_data["segments"]}
 
 
 def _result(script_data: dict[str, Any], backend: str) -> dict[str, Any]:

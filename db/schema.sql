@@ -38,9 +38,13 @@ CREATE TABLE IF NOT EXISTS workflow_instances (
     -- on a connection of its own. When that session ends (the process died), the lease is
     -- recoverable at once, not only at lease_expires_at. NULL: the expiry alone decides.
     lease_liveness_key          bigint,
+    -- The workflow this one was forked from (`cpoa fork`): its context up to the fork's
+    -- starting state was copied from there. NULL: started afresh.
+    forked_from                 uuid,
     CONSTRAINT workflow_state_known CHECK (
-        (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'synthesizing',
-                                        'imaging', 'finalizing', 'completed', 'failed', 'cancelled'))
+        (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'awaiting_review',
+                                        'synthesizing', 'imaging', 'finalizing', 'completed',
+                                        'failed', 'cancelled'))
         OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging',
                                             'completed', 'failed', 'cancelled'))),
     CONSTRAINT failed_records_origin CHECK (state <> 'failed' OR failed_from_state IS NOT NULL),
@@ -61,6 +65,26 @@ BEGIN
 END
 $$;
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
+
+-- Schema version 9, in place on an older database: the review gate's state awaiting_review
+-- (the CHECK is rebuilt only when it lacks it: a rebuild scans the table) and fork lineage.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'workflow_instances'::regclass
+                     AND conname = 'workflow_state_known'
+                     AND pg_get_constraintdef(oid) LIKE '%awaiting_review%') THEN
+        ALTER TABLE workflow_instances DROP CONSTRAINT IF EXISTS workflow_state_known;
+        ALTER TABLE workflow_instances ADD CONSTRAINT workflow_state_known CHECK (
+            (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting',
+                                            'awaiting_review', 'synthesizing', 'imaging',
+                                            'finalizing', 'completed', 'failed', 'cancelled'))
+            OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging',
+                                                'completed', 'failed', 'cancelled')));
+    END IF;
+END
+$$;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS forked_from uuid;
 
 -- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
 CREATE INDEX IF NOT EXISTS workflow_instances_due
@@ -103,6 +127,12 @@ INSERT INTO workflow_transitions (kind, from_state, to_state) VALUES
     ('podcast', 'fetching', 'analyzing'),
     ('podcast', 'analyzing', 'scripting'),
     ('podcast', 'scripting', 'synthesizing'),
+    ('podcast', 'scripting', 'awaiting_review'),
+    ('podcast', 'awaiting_review', 'synthesizing'),
+    ('podcast', 'awaiting_review', 'scripting'),
+    ('podcast', 'awaiting_review', 'failed'),
+    ('podcast', 'failed', 'awaiting_review'),
+    ('podcast', 'awaiting_review', 'cancelled'),
     ('podcast', 'synthesizing', 'imaging'),
     ('podcast', 'imaging', 'finalizing'),
     ('podcast', 'finalizing', 'completed'),
@@ -487,7 +517,8 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
     event_id         uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(),
     workflow_id      uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
     client_id        text NOT NULL,
-    event_name       text NOT NULL CHECK (event_name IN ('generation_status', 'task_error')),
+    event_name       text NOT NULL CONSTRAINT ui_event_outbox_event_name_check
+        CHECK (event_name IN ('generation_status', 'task_error', 'review_requested')),
     data             jsonb NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz,
@@ -496,11 +527,37 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
     locked_until     timestamptz,
     last_error       text
 );
+-- Schema version 9, in place: the review gate's UI event review_requested.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'ui_event_outbox'::regclass
+                     AND conname = 'ui_event_outbox_event_name_check'
+                     AND pg_get_constraintdef(oid) LIKE '%review_requested%') THEN
+        ALTER TABLE ui_event_outbox DROP CONSTRAINT IF EXISTS ui_event_outbox_event_name_check;
+        ALTER TABLE ui_event_outbox ADD CONSTRAINT ui_event_outbox_event_name_check
+            CHECK (event_name IN ('generation_status', 'task_error', 'review_requested'));
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
     ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;
 -- Every event of a workflow: the ON DELETE CASCADE from workflow_instances (cpoa prune) looks
 -- rows up by workflow_id, and without this it scanned the whole outbox once per workflow.
 CREATE INDEX IF NOT EXISTS ui_event_outbox_by_workflow ON ui_event_outbox (workflow_id, seq);
+
+-- The state machine this schema enforces (schema version 9): cpoa.machine.fingerprint(), a
+-- hash of every kind's states and edges (the CHECK workflow_state_known and the rows of
+-- workflow_transitions above). A worker whose machine differs refuses to start
+-- (cpoa/worker.py); a unit test keeps this literal equal to the code's.
+CREATE TABLE IF NOT EXISTS cpoa_machine (
+    only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    fingerprint  text NOT NULL,
+    applied_at   timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO cpoa_machine (fingerprint) VALUES ('e36f5960f7394684')
+ON CONFLICT (only_row) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, applied_at = now()
+    WHERE cpoa_machine.fingerprint <> EXCLUDED.fingerprint;
 
 -- The version of this file: bump the number below with every change to it. `GET /healthz`
 -- compares it with the version the running code carries (cpoa.sql.schema_version()); applying
@@ -510,6 +567,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (8)
+INSERT INTO cpoa_schema_version (version) VALUES (9)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -13,11 +13,11 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from cpoa import defaults, errors, events, inputs, metrics, sql
+from cpoa import bulk, defaults, errors, events, inputs, metrics, sql
 from cpoa.engine import Engine
 from cpoa.gateway import auth, schemas, why
 
@@ -130,6 +130,7 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
         "retry_count": row["retry_count"], "started_at": row["start_timestamp"],
         "updated_at": row["last_updated_timestamp"], "ended_at": row["end_timestamp"],
         "next_run_at": row["next_run_at"], "lease_owner": row["lease_owner"],
+        "forked_from": row.get("forked_from"),
     }
 
 
@@ -172,6 +173,45 @@ def cancel(workflow_id: WorkflowId, engine: EngineDep) -> dict[str, Any]:
 def retry(workflow_id: WorkflowId, engine: EngineDep) -> dict[str, Any]:
     """Resumes a failed workflow at the state it failed in (409 unless failed)."""
     return {"workflow_id": workflow_id, "state": engine.retry(workflow_id)}
+
+
+@router.post("/v1/workflows/{workflow_id}/review", response_model=schemas.WorkflowState,
+             responses=_errors(401, 404, 409, 413, 422, 503), tags=["workflows"])
+def review(workflow_id: WorkflowId, body: schemas.ReviewRequest,
+           engine: EngineDep) -> dict[str, Any]:
+    """Approves (optionally with an edited script) or rejects (with notes) the script of a
+    workflow awaiting review. 409 when it is not awaiting review (another reviewer acted
+    first); 422 naming the field of a bad edit (nothing stored)."""
+    state = engine.review(workflow_id, approve=body.decision == "approve", script=body.script,
+                          notes=body.notes)
+    return {"workflow_id": workflow_id, "state": state}
+
+
+@router.post("/v1/workflows/{workflow_id}/fork", status_code=202, response_model=schemas.Started,
+             responses=_errors(401, 404, 409, 413, 422, 503), tags=["workflows"])
+def fork(workflow_id: WorkflowId, body: schemas.ForkRequest, request: Request,
+         response: Response, engine: EngineDep) -> schemas.Started:
+    """Starts a new workflow from a completed, failed or cancelled one at `from_state` (422
+    naming the field for a state it never reached or a bad parameter; 409 while it works)."""
+    new_id = engine.fork(workflow_id, body.from_state, body.params, client_id=body.client_id)
+    status_url = f"{request.scope.get('root_path', '')}/v1/workflows/{new_id}"
+    response.headers["Location"] = status_url
+    return schemas.Started(workflow_id=new_id, status_url=status_url)
+
+
+@router.post("/v1/bulk/{action}", response_model=schemas.BulkReport,
+             responses=_errors(401, 413, 422, 503), tags=["workflows"])
+def bulk_action(action: Annotated[Literal["retry", "cancel", "fork"], Path()],
+                body: schemas.BulkRequest, engine: EngineDep) -> dict[str, Any]:
+    """Retries, cancels or forks every workflow matching the filter, in bounded batches; each
+    is changed on its own (one that changed meanwhile is refused and listed). `dry_run` lists
+    what would change and changes nothing."""
+    where = bulk.Filter.checked(
+        state=body.state, kind=body.kind, failed_step=body.failed_step,
+        started_after=inputs.instant(body.started_after, "started_after"),
+        started_before=inputs.instant(body.started_before, "started_before"))
+    return bulk.run(engine, action, where, dry_run=body.dry_run, batch_size=body.batch_size,
+                    from_state=body.from_state, params=body.params).as_json()
 
 
 # -- operations -------------------------------------------------------------------------------

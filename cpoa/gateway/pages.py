@@ -156,7 +156,8 @@ def workflow_page(view: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
         el("h1", {}, el("span", {"class_": "kind"}, kind), " ",
            el("span", {"data-testid": "title"}, title)),
         el("p", {"class_": "id"}, el("code", {}, view["workflow_id"])),
-        _summary(view), _actions(view), _media(view["media"]),
+        _summary(view), _actions(view), _review(view["review_script"]), _fork(view),
+        _media(view["media"]),
         _diagram(kind, state, counts, dwell, dwell_days),
         _timeline(timeline), _tasks(view["tasks"]),
     ]
@@ -176,7 +177,8 @@ def _summary(view: Mapping[str, Any]) -> Markup:
              ("Next run", "next_run_at", _time(view["next_run_at"])),
              ("Retries", "retry_count", view["retry_count"]),
              ("Recoveries", "recovery_attempts", view["recovery_attempts"]),
-             ("Lease", "lease_owner", view["lease_owner"] or "–")]
+             ("Lease", "lease_owner", view["lease_owner"] or "–"),
+             ("Forked from", "forked_from", _forked_from(view["forked_from"]))]
     items = [Markup(el("dt", {}, label) + el("dd", {"data-field": name}, value))
              for label, name, value in facts]
     warnings = [el("li", {}, w) for w in view["warnings"]]
@@ -185,6 +187,62 @@ def _summary(view: Mapping[str, Any]) -> Markup:
         + el("p", {"class_": "error", "data-testid": "error", "hidden": not view["error"]},
              view["error"] or "")
         + el("ul", {"class_": "warnings", "data-testid": "warnings"}, warnings))
+
+
+def _review(script: Mapping[str, Any] | None) -> Markup:
+    """The script of a workflow awaiting review as a form: title, and per segment its title
+    and each line's speaker and text (all escaped into values; workflow.js reads them back),
+    with Approve and Reject (with notes). Nothing when no review is awaited."""
+    if not script:
+        return Markup("")
+    segments = []
+    for i, segment in enumerate(script.get("segments") or []):
+        lines = [el("li", {"class_": "line"},
+                    el("input", {"type": "text", "value": line.get("speaker", ""),
+                                 "aria-label": f"segment {i + 1} line {j + 1} speaker",
+                                 "data-segment": i, "data-line": j, "data-part": "speaker"}),
+                    el("textarea", {"rows": 2, "aria-label": f"segment {i + 1} line {j + 1}",
+                                    "data-segment": i, "data-line": j, "data-part": "text",
+                                    "data-testid": f"line-{i}-{j}"}, line.get("text", "")))
+                 for j, line in enumerate(segment.get("lines") or [])]
+        segments.append(el("fieldset", {"class_": "segment"},
+                           el("input", {"type": "text", "value": segment.get("segment_title"),
+                                        "aria-label": f"segment {i + 1} title",
+                                        "data-segment": i, "data-part": "segment_title"}),
+                           el("ol", {}, lines)))
+    return el("section", {"class_": "review", "id": "review", "data-testid": "review",
+                          "aria-label": "review the script"},
+              el("h2", {}, "Review the script"),
+              el("input", {"type": "text", "id": "script-title", "value": script.get("title"),
+                           "aria-label": "script title", "data-testid": "script-title"}),
+              segments,
+              el("textarea", {"id": "review-notes", "rows": 2, "data-testid": "review-notes",
+                              "placeholder": "notes for PSWA (needed to reject)"}),
+              el("button", {"type": "button", "id": "approve", "data-testid": "approve"},
+                 "Approve"),
+              el("button", {"type": "button", "id": "reject", "data-testid": "reject"},
+                 "Reject"))
+
+
+def _fork(view: Mapping[str, Any]) -> Markup:
+    """Fork a finished workflow from a state, optionally with another voice."""
+    if not view["can_fork"]:
+        return Markup("")
+    options = [el("option", {"value": s}, s) for s in view["fork_states"]]
+    return el("section", {"class_": "fork", "aria-label": "fork"},
+              el("label", {}, "Fork from ", el("select", {"id": "fork-from",
+                                                          "data-testid": "fork-from"}, options)),
+              el("label", {}, " voice ", el("input", {"type": "text", "id": "fork-voice",
+                                                      "data-testid": "fork-voice"})),
+              el("button", {"type": "button", "id": "fork", "data-testid": "fork"}, "Fork"),
+              el("a", {"id": "fork-link", "data-testid": "fork-link", "hidden": True}, ""))
+
+
+def _forked_from(source: str | None) -> Markup | str:
+    """A link to the workflow this one was forked from (a UUID we stored), or a dash."""
+    if not source:
+        return "–"
+    return el("a", {"href": f"/workflows/{source}", "data-testid": "forked-from"}, source)
 
 
 def _actions(view: Mapping[str, Any]) -> Markup:

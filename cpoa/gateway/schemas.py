@@ -23,6 +23,7 @@ Identifier = Annotated[str, Field(min_length=1, max_length=inputs.TEXT_ID_MAX_CH
 Url = Annotated[str, Field(min_length=1, max_length=inputs.URL_MAX_CHARS,
                            examples=["https://example.org/tides"])]
 Number = Annotated[float, Field(allow_inf_nan=False)]
+Notes = Annotated[str, Field(min_length=1, max_length=defaults.REVIEW_NOTES_MAX_CHARS)]
 
 
 class _Request(BaseModel):
@@ -60,6 +61,9 @@ class PodcastRequest(_Caller):
     format: Literal["conversation", "bulletin", "panel"] | None = None
     target_minutes: int | None = Field(None, ge=inputs.TARGET_MINUTES_MIN,
                                        le=inputs.TARGET_MINUTES_MAX)
+    review: bool | None = Field(None, description=(
+        "wait for a reviewer after the script (default: CPOA_REVIEW_SCRIPTS)"))
+    cover_prompt: Text | None = Field(None, description="IGA's prompt (default: from the title)")
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``podcast``)."""
@@ -76,6 +80,52 @@ class SnippetsRequest(_Caller):
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``snippets``)."""
         return self.model_dump(exclude={"client_id", "user_id"})
+
+
+class ReviewRequest(_Request):
+    """`POST /v1/workflows/{id}/review`: approve (optionally with an edited script) or reject
+    (with notes for PSWA) the script of a workflow awaiting review."""
+
+    decision: Literal["approve", "reject"]
+    script: dict[str, Any] | None = Field(None, description=(
+        "approve only: the edited script ({script_id, title, segments}), checked like a PSWA "
+        "result; the original is kept in outputs.script_history"))
+    notes: Notes | None = Field(None, description="required to reject: what PSWA should change")
+
+
+class ForkRequest(_Request):
+    """`POST /v1/workflows/{id}/fork`: a new workflow from a finished one, starting at
+    `from_state` with the context before it copied and `params` changed."""
+
+    from_state: Identifier = Field(examples=["synthesizing"])
+    params: dict[str, Any] = Field(default_factory=dict, description=(
+        "parameters to change (voice_params, persona, cover_prompt…), checked like a start"))
+    client_id: Identifier | None = Field(None, description="default: the source's client")
+
+
+class BulkRequest(_Request):
+    """`POST /v1/bulk/{action}`: retry, cancel or fork every workflow matching the filter."""
+
+    state: StateName | None = None
+    kind: KindName | None = None
+    failed_step: StateName | None = Field(None, description="the state they failed in")
+    started_after: Identifier | None = Field(None, examples=["2026-12-01T00:00:00+00:00"],
+                                             description="ISO 8601 with its UTC offset")
+    started_before: Identifier | None = Field(None, description="ISO 8601 with its UTC offset")
+    dry_run: bool = Field(False, description="list what would change; change nothing")
+    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=1000)
+    from_state: StateName | None = Field(None, description="fork only: where the forks start")
+    params: dict[str, Any] | None = Field(None, description="fork only: parameters to change")
+
+
+class BulkReport(BaseModel):
+    """What a bulk action changed (or would change, in a dry run) and what it refused."""
+
+    action: Literal["retry", "cancel", "fork"]
+    dry_run: bool
+    matched: int
+    changed: list[dict[str, Any]]
+    refused: list[dict[str, Any]]
 
 
 class Started(BaseModel):
@@ -136,6 +186,8 @@ class _Summary(BaseModel):
     ended_at: datetime.datetime | None = None
     next_run_at: datetime.datetime | None = None
     lease_owner: str | None = None
+    forked_from: uuid.UUID | None = Field(None, description="the workflow this one was forked "
+                                                            "from")
 
 
 class WorkflowStatus(_Summary):

@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import machine, models, presentation
+from cpoa import machine, models, presentation, steps
 
 URL_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 2000
@@ -159,6 +159,11 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
         "tasks": [task_view(t, now, workflow.end_timestamp if workflow.is_terminal else None)
                   for t in tasks],
         "media": media(workflow),
+        # The script a reviewer edits (awaiting_review only); rendered escaped, never as HTML.
+        "review_script": (workflow.context.get("script")
+                          if state in machine.WAITING_STATES else None),
+        "can_fork": workflow.is_terminal,
+        "fork_states": list(steps.STEPS[workflow.kind]),
     }
 
 

@@ -41,6 +41,15 @@ VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(client_id)s, %(user_
     %(idempotency_key)s, now())
 RETURNING *;
 
+-- insert_fork --
+-- A workflow forked from %(forked_from)s: it starts in %(state)s with the context copied up to
+-- there, due now.
+INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
+    context_data_json, client_id, user_id, next_run_at, forked_from)
+VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(context)s, %(client_id)s,
+    %(user_id)s, now(), %(forked_from)s)
+RETURNING *;
+
 -- lock_workflow --
 -- Every change to a workflow begins here: the row lock serialises it with every other one.
 -- lease_live: somebody holds the lease now (unexpired, its holder's session alive).
@@ -137,7 +146,8 @@ FROM moved;
 -- still in %(source)s at the fenced %(version)s (and, for a worker's step, still leased by
 -- %(owner)s; cancel and retry pass no owner). Every other write is selected from the UPDATE's
 -- RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
--- state is due now. With %(renew_ttl_s)s the worker keeps the lease for the next step.
+-- state is due after %(run_in_s)s (0 but for a waiting state). With %(renew_ttl_s)s the worker
+-- keeps the lease for the next step.
 WITH locked AS (
     SELECT * FROM cpoa_lock_step_v1(%(workflow_id)s, %(renew_ttl_s)s)
 ), moved AS (
@@ -147,7 +157,9 @@ WITH locked AS (
         context_data_json = w.context_data_json || %(context_updates)s,
         warnings = w.warnings || %(warnings)s,
         error_message = %(error_message)s,
-        next_run_at = CASE WHEN %(terminal)s THEN NULL ELSE now() END,
+        -- A waiting state (awaiting_review) is due only at its deadline, %(run_in_s)s away.
+        next_run_at = CASE WHEN %(terminal)s THEN NULL
+                           ELSE now() + make_interval(secs => %(run_in_s)s) END,
         end_timestamp = CASE WHEN %(terminal)s THEN now() END,
         (lease_owner, lease_expires_at, lease_liveness_key)
             = (locked.lease_owner, locked.lease_expires_at, locked.lease_liveness_key),
@@ -296,8 +308,10 @@ WHERE workflow_id = %(workflow_id)s AND version = %(version)s AND lease_owner = 
 RETURNING workflow_id;
 
 -- count_unfinished --
+-- A workflow awaiting a reviewer is not unfinished work for a worker (`--until-idle` exits).
 SELECT
-    (SELECT count(*) FROM workflow_instances WHERE next_run_at IS NOT NULL) AS workflows,
+    (SELECT count(*) FROM workflow_instances
+     WHERE next_run_at IS NOT NULL AND state <> 'awaiting_review') AS workflows,
     (SELECT count(*) FROM ui_event_outbox
      WHERE delivered_at IS NULL AND next_attempt_at <= now()) AS events;
 
@@ -475,7 +489,7 @@ SELECT
 -- two pages neither repeats nor hides a row. The large JSON columns are left out.
 SELECT workflow_id, kind, state, failed_from_state, error_message, warnings, client_id,
     user_id, idempotency_key, retry_count, start_timestamp, last_updated_timestamp,
-    end_timestamp, next_run_at, lease_owner
+    end_timestamp, next_run_at, lease_owner, forked_from
 FROM workflow_instances
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
@@ -486,3 +500,32 @@ LIMIT %(limit)s;
 
 -- schema_version --
 SELECT version FROM cpoa_schema_version;
+
+-- db_now --
+SELECT now() AS now;
+
+-- select_bulk_batch --
+-- The next %(limit)s workflows a bulk action's filter matches, by id after %(after_id)s
+-- (keyset), among those started by %(as_of)s: a workflow started during the run (a fork it
+-- made) is not picked up, and one changed by the run neither repeats nor hides another.
+SELECT workflow_id, kind, state, failed_from_state, start_timestamp FROM workflow_instances
+WHERE start_timestamp <= %(as_of)s
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+  AND (%(failed_step)s::text IS NULL OR failed_from_state = %(failed_step)s::text)
+  AND (%(started_after)s::timestamptz IS NULL OR start_timestamp >= %(started_after)s)
+  AND (%(started_before)s::timestamptz IS NULL OR start_timestamp < %(started_before)s)
+  AND (%(after_id)s::uuid IS NULL OR workflow_id > %(after_id)s::uuid)
+ORDER BY workflow_id
+LIMIT %(limit)s;
+
+-- enforced_machine --
+-- The state machine the database enforces: its recorded fingerprint and every allowed edge.
+SELECT (SELECT fingerprint FROM cpoa_machine) AS fingerprint,
+    coalesce((SELECT jsonb_agg(jsonb_build_array(kind, from_state, to_state))
+              FROM workflow_transitions), '[]'::jsonb) AS edges;
+
+-- enforced_edges --
+-- The same edges, for a database whose schema has no cpoa_machine yet (before version 9).
+SELECT coalesce((SELECT jsonb_agg(jsonb_build_array(kind, from_state, to_state))
+                 FROM workflow_transitions), '[]'::jsonb) AS edges;

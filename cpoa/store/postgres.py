@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 def _due_now(outcome: models.Outcome) -> bool:
     """Whether a step leaves its workflow due at once (so its worker may keep the lease)."""
-    if outcome.is_transition:
-        return outcome.dest not in machine.TERMINAL_STATES
-    return outcome.run_in_s <= 0
+    if outcome.is_transition and outcome.dest in machine.TERMINAL_STATES:
+        return False
+    return outcome.run_in_s <= 0  # a waiting state's deadline is ahead: released
 
 
 class PostgresStore(Reads, Upkeep):
@@ -137,6 +137,23 @@ class PostgresStore(Reads, Upkeep):
             self._record(conn, workflow, None, state, "start", {}, ui_event)
             self._one(conn, "wake_workers", payload=str(workflow_id))
         return workflow_id
+
+    def create_fork(self, first: models.Workflow, forked_from: uuid.UUID, *,
+                    user_id: str | None, ui_event: models.UIEvent | None) -> None:
+        """Creates a workflow forked from another, in its first state with its context, and
+        its orchestration key (its own id), history row (trigger ``fork``) and UI event."""
+        with self._transaction() as conn:
+            self._one(conn, "insert_idempotency_key", idempotency_key=str(first.workflow_id),
+                      task_name=TASK_NAMES[first.kind], workflow_id=first.workflow_id)
+            row = self._one(conn, "insert_fork", workflow_id=first.workflow_id,
+                            kind=first.kind, state=first.state,
+                            params=jsonb(dict(first.params)), context=jsonb(first.context),
+                            client_id=first.client_id, user_id=user_id,
+                            forked_from=forked_from)
+            self._record(conn, models.Workflow.from_row(row), None, first.state, "fork",
+                         {"forked_from": str(forked_from), "from_state": first.state},
+                         ui_event)
+            self._one(conn, "wake_workers", payload=str(first.workflow_id))
 
     def find_key(self, key: str, kind: str) -> dict | None:
         """Returns the idempotency key row (with its workflow's state), or None."""

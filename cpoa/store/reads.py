@@ -6,6 +6,7 @@ A mixin of :class:`cpoa.store.postgres.PostgresStore`, which gives it ``_errors`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import uuid
 from typing import Any
@@ -126,3 +127,27 @@ class Reads:
             except psycopg.errors.UndefinedTable:  # autocommit: the connection stays usable
                 return None
         return row["version"] if row else None
+
+    def db_now(self) -> datetime.datetime:
+        """Returns the database's clock."""
+        with self._errors(), self.pool.connection() as conn:
+            return self._one(conn, "db_now")["now"]
+
+    def bulk_batch(self, where: Any, *, as_of: datetime.datetime, after: uuid.UUID | None,
+                   limit: int) -> list[dict]:
+        """Returns the next ``limit`` workflows (id, kind, state, failed_from_state) matching
+        a :class:`cpoa.bulk.Filter`, by id after ``after``, started by ``as_of``."""
+        with self._errors(), self.pool.connection() as conn:
+            return self._all(conn, "select_bulk_batch", as_of=as_of, after_id=after,
+                             limit=limit, **dataclasses.asdict(where))
+
+    def enforced_machine(self) -> tuple[str | None, set[tuple[str, str, str]]]:
+        """Returns the database's machine: its fingerprint (None: not recorded, a schema older
+        than version 9) and its allowed (kind, source, dest) edges."""
+        with self._errors(), self.pool.connection() as conn:
+            try:
+                row = self._one(conn, "enforced_machine")
+            except psycopg.errors.UndefinedTable:  # before schema version 9
+                row = {"fingerprint": None, "edges": conn.execute(
+                    self.queries["enforced_edges"]).fetchone()["edges"]}
+        return row["fingerprint"], {tuple(edge) for edge in row["edges"]}

@@ -60,12 +60,16 @@ def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
             {"topic_id": f"t{i}", "title_suggestion": f"Topic {i}", "summary": f"Summary {i}",
              "keywords": ["k"], "relevance_score": 1.0 - i / 10} for i in range(min(limit, 2))]}
     if path == "/weave_script":
+        revised = " (revised)" if body.get("revision_notes") else ""  # a rejected script
         return {"status": "success", "script_data": {
-            "script_id": "s1", "title": f"On {body.get('topic')}",
+            "script_id": "s2" if revised else "s1", "title": f"On {body.get('topic')}{revised}",
             "segments": [{"segment_title": "Intro", "lines": [
                 {"speaker": "Host", "text": "Welcome."}, {"speaker": "Guest", "text": "Hi."}]}]}}
-    if path == "/forge_voice":
-        return {"status": "success", "audio_url": "http://127.0.0.1/audio.mp3",
+    if path == "/forge_voice":  # another voice, another file
+        voice = (body.get("voice_params") or {}).get("voice_name")
+        return {"status": "success",
+                "audio_url": f"http://127.0.0.1/audio-{voice}.mp3" if voice
+                else "http://127.0.0.1/audio.mp3",
                 "audio_format": "mp3", "duration_s": 12.5, "stream_id": "stream-1",
                 "tts_settings_used": {"voice_name": "en"}}
     if path == "/generate_image":

@@ -30,7 +30,8 @@ def allowed(kind, state, trigger):
 def test_decide__every_edge(kind, trigger, source, dest):
     """Each declared edge is taken by decide, recording or clearing failed_from_state."""
     origin = dest if trigger == "retry" else None
-    model = machine.decide(kind, source, trigger, origin)
+    review = (trigger, dest) == ("step_done", "awaiting_review")  # the guarded edge
+    model = machine.decide(kind, source, trigger, origin, review=review)
     assert model.state == dest
     if trigger == "fail":
         assert model.failed_from_state == source
@@ -130,7 +131,7 @@ def test_states__lists_and_initial():
     """states, working_states and initial_state agree with the definitions."""
     assert machine.states("snippets") == ["discovering", "crafting", "imaging", "completed",
                                           "failed", "cancelled"]
-    assert machine.working_states("podcast") == machine.PODCAST_STEPS
+    assert machine.working_states("podcast") == machine.PODCAST_WORKING
     assert machine.initial_state("podcast") == "fetching"
     assert machine.initial_state("snippets") == "discovering"
 
@@ -166,3 +167,39 @@ def test_decide__is_thread_safe():
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_decide__scripting_goes_to_review_only_when_asked():
+    """step_done out of scripting waits for a reviewer only with review=True."""
+    assert machine.decide("podcast", "scripting", "step_done").state == "synthesizing"
+    assert machine.decide("podcast", "scripting", "step_done",
+                          review=True).state == "awaiting_review"
+
+
+@pytest.mark.parametrize("trigger", ["approve", "reject"])
+def test_decide__review_refused_elsewhere_names_the_gate(trigger):
+    """Approving or rejecting a workflow not awaiting review is refused, saying why."""
+    with pytest.raises(errors.InvalidTransition) as info:
+        machine.decide("podcast", "synthesizing", trigger)
+    assert "only a workflow awaiting_review" in str(info.value)
+
+
+def test_fingerprint__recorded_by_the_schema():
+    """schema.sql records this code's machine fingerprint (change both together)."""
+    from cpoa import sql
+
+    assert f"INSERT INTO cpoa_machine (fingerprint) VALUES ('{machine.fingerprint()}')" in (
+        sql.schema())
+
+
+def test_difference__names_missing_and_extra_edges():
+    """A database lacking an edge is told to run `cpoa db init`; one with an edge this code
+    lacks says this CPOA is the older; the same machine has no difference."""
+    mine = machine.enforced_edges()
+    assert machine.difference(machine.fingerprint(), mine) is None
+    older = machine.difference("old", mine - {("podcast", "scripting", "awaiting_review")})
+    assert "lacks podcast scripting -> awaiting_review" in older
+    assert "cpoa db init" in older
+    assert "cpoa db init" in machine.difference(None, mine)
+    newer = machine.difference("new", mine | {("podcast", "imaging", "scripting")})
+    assert "allows podcast imaging -> scripting" in newer and "upgrade" in newer

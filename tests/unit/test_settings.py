@@ -186,3 +186,21 @@ def test_from_env__reads_process_environment(monkeypatch):
     """Without an explicit mapping the process environment is read."""
     monkeypatch.setenv("CPOA_SERVICE_RETRY_COUNT", "7")
     assert settings.from_env().retry_count == 7
+
+
+def test_review_settings__parsed_and_bad_values_name_the_variable():
+    """CPOA_REVIEW_SCRIPTS is a yes/no, CPOA_REVIEW_TIMEOUT_SECONDS a positive number."""
+    from cpoa import errors, settings as settings_module
+
+    parsed = settings_module.from_env({"CPOA_REVIEW_SCRIPTS": "yes",
+                                       "CPOA_REVIEW_TIMEOUT_SECONDS": "90"})
+    assert (parsed.review_scripts, parsed.review_timeout_s) == (True, 90.0)
+    assert settings_module.from_env({}).review_timeout_s == 7 * 24 * 3600.0
+    for variable, value in (("CPOA_REVIEW_SCRIPTS", "maybe"),
+                            ("CPOA_REVIEW_TIMEOUT_SECONDS", "0")):
+        try:
+            settings_module.from_env({variable: value})
+        except errors.ConfigError as exc:
+            assert exc.variable == variable and str(exc).startswith(variable)
+        else:
+            raise AssertionError(f"{variable}={value} accepted")

@@ -1,5 +1,6 @@
 // The workflow page: follows /events?workflow_id=… and keeps every part of the page current;
-// Cancel and Retry post to the JSON API (with the API token from this tab, if one is needed).
+// Cancel, Retry, the review editor's Approve / Reject and Fork post to the JSON API (with the
+// API token from this tab, if one is needed).
 import { element, follow, formatSeconds, setBadge, webUrl } from "./dom.js";
 
 const body = document.body;
@@ -105,6 +106,12 @@ function setField(name, value, isTime = false) {
 function onSnapshot(view) {
   if (view.workflow_id !== workflowId || typeof view.state !== "string") return;
   setBadge(document.querySelector("[data-testid=state]"), view.state);
+  const reviewForm = document.getElementById("review");
+  if (view.state === "awaiting_review" && !reviewForm) {
+    window.location.reload();  // a (new) script awaits review: the server renders its editor
+    return;
+  }
+  if (reviewForm) reviewForm.hidden = view.state !== "awaiting_review";
   body.dataset.state = view.state;
   const progress = document.querySelector("[data-testid=progress]");
   if (typeof view.progress === "number") progress.value = view.progress;
@@ -133,16 +140,18 @@ function onSnapshot(view) {
   }
 }
 
-/** POSTs cancel or retry to the JSON API and says how it went. */
-async function act(action) {
+/** POSTs cancel, retry, review or fork (with a JSON body) to the JSON API and says how it
+ * went; returns the answer's JSON when it succeeded. */
+async function act(action, json = null) {
   const headers = { Accept: "application/json" };
   const token = tokenField.value.trim();
   if (token) headers.Authorization = `Bearer ${token}`;
+  if (json !== null) headers["Content-Type"] = "application/json";
   status.textContent = `${action}…`;
   let answer;
   try {
     answer = await fetch(`/v1/workflows/${encodeURIComponent(workflowId)}/${action}`,
-      { method: "POST", headers });
+      { method: "POST", headers, body: json === null ? undefined : JSON.stringify(json) });
   } catch (error) {
     status.textContent = `${action} failed: ${error}`;
     return;
@@ -155,6 +164,7 @@ async function act(action) {
   }
   if (answer.ok) {
     status.textContent = `${action}: ${text(payload.state || "done")}`;
+    return payload;
   } else if (answer.status === 401) {
     status.textContent = "This server needs its API token: enter it above and click again.";
     tokenField.focus();
@@ -173,6 +183,55 @@ document.getElementById("cancel").addEventListener("click", () => {
   }
 });
 document.getElementById("retry").addEventListener("click", () => act("retry"));
+
+/** The stored script with the reviewer's edits applied by position; null when unchanged. */
+async function editedScript() {
+  const answer = await fetch(`/v1/workflows/${encodeURIComponent(workflowId)}`,
+    { headers: { Accept: "application/json" } });
+  const script = (await answer.json()).outputs.script;
+  const original = JSON.stringify(script);
+  script.title = document.getElementById("script-title").value;
+  for (const field of document.querySelectorAll("#review [data-part]")) {
+    const segment = script.segments[Number(field.dataset.segment)];
+    if (!segment) continue;
+    if (field.dataset.part === "segment_title") {
+      segment.segment_title = field.value;
+    } else {
+      const line = segment.lines[Number(field.dataset.line)];
+      if (line) line[field.dataset.part] = field.value;
+    }
+  }
+  return JSON.stringify(script) === original ? null : script;
+}
+
+const review = document.getElementById("review");
+if (review) {
+  const notes = document.getElementById("review-notes");
+  document.getElementById("approve").addEventListener("click", async () => {
+    const script = await editedScript();
+    const request = script === null ? { decision: "approve" } : { decision: "approve", script };
+    if (await act("review", request)) review.remove();  // a later review reloads the page
+  });
+  document.getElementById("reject").addEventListener("click", async () => {
+    if (await act("review", { decision: "reject", notes: notes.value })) review.remove();
+  });
+}
+
+const forkButton = document.getElementById("fork");
+if (forkButton) {
+  forkButton.addEventListener("click", async () => {
+    const voice = document.getElementById("fork-voice").value.trim();
+    const params = voice ? { voice_params: { voice_name: voice } } : {};
+    const made = await act("fork", { from_state: document.getElementById("fork-from").value,
+                                     params });
+    if (made && typeof made.workflow_id === "string") {
+      const link = document.getElementById("fork-link");
+      link.href = `/workflows/${encodeURIComponent(made.workflow_id)}`;
+      link.textContent = `fork ${made.workflow_id}`;
+      link.hidden = false;
+    }
+  });
+}
 
 const url = new URL("/events", window.location.href);
 url.searchParams.set("workflow_id", workflowId);

@@ -1,0 +1,139 @@
+"""Editorial control, pure: a reviewer's decision on a script, and what a fork copies.
+
+:func:`decision_outcome` turns an approval (optionally with an edited script, checked exactly
+like a PSWA result) or a rejection (with notes for PSWA) into the one transition the store
+applies under the workflow's row lock. :func:`fork_plan` says what a new workflow forked from a
+finished one starts with. No I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cpoa import defaults, errors, events, inputs, machine, models, steps
+from cpoa.agents import results
+
+SCRIPT_RESULT_PREFIX = "result.script_data"
+"""How :func:`cpoa.agents.results.script` names a field; a reviewer's edit names it ``script``."""
+
+
+def edited_script(script: Any) -> dict[str, Any]:
+    """Checks a reviewer's script exactly as a PSWA ``script_data`` is checked (contract §3).
+
+    Raises:
+        InvalidInput: naming the field, e.g. ``script.segments[2].lines[0].text``.
+    """
+    try:
+        return results.script({"script_data": script})
+    except errors.AgentError as exc:  # a business status cannot occur: the object is ours
+        field = getattr(exc, "field", "") or SCRIPT_RESULT_PREFIX
+        name = "script" + field[len(SCRIPT_RESULT_PREFIX):]
+        problem = str(exc).split(f"{field} ", 1)[-1]
+        raise errors.InvalidInput(f"{name}: {problem}", field=name) from None
+
+
+def notes_text(notes: Any, *, required: bool) -> str | None:
+    """Checks a reviewer's notes (required with a rejection).
+
+    Raises:
+        InvalidInput: naming ``notes``.
+    """
+    if notes is None and not required:
+        return None
+    if notes is None:
+        raise errors.InvalidInput("notes: a rejection needs notes that say what to change",
+                                  field="notes")
+    return inputs.text(notes, "notes", defaults.REVIEW_NOTES_MAX_CHARS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A reviewer's checked decision.
+
+    Attributes:
+        approve: Approve (on to synthesizing) or reject (back to scripting).
+        script: The edited script to store instead of PSWA's (approval only), or None.
+        notes: What the reviewer wrote (PSWA's ``revision_notes`` on a rejection).
+    """
+
+    approve: bool
+    script: dict[str, Any] | None = None
+    notes: str | None = None
+
+    @classmethod
+    def checked(cls, approve: bool, script: Any = None, notes: Any = None) -> Decision:
+        """Builds a decision from caller input, checking every field.
+
+        Raises:
+            InvalidInput: naming the bad field.
+        """
+        if not isinstance(approve, bool):
+            raise errors.InvalidInput("approve: expected true or false", field="approve")
+        if script is not None and not approve:
+            raise errors.InvalidInput("script: only an approval carries an edited script",
+                                      field="script")
+        return cls(approve, None if script is None else edited_script(script),
+                   notes_text(notes, required=not approve))
+
+
+def decision_outcome(workflow: models.Workflow, decision: Decision) -> models.Outcome:
+    """The transition a reviewer's decision makes, checked against the machine.
+
+    Raises:
+        InvalidTransition: the workflow is not awaiting review (another reviewer acted first,
+            or it was cancelled or failed at its deadline).
+    """
+    trigger = "approve" if decision.approve else "reject"
+    dest = machine.decide(workflow.kind, workflow.state, trigger).state
+    current = workflow.context.get("script")
+    history = list(workflow.context.get("script_history") or [])
+    revision = steps.script_revision(workflow)
+    review = {"decision": "approved" if decision.approve else "rejected",
+              "revision": revision, "edited": decision.script is not None,
+              "notes": decision.notes}
+    updates: dict[str, Any] = {"review": review}
+    if decision.script is not None:  # the original is kept in the history
+        updates.update(script=decision.script, script_history=[
+            *history, {"revision": revision, "script": current, "replaced_by": "reviewer"}])
+    elif not decision.approve:
+        updates.update(script_revision=revision + 1, revision_notes=decision.notes,
+                       script_history=[*history, {"revision": revision, "script": current,
+                                                  "rejected": decision.notes}])
+    return models.Outcome.transition(
+        trigger, dest, context_updates=updates,
+        detail={k: v for k, v in review.items() if v is not None},
+        ui_event=events.entered(workflow, dest))
+
+
+def fork_plan(source: models.Workflow, history: Sequence[Mapping[str, Any]], from_state: Any,
+              changes: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a workflow forked from ``source`` at ``from_state`` starts with.
+
+    Returns:
+        Its parameters (the source's with ``changes`` over them, checked) and its context
+        (what the steps before ``from_state`` wrote).
+
+    Raises:
+        InvalidInput: naming ``from_state`` (not a step of the kind, or one the source never
+            reached) or the bad parameter.
+        InvalidTransition: the source is still working (fork a completed, failed or cancelled
+            workflow).
+    """
+    if not source.is_terminal:
+        raise errors.InvalidTransition(
+            f"cannot fork a {source.kind} workflow that is {source.state}: only a completed, "
+            "failed or cancelled workflow can be forked", state=source.state, trigger="fork")
+    kind_steps = list(steps.STEPS[source.kind])
+    if from_state not in kind_steps:
+        raise errors.InvalidInput(f"from_state: expected one of {', '.join(kind_steps)}",
+                                  field="from_state")
+    reached = {h["to_state"] for h in history}
+    if from_state not in reached:
+        raise errors.InvalidInput(f"from_state: workflow {source.workflow_id} never reached "
+                                  f"{from_state}", field="from_state")
+    if changes is not None and not isinstance(changes, Mapping):
+        raise errors.InvalidInput("params: expected an object", field="params")
+    params = inputs.workflow_params(source.kind, {**source.params, **(changes or {})})
+    return params, steps.context_before(source.kind, from_state, source.context)

@@ -1,0 +1,341 @@
+-- CPOA schema: the canonical DDL. Applied by `cpoa db init`; safe to apply any number of times.
+-- The Python machine (cpoa/machine.py) holds the same states and transitions; the integration
+-- tests assert that the CHECK below and workflow_transitions agree with it.
+
+-- Serialise concurrent `db init` runs: CREATE ... IF NOT EXISTS is not race-free on its own.
+SELECT pg_advisory_xact_lock(7304190231);
+
+CREATE TABLE IF NOT EXISTS workflow_instances (
+    workflow_id                 uuid PRIMARY KEY,
+    kind                        text NOT NULL CHECK (kind IN ('podcast', 'snippets')),
+    state                       text NOT NULL,
+    failed_from_state           text,
+    trigger_event_details_json  jsonb NOT NULL,
+    context_data_json           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    warnings                    jsonb NOT NULL DEFAULT '[]'::jsonb,
+    error_message               text,
+    client_id                   text,
+    user_id                     text,
+    idempotency_key             text,
+    start_timestamp             timestamptz NOT NULL DEFAULT now(),
+    last_updated_timestamp      timestamptz NOT NULL DEFAULT now(),
+    end_timestamp               timestamptz,
+    -- Scheduling: due when next_run_at <= now() and nobody holds the lease. NULL once terminal.
+    next_run_at                 timestamptz,
+    -- Lease: the HTTP call to an agent happens outside any transaction; the lease keeps other
+    -- workers away meanwhile, and `version` fences a stale owner's late result.
+    lease_owner                 text,
+    lease_expires_at            timestamptz,
+    version                     bigint NOT NULL DEFAULT 0,
+    -- Leases that expired without being released (a crashed or stuck worker).
+    recovery_attempts           integer NOT NULL DEFAULT 0,
+    -- Manual retries: the n-th one suffixes agent idempotency keys with _r<n>.
+    retry_count                 integer NOT NULL DEFAULT 0,
+    -- The base of the keys sent to agents (contract §2): NULL means the workflow id. Only
+    -- workflows started before schema version 5 have one (their caller's key, kept).
+    key_base                    text,
+    -- The lease holder's liveness: the key of a session-level advisory lock its process holds
+    -- on a connection of its own. When that session ends (the process died), the lease is
+    -- recoverable at once, not only at lease_expires_at. NULL: the expiry alone decides.
+    lease_liveness_key          bigint,
+    CONSTRAINT workflow_state_known CHECK (
+        (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'synthesizing',
+                                        'imaging', 'finalizing', 'completed', 'failed', 'cancelled'))
+        OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging',
+                                            'completed', 'failed', 'cancelled'))),
+    CONSTRAINT failed_records_origin CHECK (state <> 'failed' OR failed_from_state IS NOT NULL),
+    CONSTRAINT lease_is_whole CHECK ((lease_owner IS NULL) = (lease_expires_at IS NULL))
+);
+
+-- Schema version 5, in place on an older database: workflows already started keep the keys
+-- they have sent (their caller's key, when they had one); new ones use their workflow id.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'workflow_instances'::regclass AND attname = 'key_base'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE workflow_instances ADD COLUMN key_base text;
+        UPDATE workflow_instances SET key_base = idempotency_key
+        WHERE idempotency_key IS NOT NULL;
+    END IF;
+END
+$$;
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
+
+-- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
+CREATE INDEX IF NOT EXISTS workflow_instances_due
+    ON workflow_instances (next_run_at) WHERE lease_owner IS NULL AND next_run_at IS NOT NULL;
+-- What the sweeper looks at: leases that may have expired.
+CREATE INDEX IF NOT EXISTS workflow_instances_leased
+    ON workflow_instances (lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS workflow_instances_by_state
+    ON workflow_instances (state, start_timestamp DESC);
+-- What `GET /v1/workflows` pages through (keyset: newest first, the id breaks ties).
+CREATE INDEX IF NOT EXISTS workflow_instances_by_start
+    ON workflow_instances (start_timestamp DESC, workflow_id DESC);
+-- What `cpoa prune` looks at: finished workflows (next_run_at NULL), oldest first. Working
+-- rows are not in it, so the hot updates of a running workflow never touch it.
+CREATE INDEX IF NOT EXISTS workflow_instances_finished
+    ON workflow_instances (last_updated_timestamp) WHERE next_run_at IS NULL;
+
+-- Every (kind, from, to) the machine allows; a trigger refuses any other state change.
+CREATE TABLE IF NOT EXISTS workflow_transitions (
+    kind        text NOT NULL,
+    from_state  text NOT NULL,
+    to_state    text NOT NULL,
+    PRIMARY KEY (kind, from_state, to_state)
+);
+
+INSERT INTO workflow_transitions (kind, from_state, to_state) VALUES
+    ('podcast', 'fetching', 'analyzing'),
+    ('podcast', 'analyzing', 'scripting'),
+    ('podcast', 'scripting', 'synthesizing'),
+    ('podcast', 'synthesizing', 'imaging'),
+    ('podcast', 'imaging', 'finalizing'),
+    ('podcast', 'finalizing', 'completed'),
+    ('podcast', 'fetching', 'failed'),
+    ('podcast', 'analyzing', 'failed'),
+    ('podcast', 'scripting', 'failed'),
+    ('podcast', 'synthesizing', 'failed'),
+    ('podcast', 'imaging', 'failed'),
+    ('podcast', 'finalizing', 'failed'),
+    ('podcast', 'failed', 'fetching'),
+    ('podcast', 'failed', 'analyzing'),
+    ('podcast', 'failed', 'scripting'),
+    ('podcast', 'failed', 'synthesizing'),
+    ('podcast', 'failed', 'imaging'),
+    ('podcast', 'failed', 'finalizing'),
+    ('podcast', 'fetching', 'cancelled'),
+    ('podcast', 'analyzing', 'cancelled'),
+    ('podcast', 'scripting', 'cancelled'),
+    ('podcast', 'synthesizing', 'cancelled'),
+    ('podcast', 'imaging', 'cancelled'),
+    ('podcast', 'finalizing', 'cancelled'),
+    ('podcast', 'failed', 'cancelled'),
+    ('snippets', 'discovering', 'crafting'),
+    ('snippets', 'crafting', 'imaging'),
+    ('snippets', 'imaging', 'completed'),
+    ('snippets', 'discovering', 'failed'),
+    ('snippets', 'crafting', 'failed'),
+    ('snippets', 'imaging', 'failed'),
+    ('snippets', 'failed', 'discovering'),
+    ('snippets', 'failed', 'crafting'),
+    ('snippets', 'failed', 'imaging'),
+    ('snippets', 'discovering', 'cancelled'),
+    ('snippets', 'crafting', 'cancelled'),
+    ('snippets', 'imaging', 'cancelled'),
+    ('snippets', 'failed', 'cancelled')
+ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE FUNCTION cpoa_refuse_unknown_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IS DISTINCT FROM OLD.state AND NOT EXISTS (
+        SELECT 1 FROM workflow_transitions
+        WHERE kind = NEW.kind AND from_state = OLD.state AND to_state = NEW.state
+    ) THEN
+        RAISE EXCEPTION 'transition % -> % is not allowed for a % workflow',
+            OLD.state, NEW.state, NEW.kind USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_instances_transition_allowed
+    BEFORE UPDATE OF state ON workflow_instances
+    FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION cpoa_refuse_unknown_transition();
+
+-- One row per step attempt and per fan-out item.
+CREATE TABLE IF NOT EXISTS task_instances (
+    task_id                     uuid PRIMARY KEY,
+    workflow_id                 uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    agent_name                  text NOT NULL,
+    step                        text NOT NULL,
+    item_key                    text NOT NULL DEFAULT '',
+    attempt                     integer NOT NULL DEFAULT 0,
+    status                      text NOT NULL
+        CHECK (status IN ('pending', 'submitted', 'succeeded', 'failed')),
+    idempotency_key             text NOT NULL,
+    external_task_id            text,
+    status_url                  text,
+    input_params_json           jsonb,
+    output_result_summary_json  jsonb,
+    error_details_json          jsonb,
+    retry_count                 integer NOT NULL DEFAULT 0,
+    created_at                  timestamptz NOT NULL DEFAULT now(),
+    updated_at                  timestamptz NOT NULL DEFAULT now(),
+    first_submitted_at          timestamptz,
+    completed_at                timestamptz,
+    next_poll_at                timestamptz,
+    poll_deadline_at            timestamptz,
+    UNIQUE (workflow_id, step, item_key, attempt)
+);
+
+-- A step's task row, inserted or brought up to date: the engine's one writer of task_instances,
+-- called from record_progress and make_transition (queries.sql) with the row as JSON
+-- (cpoa/store/rows.py, task_document). Versioned name: a changed signature gets a new one.
+CREATE OR REPLACE FUNCTION cpoa_save_task_v1(p_task jsonb) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
+        status, idempotency_key, external_task_id, status_url, input_params_json,
+        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
+        completed_at, next_poll_at, poll_deadline_at)
+    SELECT t.task_id, t.workflow_id, t.agent_name, t.step, t.item_key, t.attempt, t.status,
+        t.idempotency_key, t.external_task_id, t.status_url, t.input_params_json,
+        t.output_result_summary_json, t.error_details_json, t.retry_count,
+        t.first_submitted_at, t.completed_at, t.next_poll_at, t.poll_deadline_at
+    FROM jsonb_populate_record(NULL::task_instances, p_task) t
+    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
+        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
+        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
+        output_result_summary_json = EXCLUDED.output_result_summary_json,
+        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
+        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
+        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
+        updated_at = now()
+$$;
+
+-- The task rows of a workflow's current step attempt, as JSON, oldest first: what a lease
+-- carries (claim_due, take_lease and finish_step return it beside the workflow row).
+CREATE OR REPLACE FUNCTION cpoa_step_tasks(p_workflow_id uuid, p_step text, p_attempt integer)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+    FROM task_instances t
+    WHERE t.workflow_id = p_workflow_id AND t.step = p_step AND t.attempt = p_attempt
+$$;
+
+-- The advisory-lock keys held right now by sessions of this database (pg_locks is not
+-- transactional: it is the lock table as it is at this instant). A worker process holds one
+-- such lock for as long as it lives (cpoa/store/connection.py, Listener); its leases carry the
+-- key in lease_liveness_key.
+CREATE OR REPLACE FUNCTION cpoa_live_session_keys() RETURNS SETOF bigint
+LANGUAGE sql STABLE AS $$
+    SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+$$;
+
+-- Is a lease still held? Unexpired, and its holder's session (when it named one) alive.
+CREATE OR REPLACE FUNCTION cpoa_lease_live(p_owner text, p_expires_at timestamptz,
+                                           p_liveness_key bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_owner IS NOT NULL AND p_expires_at > now()
+       AND (p_liveness_key IS NULL OR p_liveness_key IN (SELECT cpoa_live_session_keys()))
+$$;
+
+-- Insert-or-nothing idempotency, shared with the agents (task_name tells the users apart).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    idempotency_key  text NOT NULL,
+    task_name        text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+    workflow_id      uuid,
+    result_payload   jsonb,
+    error_payload    jsonb,
+    locked_at        timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz,
+    PRIMARY KEY (idempotency_key, task_name)
+);
+
+-- The store settles a workflow's key by workflow_id inside the transition's transaction:
+-- without this index that was a sequential scan under the workflow's row lock.
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_workflow ON idempotency_keys (workflow_id);
+
+-- Append-only transition history, written in the transaction of the change it records.
+CREATE TABLE IF NOT EXISTS workflow_events (
+    event_id     bigserial PRIMARY KEY,
+    workflow_id  uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    from_state   text,
+    to_state     text NOT NULL,
+    trigger      text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    detail       jsonb
+);
+CREATE INDEX IF NOT EXISTS workflow_events_by_workflow ON workflow_events (workflow_id, event_id);
+
+-- History rows with their workflow's kind and topic (or query): what the dashboard shows.
+CREATE OR REPLACE VIEW workflow_events_labelled AS
+SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
+       coalesce(w.trigger_event_details_json ->> 'topic',
+                w.trigger_event_details_json ->> 'query') AS label
+FROM workflow_events e JOIN workflow_instances w USING (workflow_id);
+
+CREATE OR REPLACE FUNCTION cpoa_refuse_history_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'workflow_events is append-only' USING ERRCODE = 'check_violation';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_append_only
+    BEFORE UPDATE ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_history_update();
+
+-- Live dashboards (`cpoa serve`) LISTEN on cpoa_events. NOTIFY is delivered at COMMIT, in
+-- commit order, so a listener never sees an event that could still roll back.
+-- Payload: '<workflow_id>:<event_id>'.
+CREATE OR REPLACE FUNCTION cpoa_notify_history() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('cpoa_events', NEW.workflow_id::text || ':' || NEW.event_id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_notify
+    AFTER INSERT ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_notify_history();
+
+-- History rows leave only with their workflow: a DELETE of the workflow (what `cpoa prune`
+-- does) cascades here from the foreign key's trigger, at trigger depth 2; a DELETE aimed at
+-- workflow_events itself runs at depth 1 and is refused, so no workflow that still exists can
+-- lose part of its history (it always replays to the workflow's state).
+CREATE OR REPLACE FUNCTION cpoa_refuse_history_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'workflow_events rows are deleted only with their workflow (cpoa prune)'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER workflow_events_delete_with_workflow
+    BEFORE DELETE ON workflow_events
+    FOR EACH ROW EXECUTE FUNCTION cpoa_refuse_history_delete();
+
+-- UI events, queued in the transition's transaction and delivered after commit, in seq order
+-- per workflow. event_id lets the receiver drop a duplicate delivery.
+CREATE TABLE IF NOT EXISTS ui_event_outbox (
+    seq              bigserial PRIMARY KEY,
+    event_id         uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(),
+    workflow_id      uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    client_id        text NOT NULL,
+    event_name       text NOT NULL CHECK (event_name IN ('generation_status', 'task_error')),
+    data             jsonb NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz,
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    locked_until     timestamptz,
+    last_error       text
+);
+CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
+    ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;
+-- Every event of a workflow: the ON DELETE CASCADE from workflow_instances (cpoa prune) looks
+-- rows up by workflow_id, and without this it scanned the whole outbox once per workflow.
+CREATE INDEX IF NOT EXISTS ui_event_outbox_by_workflow ON ui_event_outbox (workflow_id, seq);
+
+-- The version of this file: bump the number below with every change to it. `GET /healthz`
+-- compares it with the version the running code carries (cpoa.sql.schema_version()); applying
+-- an older file never lowers it.
+CREATE TABLE IF NOT EXISTS cpoa_schema_version (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    version     integer NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO cpoa_schema_version (version) VALUES (6)
+ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
+    WHERE cpoa_schema_version.version < EXCLUDED.version;

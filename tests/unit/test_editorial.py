@@ -1,0 +1,97 @@
+"""The review gate and fork, pure: decisions, edits, deadlines, keys and fork plans."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import pytest
+
+from cpoa import decide, editorial, errors, models, steps
+
+NOW = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+SCRIPT = {"script_id": "s1", "title": "Tides", "segments": [
+    {"segment_title": "Intro", "lines": [{"speaker": "Host", "text": "Welcome."}]}]}
+
+
+def waiting(**context) -> models.Workflow:
+    return models.Workflow(uuid.UUID(int=1), "podcast", "awaiting_review",
+                           {"topic": "tides", "review": True},
+                           {"content": "c", "script": SCRIPT, **context}, [],
+                           next_run_at=NOW + datetime.timedelta(days=7))
+
+
+def test_next_action__awaiting_review_waits_until_the_deadline_then_fails():
+    """Before the deadline the waiting state asks for nothing; at it the step fails."""
+    action = decide.next_action(waiting(), {}, NOW, 5)
+    assert isinstance(action, decide.Wait) and action.run_in_s == 7 * 86400
+    late = decide.next_action(waiting(), {}, NOW + datetime.timedelta(days=8), 5)
+    assert isinstance(late, decide.Finish) and not late.verdict.ok
+    outcome = decide.outcome(waiting(), late)
+    assert (outcome.dest, outcome.failed_from_state) == ("failed", "awaiting_review")
+    assert "CPOA_REVIEW_TIMEOUT_SECONDS" in outcome.error_message
+
+
+def test_verdict_outcome__scripting_with_review_waits_with_a_deadline():
+    """A finished script of a reviewed workflow goes to awaiting_review, due at the deadline,
+    with a review_requested event."""
+    scripting = models.Workflow(uuid.UUID(int=2), "podcast", "scripting",
+                                {"topic": "t", "review": True}, {}, [], client_id="c")
+    outcome = decide.verdict_outcome(scripting, steps.Verdict(True, {"script": SCRIPT}),
+                                     review_timeout_s=60.0)
+    assert (outcome.dest, outcome.run_in_s) == ("awaiting_review", 60.0)
+    assert outcome.ui_event.event_name == "review_requested"
+
+
+def test_edited_script__names_the_field_like_the_issue():
+    """A bad line of the third segment is named script.segments[2].lines[0].text."""
+    bad = {**SCRIPT, "segments": [SCRIPT["segments"][0]] * 2 + [
+        {"segment_title": "x", "lines": [{"speaker": "Host", "text": 3}]}]}
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.edited_script(bad)
+    assert info.value.field == "script.segments[2].lines[0].text"
+    assert str(info.value) == ("script.segments[2].lines[0].text: must be a non-empty string "
+                               "(got int)")
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.edited_script("text")
+    assert info.value.field == "script"
+
+
+def test_decision_outcome__approval_with_edit_keeps_the_original():
+    edited = {**SCRIPT, "title": "Edited"}
+    outcome = editorial.decision_outcome(waiting(), editorial.Decision.checked(True, edited))
+    assert outcome.dest == "synthesizing"
+    assert outcome.context_updates["script"] == edited
+    assert outcome.context_updates["script_history"] == [
+        {"revision": 1, "script": SCRIPT, "replaced_by": "reviewer"}]
+
+
+def test_decision_outcome__rejection_counts_the_revision_and_keys_follow():
+    """A rejection numbers the next script; its PSWA item (and key) is v2, then v3."""
+    outcome = editorial.decision_outcome(waiting(), editorial.Decision.checked(False,
+                                                                               notes="Shorter"))
+    assert outcome.dest == "scripting"
+    assert outcome.context_updates["script_revision"] == 2
+    second = models.Workflow(uuid.UUID(int=1), "podcast", "scripting", {"topic": "t"},
+                             {"content": "c", **outcome.context_updates}, [])
+    step = steps.step_for(second)
+    [(item, _)] = step.items(second)
+    assert step.idempotency_key(second, item) == f"{uuid.UUID(int=1)}_pswa_v2"
+    assert step.request(second, None)["revision_notes"] == "Shorter"
+
+
+def test_fork_plan__copies_only_the_steps_before_and_checks_params():
+    source = models.Workflow(uuid.UUID(int=3), "podcast", "completed",
+                             {"topic": "t", "voice_params": {}},
+                             {"content": "c", "source_urls": [], "topics": [],
+                              "script": SCRIPT, "audio": {"url": "a"}, "image_url": "i",
+                              "asf_notified": True}, [])
+    history = [{"to_state": s} for s in ("fetching", "analyzing", "scripting", "synthesizing",
+                                         "imaging", "finalizing", "completed")]
+    params, context = editorial.fork_plan(source, history, "synthesizing",
+                                          {"voice_params": {"voice_name": "en+f4"}})
+    assert set(context) == {"content", "source_urls", "topics", "script"}
+    assert params["voice_params"] == {"voice_name": "en+f4"}
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.fork_plan(source, history[:2], "synthesizing", None)
+    assert info.value.field == "from_state"
