@@ -375,13 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         one.set_defaults(handler=handler)
     configure_review_parsers(sub)
     configure_bulk_parser(sub)
-    listing = _add(sub, "list", help="list workflows, newest first")
-    listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
-                                                    for s in machine.states(k)}))
-    listing.add_argument("--kind", choices=sorted(machine.KINDS))
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--json", action="store_true", help="print one JSON document")
-    listing.set_defaults(handler=command_list)
+    configure_list_parser(sub)
     configure_worker_parser(sub)
     configure_prune_parser(sub)
     configure_serve_parser(sub)
@@ -393,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     drawing.set_defaults(handler=command_diagram, standalone=True, configured=False)
     configure_agents_parser(sub)
     return parser
+
+
+def configure_list_parser(sub: argparse._SubParsersAction) -> None:
+    listing = _add(sub, "list", help="list workflows, newest first")
+    listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
+                                                    for s in machine.states(k)}))
+    listing.add_argument("--kind", choices=sorted(machine.KINDS))
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(handler=command_list)
 
 
 def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
