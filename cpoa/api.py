@@ -46,10 +46,12 @@ def default_engine() -> Engine:
 
 
 def start_workflow(kind: str, params: Mapping[str, Any], *, idempotency_key: str | None = None,
-                   client_id: str | None = None, user_id: str | None = None) -> uuid.UUID:
+                   client_id: str | None = None, user_id: str | None = None,
+                   priority: int = 0) -> uuid.UUID:
     """Starts a workflow (see :meth:`Engine.start_workflow`)."""
     return default_engine().start_workflow(kind, params, idempotency_key=idempotency_key,
-                                           client_id=client_id, user_id=user_id)
+                                           client_id=client_id, user_id=user_id,
+                                           priority=priority)
 
 
 def advance(workflow_id: Any) -> str:

@@ -113,7 +113,8 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
     else:
         params = {"query": args.query, "limit": args.limit}
     workflow_id = engine.start_workflow(args.kind, params, idempotency_key=args.idempotency_key,
-                                        client_id=args.client_id, user_id=args.user_id)
+                                        client_id=args.client_id, user_id=args.user_id,
+                                        priority=args.priority)
     if not args.wait:
         _print(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
         return 0
@@ -515,7 +516,11 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
     for one in (podcast, snippets):
         one.add_argument("--idempotency-key", help="same key → same workflow")
         one.add_argument("--client-id", help="the UI client to send events to")
-        one.add_argument("--user-id")
+        one.add_argument("--user-id", help="the tenant: capped agents are shared fairly "
+                                           "between tenants")
+        one.add_argument("--priority", type=int, default=0,
+                         help="higher first among this tenant's workflows waiting for a "
+                              "capped agent [0; -1000 to 1000]")
         one.add_argument("--wait", action="store_true",
                          help="drive the workflow here until it ends; exit 1 unless completed")
         one.add_argument("--timeout", type=float, default=3600.0,

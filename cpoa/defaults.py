@@ -103,6 +103,9 @@ killed mid-delivery delays that workflow's later events by at most this."""
 UI_TIMEOUT_S = 5.0
 """Timeout of one UI-event delivery; the outbox retries on its own schedule, not inline."""
 
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+"""Bounds of a workflow's ``priority`` (higher first within a tenant in a capped agent's queue)."""
+
 SLOT_RECHECK_S = 3600.0
 """A workflow waiting for an agent slot is handed one by the write that frees it; it also
 tries again on its own after this long (a safety net: one claim an hour per waiter)."""

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cpoa import (attempt, decide, editorial, errors, events, heartbeat, inputs, logs, machine,
-                  metrics, models, presentation, steps)
+from cpoa import (attempt, decide, defaults, editorial, errors, events, heartbeat, inputs, logs,
+                  machine, metrics, models, presentation, steps)
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -67,10 +67,12 @@ class Engine:
 
     def start_workflow(self, kind: str, params: Mapping[str, Any], *,
                        idempotency_key: str | None = None, client_id: str | None = None,
-                       user_id: str | None = None) -> uuid.UUID:
+                       user_id: str | None = None, priority: int = 0) -> uuid.UUID:
         """Starts a workflow, or returns the one that already has this idempotency key.
 
         A failed workflow found by its key is resumed (retried) from where it failed.
+        ``priority`` (-1000 to 1000, higher first) orders the workflow among its tenant's
+        (``user_id``) in the queue of a capped agent (``CPOA_<AGENT>_MAX_IN_FLIGHT``).
 
         Raises:
             InvalidInput: naming the bad field.
@@ -82,11 +84,13 @@ class Engine:
         key = inputs.optional_id(idempotency_key, "idempotency_key")
         client_id = inputs.optional_id(client_id, "client_id")
         user_id = inputs.optional_id(user_id, "user_id")
+        priority = inputs.integer(priority, "priority", defaults.PRIORITY_MIN,
+                                  defaults.PRIORITY_MAX)
         workflow_id = uuid.uuid4()
         first = models.Workflow(workflow_id, kind, machine.initial_state(kind), cleaned, {}, [])
         created = self.store.create_workflow(
             kind=kind, params=cleaned, key=key or str(workflow_id), client_id=client_id,
-            user_id=user_id, idempotency_key=key, workflow_id=workflow_id,
+            user_id=user_id, priority=priority, idempotency_key=key, workflow_id=workflow_id,
             ui_event=events.entered(first, first.state))
         if created is not None:
             logs.for_workflow(logger, workflow_id).info(

@@ -75,7 +75,8 @@ def _start(engine: Engine, request: Request, response: Response, kind: str,
            body: schemas.PodcastRequest | schemas.SnippetsRequest,
            key: str | None) -> schemas.Started:
     workflow_id = engine.start_workflow(kind, body.params(), idempotency_key=key,
-                                        client_id=body.client_id, user_id=body.user_id)
+                                        client_id=body.client_id, user_id=body.user_id,
+                                        priority=body.priority)
     status_url = f"{request.scope.get('root_path', '')}/v1/workflows/{workflow_id}"
     response.headers["Location"] = status_url
     return schemas.Started(workflow_id=workflow_id, status_url=status_url)

@@ -45,6 +45,8 @@ class _Caller(_Request):
     client_id: Identifier | None = Field(
         None, description="the UI client that receives progress events (through ASF)")
     user_id: Identifier | None = None
+    priority: int = Field(0, ge=defaults.PRIORITY_MIN, le=defaults.PRIORITY_MAX, description=(
+        "higher first among this user's workflows waiting for a capped agent"))
 
 
 class PodcastRequest(_Caller):
@@ -67,7 +69,7 @@ class PodcastRequest(_Caller):
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``podcast``)."""
-        return self.model_dump(exclude_none=True, exclude={"client_id", "user_id"})
+        return self.model_dump(exclude_none=True, exclude={"client_id", "user_id", "priority"})
 
 
 class SnippetsRequest(_Caller):
@@ -79,7 +81,7 @@ class SnippetsRequest(_Caller):
 
     def params(self) -> dict[str, Any]:
         """The workflow parameters (``inputs.workflow_params`` of kind ``snippets``)."""
-        return self.model_dump(exclude={"client_id", "user_id"})
+        return self.model_dump(exclude={"client_id", "user_id", "priority"})
 
 
 class ReviewRequest(_Request):

@@ -36,9 +36,9 @@ RETURNING workflow_id;
 
 -- insert_workflow --
 INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
-    client_id, user_id, idempotency_key, next_run_at)
+    client_id, user_id, priority, idempotency_key, next_run_at)
 VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(client_id)s, %(user_id)s,
-    %(idempotency_key)s, now())
+    %(priority)s, %(idempotency_key)s, now())
 RETURNING *;
 
 -- insert_fork --

@@ -117,7 +117,7 @@ class PostgresStore(Reads, Upkeep):
     # -- starting ----------------------------------------------------------------------------
 
     def create_workflow(self, *, kind: str, params: Mapping[str, Any], key: str,
-                        client_id: str | None, user_id: str | None,
+                        client_id: str | None, user_id: str | None, priority: int,
                         idempotency_key: str | None, workflow_id: uuid.UUID,
                         ui_event: models.UIEvent | None) -> uuid.UUID | None:
         """Creates a workflow unless its idempotency key exists (insert-or-nothing).
@@ -132,7 +132,8 @@ class PostgresStore(Reads, Upkeep):
                 return None
             row = self._one(conn, "insert_workflow", workflow_id=workflow_id, kind=kind,
                             state=state, params=Jsonb(dict(params)), client_id=client_id,
-                            user_id=user_id, idempotency_key=idempotency_key)
+                            user_id=user_id, priority=priority,
+                            idempotency_key=idempotency_key)
             workflow = models.Workflow.from_row(row)
             self._record(conn, workflow, None, state, "start", {}, ui_event)
             self._one(conn, "wake_workers", payload=str(workflow_id))

@@ -90,3 +90,70 @@ def test_max_in_flight__a_killed_workers_slot_stays_with_its_workflow(dsn, db):
         agent.close()
     assert agent.max_unfinished[VFA] == 1, dict(agent.max_unfinished)
     assert _leftovers(db) == (0, 0)
+
+
+def _vfa_order(agent: ScriptedAgent) -> list[str]:
+    """Workflow ids in the order of their first VFA submit."""
+    order: list[str] = []
+    for request in agent.requests_to(VFA):
+        workflow_id = request["headers"].get("x-workflow-id", "")
+        if workflow_id not in order:
+            order.append(workflow_id)
+    return order
+
+
+def _waited_for(agent: ScriptedAgent, workflow_id: str, others: list[str]) -> int:
+    """How many first VFA submits of ``others`` the agent saw between ``workflow_id``'s last
+    request before its own VFA submit (its script's, which put it in the VFA queue) and that
+    submit."""
+    requests = agent.requests
+    mine = [i for i, r in enumerate(requests) if r["headers"].get("x-workflow-id") == workflow_id]
+    voiced = next(i for i in mine if requests[i]["path"] == VFA)
+    queued = max(i for i in mine if i < voiced)
+    seen = {r["headers"].get("x-workflow-id") for r in requests[:queued + 1] if r["path"] == VFA}
+    between = {r["headers"].get("x-workflow-id") for r in requests[queued + 1:voiced]
+               if r["path"] == VFA and r["method"] == "POST"}
+    return len((between - seen) & set(others))
+
+
+FAIR_WAIT_BOUND = 4
+"""Syntheses of tenant A that may start between one of tenant B's episodes joining the VFA
+queue and its own: fair share alternates the tenants (A, B, A, B…), so one or two (seen: 0
+to 3). In strict
+arrival order B's episode waits for every A episode queued before it (up to 60)."""
+
+
+@pytest.mark.slow
+def test_fair_share__a_small_tenant_is_not_starved_and_priority_orders_a_tenant(dsn, db):
+    """VFA capped at 1, one worker of 4 slots. Tenant A queues 60 podcasts, then one more of
+    priority 10; tenant B then starts 3. Each of B's episodes, once its script is done, waits
+    for at most FAIR_WAIT_BOUND of A's syntheses; A's priority-10 episode is voiced before the
+    A episodes queued ahead of it."""
+    agent = ScriptedAgent()
+    env = cli_env(dsn, agent.url, CPOA_VFA_MAX_IN_FLIGHT="1")
+    store = PostgresStore(dsn, min_size=1, max_size=2)
+    worker = None
+    try:
+        engine = Engine(store, settings_module.from_env(env))
+        a = [str(engine.start_workflow("podcast", {"topic": f"a{n}"}, user_id="A"))
+             for n in range(60)]
+        worker = spawn_cli(env, "worker")
+        waiting = "SELECT count(*) AS n FROM workflow_instances WHERE waiting_agent = 'VFA'"
+        wait_until(lambda: db.execute(waiting).fetchone()["n"] >= 40, timeout=120)
+        urgent = str(engine.start_workflow("podcast", {"topic": "urgent"}, user_id="A",
+                                           priority=10))
+        b = [str(engine.start_workflow("podcast", {"topic": f"b{n}"}, user_id="B"))
+             for n in range(3)]
+        wait_until(lambda: _states(db) == {"completed": 64}, timeout=180, interval=0.2)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+        store.close()
+        agent.close()
+    order = _vfa_order(agent)
+    assert sorted(order) == sorted(a + b + [urgent])
+    a_between = [_waited_for(agent, one, a) for one in b]
+    assert max(a_between) <= FAIR_WAIT_BOUND, a_between
+    assert _waited_for(agent, urgent, a) <= FAIR_WAIT_BOUND  # not behind A's whole queue
+    assert _leftovers(db) == (0, 0)

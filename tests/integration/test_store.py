@@ -29,7 +29,7 @@ def create(store, *, kind="podcast", client_id=None, key=None, workflow_id=None)
     first = models.Workflow(workflow_id, kind, machine.initial_state(kind), params, {}, [])
     return store.create_workflow(
         kind=kind, params=params, key=key or str(workflow_id), client_id=client_id,
-        user_id="u1", idempotency_key=key, workflow_id=workflow_id,
+        user_id="u1", priority=0, idempotency_key=key, workflow_id=workflow_id,
         ui_event=events.entered(first, first.state))
 
 
