@@ -114,8 +114,10 @@ def settle(step: Step, task: models.Task, answer: Answer, now: datetime.datetime
     """The task row after ``answer``: succeeded, failed, or open with its next poll time."""
     if isinstance(answer, errors.AgentUnavailable):  # tried again later, until the deadline
         honour = pace.honour_retry_after and answer.retry_after is not None
-        task = task.evolve(retry_count=task.retry_count + 1,
-                           error_details_json={"reason": str(answer), "transient": True})
+        details = {"reason": str(answer), "transient": True}
+        if honour and answer.status_code in defaults.AGENT_PAUSE_STATUSES:
+            details.update(status_code=answer.status_code, retry_after_s=answer.retry_after)
+        task = task.evolve(retry_count=task.retry_count + 1, error_details_json=details)
         return _open(task, now, answer.retry_after if honour else pace.interval_s, step)
     if isinstance(answer, errors.AgentError):
         return failed(task, str(answer), now, status_code=answer.status_code)

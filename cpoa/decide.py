@@ -53,7 +53,8 @@ REVIEW_DEADLINE_REASON = ("review deadline passed: nobody approved or rejected t
 
 
 def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
-                now: datetime.datetime, max_recoveries: int) -> Action:
+                now: datetime.datetime, max_recoveries: int,
+                paused: Mapping[str, datetime.datetime] | None = None) -> Action:
     """What one step of ``workflow`` does now.
 
     Args:
@@ -61,6 +62,7 @@ def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
         tasks: Its current step's task rows by item key.
         now: The database's clock.
         max_recoveries: Lease deaths in one state before the workflow is quarantined.
+        paused: Agents whose new submits are paused, until when: a submit to one waits.
     """
     if workflow.recovery_attempts > max_recoveries:
         reason = (f"quarantined: the lease expired {workflow.recovery_attempts} times in state "
@@ -78,19 +80,35 @@ def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
     due = [(k, it) for k, it in open_items if k not in tasks or _is_due(tasks[k], now)]
     if not due:
         return Wait(_seconds_until(tasks.values(), now))
-    key, item = due[0]
-    return Call(key, item, tasks.get(key) or new_task(workflow, step, key))
+    calls = [Call(k, it, tasks.get(k) or new_task(workflow, step, k)) for k, it in due]
+    until = (paused or {}).get(step.agent)
+    if until is not None and until > now:  # its new submits wait; its polls go on
+        calls = [c for c in calls if not is_submit(step, c.task)]
+        if not calls:
+            return Wait((until - now).total_seconds())
+    return calls[0]
+
+
+def is_submit(step: steps.Step, task: models.Task) -> bool:
+    """Whether the request for ``task`` submits work to the agent (not a poll of a task it
+    accepted, not a notification)."""
+    return not step.notified and not (task.status == "submitted" and task.status_url)
+
+
+def agent_pause_s(task: models.Task | None) -> float | None:
+    """How long every new submit to ``task``'s agent pauses: its submit was answered 429 or
+    503 with a Retry-After (kept in the task's transient error by attempt.settle)."""
+    details = (task.error_details_json if task is not None else None) or {}
+    if task is None or task.status == "submitted" or not details.get("transient"):
+        return None
+    return details.get("retry_after_s") if details.get("status_code") else None
 
 
 def slot_cap(step: steps.Step, call: Call, max_in_flight: int | None) -> int | None:
     """The agent's in-flight limit when ``call`` is a submit to a capped agent (it must hold
     one of the agent's slots first); None when no slot is needed (no limit, a poll of a task
     the agent accepted, or a notification)."""
-    if max_in_flight is None or step.notified:
-        return None
-    if call.task.status == "submitted" and call.task.status_url:
-        return None
-    return max_in_flight
+    return max_in_flight if max_in_flight is not None and is_submit(step, call.task) else None
 
 
 def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
@@ -112,7 +130,7 @@ def outcome(workflow: models.Workflow, action: Wait | Finish,
             review_timeout_s: float = defaults.REVIEW_TIMEOUT_S) -> models.Outcome:
     """The write that records ``action``: progress in the state, or a transition."""
     if isinstance(action, Wait):
-        return models.Outcome.progress(action.task, action.run_in_s)
+        return models.Outcome.progress(action.task, action.run_in_s, agent_pause_s(action.task))
     return verdict_outcome(workflow, action.verdict, action.task,
                            review_timeout_s=review_timeout_s)
 

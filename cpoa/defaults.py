@@ -17,8 +17,12 @@ SERVICE_RETRY_COUNT = 3
 SERVICE_RETRY_BACKOFF_FACTOR = 0.5
 """Sleep factor * 2**n seconds between those attempts (CPOA_SERVICE_RETRY_BACKOFF_FACTOR)."""
 
-MAX_INLINE_RETRY_AFTER_S = 5.0
-"""A Retry-After up to this many seconds is slept inside the call; a longer one is scheduled."""
+MAX_INLINE_RETRY_AFTER_S = 1.0
+"""A Retry-After up to this many seconds is slept inside the call; a longer one is scheduled,
+and (on a 429 or 503 to a submit) pauses every worker's new submits to that agent."""
+
+AGENT_PAUSE_STATUSES = frozenset({429, 503})
+"""Answers whose Retry-After pauses the agent's new submits for every workflow."""
 
 SUBMIT_TIMEOUT_S = 30.0
 """Timeout of one submit request to an agent."""

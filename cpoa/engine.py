@@ -243,7 +243,8 @@ class Engine:
         """The step's outcome; None when it waits for an agent slot (its lease released)."""
         workflow, clock = lease.workflow, _clock(lease.db_now)
         tasks = {t.item_key: t for t in lease.tasks}
-        action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts)
+        action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts,
+                                    lease.agent_pauses)
         if isinstance(action, decide.Call):
             step = steps.step_for(workflow)
             cap = decide.slot_cap(step, action, self._max_in_flight(step))

@@ -119,6 +119,8 @@ class Lease:
     tasks: tuple[Task, ...]
     owner: str
     db_now: datetime.datetime
+    agent_pauses: Mapping[str, datetime.datetime] = dataclasses.field(default_factory=dict)
+    """Agents whose new submits are paused, and until when (a 429 or 503 with Retry-After)."""
 
     @property
     def fence(self) -> int:
@@ -167,6 +169,8 @@ class Outcome:
             waiting state, whose deadline it is).
         detail: Extra data for the history row.
         ui_event: The UI event to queue (when the workflow has a ``client_id``).
+        pause_s: Pause every new submit to ``task``'s agent this long (its 429 or 503 with
+            Retry-After), for every workflow and worker.
     """
 
     task: Task | None = None
@@ -179,12 +183,14 @@ class Outcome:
     run_in_s: float = 0.0
     detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     ui_event: UIEvent | None = None
+    pause_s: float | None = None
 
     @classmethod
-    def progress(cls, task: Task | None, run_in_s: float) -> Outcome:
+    def progress(cls, task: Task | None, run_in_s: float,
+                 pause_s: float | None = None) -> Outcome:
         """The workflow stays in its state (``task`` updated, if a request was made) and is
-        due again in ``run_in_s`` seconds."""
-        return cls(task=task, run_in_s=run_in_s)
+        due again in ``run_in_s`` seconds; ``pause_s`` pauses its agent's new submits."""
+        return cls(task=task, run_in_s=run_in_s, pause_s=pause_s)
 
     @classmethod
     def transition(cls, trigger: str, dest: str, **fields: Any) -> Outcome:

@@ -289,12 +289,21 @@ LANGUAGE sql AS $$
           FROM workflow_instances w WHERE w.workflow_id = p_workflow_id FOR UPDATE) l
 $$;
 
--- An agent's limit, as the workers were configured when they last took a slot; its row is
--- also the lock that makes taking and freeing its slots one at a time.
+-- An agent's limit, as the workers were configured when they last took a slot (its row is
+-- also the lock that makes taking and freeing its slots one at a time), and the pause of its
+-- new submits that its last 429 or 503 with Retry-After asked for.
 CREATE TABLE IF NOT EXISTS agent_flow (
     agent          text PRIMARY KEY,
-    max_in_flight  integer NOT NULL CHECK (max_in_flight > 0)
+    max_in_flight  integer CHECK (max_in_flight > 0),
+    paused_until   timestamptz
 );
+
+-- The agents whose new submits are paused now, and until when: what every lease carries.
+CREATE OR REPLACE FUNCTION cpoa_agent_pauses() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_object_agg(agent, paused_until), '{}'::jsonb) FROM agent_flow
+    WHERE paused_until > now()
+$$;
 
 -- A slot of a capped agent held by one item of a workflow's step, from before its submit until
 -- its task finished or the workflow left the state. It belongs to the workflow, not to a
@@ -351,7 +360,7 @@ BEGIN
     END IF;
     INSERT INTO agent_flow AS f (agent, max_in_flight) VALUES (p_agent, p_max_in_flight)
     ON CONFLICT (agent) DO UPDATE SET max_in_flight = EXCLUDED.max_in_flight
-        WHERE f.max_in_flight <> EXCLUDED.max_in_flight;
+        WHERE f.max_in_flight IS DISTINCT FROM EXCLUDED.max_in_flight;
     PERFORM 1 FROM agent_flow WHERE agent = p_agent FOR UPDATE;
     IF (SELECT count(*) FROM agent_slots WHERE agent = p_agent) < p_max_in_flight THEN
         PERFORM cpoa_grant_slot_v1(p_agent, p_workflow_id, p_item_key, v_tenant);
@@ -399,7 +408,8 @@ BEGIN
         PERFORM 1 FROM agent_flow WHERE agent = v_agent FOR UPDATE;
         LOOP
             EXIT WHEN (SELECT count(*) FROM agent_slots WHERE agent = v_agent)
-                      >= (SELECT max_in_flight FROM agent_flow WHERE agent = v_agent);
+                      >= coalesce((SELECT max_in_flight FROM agent_flow WHERE agent = v_agent),
+                                  2147483647);  -- no limit (any more): every waiter goes
             SELECT w.workflow_id, w.waiting_item, u.tenant INTO v_next
             FROM agent_tenants u
             CROSS JOIN LATERAL (

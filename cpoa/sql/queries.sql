@@ -73,7 +73,8 @@ WITH taken AS (
     RETURNING *
 )
 SELECT taken.*, clock_timestamp() AS db_now,
-    cpoa_step_tasks(taken.workflow_id, taken.state, taken.retry_count) AS step_tasks
+    cpoa_step_tasks(taken.workflow_id, taken.state, taken.retry_count) AS step_tasks,
+    cpoa_agent_pauses() AS agent_pauses
 FROM taken;
 
 -- claim_due --
@@ -104,7 +105,8 @@ WITH due AS (
     RETURNING w.*
 )
 SELECT claimed.*, clock_timestamp() AS db_now,
-    cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks
+    cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks,
+    cpoa_agent_pauses() AS agent_pauses
 FROM claimed;
 
 -- record_progress --
@@ -129,6 +131,14 @@ WITH locked AS (
     RETURNING w.*
 ), task AS (
     SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+), paused AS (
+    -- Its agent answered the submit 429 or 503 with Retry-After: every new submit to it
+    -- waits until then, from every workflow and worker (polls go on).
+    INSERT INTO agent_flow AS f (agent, paused_until)
+    SELECT %(pause_agent)s, now() + make_interval(secs => %(pause_s)s::float8) FROM moved
+    WHERE %(pause_agent)s::text IS NOT NULL
+    ON CONFLICT (agent) DO UPDATE
+        SET paused_until = greatest(f.paused_until, EXCLUDED.paused_until)
 ), freed AS (
     -- A finished item gives its agent slot (if it held one) to the next waiter.
     SELECT cpoa_release_slots_v1(moved.workflow_id, %(task)s::jsonb ->> 'item_key') FROM moved
@@ -136,7 +146,8 @@ WITH locked AS (
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed,
-    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
+    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
+    cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 
 -- make_transition --
@@ -203,7 +214,8 @@ WITH locked AS (
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed,
-    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
+    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
+    cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 
 -- take_agent_slot --

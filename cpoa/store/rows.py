@@ -51,9 +51,11 @@ _TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
 
 def lease_from_row(row: Mapping[str, Any], owner: str) -> models.Lease:
     """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``."""
+    pauses = {agent: datetime.datetime.fromisoformat(until)
+              for agent, until in (row.get("agent_pauses") or {}).items()}
     return models.Lease(models.Workflow.from_row(row),
                         tuple(task_from_json(t) for t in row["step_tasks"]), owner,
-                        row["db_now"])
+                        row["db_now"], pauses)
 
 
 def task_from_json(document: dict[str, Any]) -> models.Task:
@@ -83,7 +85,9 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
     """The parameters of ``record_progress``: the fence, the task row, the next run."""
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
-            "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s}
+            "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
+            "pause_agent": outcome.task.agent_name if outcome.pause_s and outcome.task else None,
+            "pause_s": outcome.pause_s}
 
 
 def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,

@@ -12,7 +12,7 @@ import pytest
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
-from cpoa.testing.agent import ScriptedAgent
+from cpoa.testing.agent import Reply, ScriptedAgent
 from cpoa.testing.cli import cli_env, spawn_cli
 from cpoa.testing.wait import wait_until
 
@@ -157,3 +157,38 @@ def test_fair_share__a_small_tenant_is_not_starved_and_priority_orders_a_tenant(
     assert max(a_between) <= FAIR_WAIT_BOUND, a_between
     assert _waited_for(agent, urgent, a) <= FAIR_WAIT_BOUND  # not behind A's whole queue
     assert _leftovers(db) == (0, 0)
+
+
+IGA = "/generate_image"
+PAUSE_S = 3.0
+
+
+@pytest.mark.slow
+def test_retry_after__one_429_pauses_every_workflows_submits_to_that_agent(dsn, db, agent):
+    """Four podcasts reach imaging; IGA answers the first one's submit 429 with Retry-After: 3.
+    No IGA submit follows from any workflow or worker slot for 3 s (the pause is stored with
+    the answer, so a restarted worker would keep it too), then all resume and complete."""
+    env = cli_env(dsn, agent.url)
+    store = PostgresStore(dsn, min_size=1, max_size=4)
+    try:
+        engine = Engine(store, settings_module.from_env(env))
+        ids = [engine.start_workflow("podcast", {"topic": f"paused {n}"}) for n in range(4)]
+        for workflow_id in ids:
+            wait_until(lambda: engine.advance(workflow_id) == "imaging", interval=0.01)
+        agent.script("POST", IGA, Reply(429, {"error": "slow down"},
+                                        headers={"Retry-After": str(PAUSE_S)}))
+        assert engine.advance(ids[0]) == "imaging"
+        paused = db.execute("SELECT paused_until > now() AS on FROM agent_flow "
+                            "WHERE agent = 'IGA'").fetchone()
+        assert paused and paused["on"]
+        worker = spawn_cli(env, "worker")
+        try:
+            wait_until(lambda: _states(db) == {"completed": 4}, timeout=60, interval=0.1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+    finally:
+        store.close()
+    first, *others = agent.requests_to(IGA)
+    assert len({r["headers"]["x-workflow-id"] for r in others}) == 4
+    assert min(r["at"] for r in others) - first["at"] >= PAUSE_S - 0.05

@@ -246,3 +246,32 @@ def test_slot_cap__only_a_submit_to_a_capped_agent_needs_a_slot():
     assert steps.step_for(final).notified
     assert decide.slot_cap(steps.step_for(final), decide.Call("", None, task_of(final)),
                            2) is None
+
+
+def test_next_action__a_paused_agent_delays_submits_not_polls():
+    """While IGA is paused, a new submit waits until the pause ends; a poll of a task IGA
+    already accepted goes on."""
+    wf = workflow("imaging", context={"script": {"title": "T"}})
+    paused = {"IGA": in_seconds(12)}
+    action = decide.next_action(wf, {}, NOW, MAX_RECOVERIES, paused)
+    assert isinstance(action, decide.Wait) and action.run_in_s == 12
+    accepted = task_of(wf, status="submitted", status_url="/v1/tasks/t1", next_poll_at=NOW)
+    action = decide.next_action(wf, {"": accepted}, NOW, MAX_RECOVERIES, paused)
+    assert isinstance(action, decide.Call)
+    assert isinstance(decide.next_action(wf, {}, NOW, MAX_RECOVERIES,
+                                         {"IGA": in_seconds(-1)}), decide.Call)
+
+
+def test_settle__a_429_with_retry_after_on_a_submit_pauses_the_agent():
+    """A submit answered 429 (or 503) with Retry-After records a pause of that length for
+    the agent; without Retry-After, or another status, it does not."""
+    wf = workflow("imaging")
+    task = task_of(wf)
+    step = steps.step_for(wf)
+    busy = errors.AgentUnavailable("IGA answered HTTP 429", status_code=429, retry_after=3.0)
+    outcome = decide.outcome(wf, decide.Wait(3.0, attempt.settle(step, task, busy, NOW, PACE)))
+    assert outcome.pause_s == 3.0
+    for other in (errors.AgentUnavailable("429", status_code=429),
+                  errors.AgentUnavailable("502", status_code=502, retry_after=3.0)):
+        settled = attempt.settle(step, task, other, NOW, PACE)
+        assert decide.outcome(wf, decide.Wait(1.0, settled)).pause_s is None
