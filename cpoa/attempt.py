@@ -80,22 +80,25 @@ def begin(task: models.Task, now: datetime.datetime, pace: Timing) -> models.Tas
 
 def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
         task: models.Task, item: Any, now: Callable[[], datetime.datetime],
-        log: logging.LoggerAdapter) -> models.Task:
+        log: logging.LoggerAdapter, callback_url: str | None = None) -> models.Task:
     """Moves one item forward by one request: :func:`begin`, :func:`call`, :func:`settle`.
 
     Args:
         now: The clock (the database's, carried forward by this process's monotonic clock).
+        callback_url: Sent with a submit as ``X-Callback-URL`` (see :mod:`cpoa.callbacks`).
 
     Returns:
         The updated task row (``status`` succeeded, failed, pending or submitted).
     """
     pace = timing(settings, step)
-    task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log)
+    task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log,
+                        callback_url)
     return settle(step, task, answer, now(), pace)
 
 
 def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
-         task: models.Task, item: Any, log: logging.LoggerAdapter) -> tuple[models.Task, Answer]:
+         task: models.Task, item: Any, log: logging.LoggerAdapter,
+         callback_url: str | None = None) -> tuple[models.Task, Answer]:
     """Makes the item's one request: a notification, a poll of a submitted task, or a submit.
 
     Returns:
@@ -120,7 +123,8 @@ def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
         task = task.evolve(input_params_json=task.input_params_json or step.request(workflow, item))
         return task, client.submit(step.agent, base_url, step.path, task.input_params_json,
                                    idempotency_key=task.idempotency_key,
-                                   workflow_id=str(workflow.workflow_id), log=log)
+                                   workflow_id=str(workflow.workflow_id),
+                                   callback_url=callback_url, log=log)
     except errors.AgentError as exc:
         metrics.agent_error(step.agent, metrics.error_kind(exc))
         return task, exc

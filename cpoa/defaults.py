@@ -186,6 +186,21 @@ API_MAX_BODY_BYTES = 1024 * 1024
 API_PAGE_MAX = 200
 """Most workflows one page of `GET /v1/workflows` returns."""
 
+CALLBACK_MAX_BODY_BYTES = 4096
+"""Largest callback body the gateway reads (``{task_id, status}`` is far smaller); 413 above."""
+
+CALLBACK_BURST = 5
+"""Callbacks one task may make at once before the gateway answers 429 (per gateway process)."""
+
+CALLBACK_RATE_PER_S = 1.0
+"""Callbacks per second one task earns back after its burst (per gateway process)."""
+
+CALLBACK_TRACKED_TASKS = 10_000
+"""Tasks whose callback rate a gateway remembers; the least recently seen are forgotten."""
+
+CALLBACK_SECRET_MIN_CHARS = 16
+"""Shortest CPOA_CALLBACK_SECRET accepted."""
+
 HEALTHZ_TIMEOUT_S = 3.0
 """Longest `GET /healthz` waits for a database connection before answering 503."""
 

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cpoa import (attempt, decide, errors, events, heartbeat, inputs, logs, machine, metrics,
-                  models, presentation, steps)
+from cpoa import (attempt, callbacks, decide, errors, events, heartbeat, inputs, logs,
+                  machine, metrics, models, presentation, steps)
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -57,6 +57,7 @@ class Engine:
         self.fault_hook = fault_hook
         self.liveness: Any = None
         self.heartbeat = heartbeat.Heartbeat(store, self.owner, settings.lease_ttl_s)
+        self._callback_key: bytes | None = None
 
     @property
     def liveness_key(self) -> int | None:
@@ -182,11 +183,37 @@ class Engine:
         action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts)
         if isinstance(action, decide.Call):
             self._fault("before_call", workflow)
+            log = log.bind(task_id=str(action.task.task_id))
             task = attempt.act(self.client, self.settings, steps.step_for(workflow), workflow,
-                               action.task, action.item, clock,
-                               log.bind(task_id=str(action.task.task_id)))
+                               action.task, action.item, clock, log,
+                               callback_url=self.callback_url(workflow, action.task, log))
             action = decide.after_call(workflow, tasks, task, clock())
         return decide.outcome(workflow, action)
+
+    def callback_key(self) -> bytes:
+        """The secret that signs callback URLs (read once; see :mod:`cpoa.callbacks`).
+
+        Raises:
+            StoreError: it had to be read from the database, which failed.
+        """
+        if self._callback_key is None:
+            self._callback_key = callbacks.signing_key(self.settings, self.store)
+        return self._callback_key
+
+    def callback_url(self, workflow: models.Workflow, task: models.Task,
+                     log: logs.WorkflowLogger) -> str | None:
+        """The ``X-Callback-URL`` of a task's submit; None with no CPOA_CALLBACK_BASE_URL, or
+        while the secret cannot be read (the task is polled as usual)."""
+        if not self.settings.callback_base_url:
+            return None
+        try:
+            key = self.callback_key()
+        except errors.StoreError as exc:
+            log.warning("no callback URL for this request: %s", exc,
+                        extra={"action": "callback_url_failed"})
+            return None
+        return callbacks.url(self.settings.callback_base_url, key, workflow.workflow_id,
+                             task.task_id, task.idempotency_key)
 
     def _record(self, lease: models.Lease, outcome: models.Outcome, keep_lease: bool,
                 log: logs.WorkflowLogger) -> tuple[models.Workflow, models.Lease | None]:

@@ -41,6 +41,7 @@ class Workflow:
     recovery_attempts: int = 0
     retry_count: int = 0
     key_base: str | None = None
+    callback_at: datetime.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Workflow:

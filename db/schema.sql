@@ -61,6 +61,21 @@ BEGIN
 END
 $$;
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
+-- Schema version 8: when an agent last called back for a task of this workflow (agent
+-- contract §2, `poke_task`). A callback that comes while a worker holds the lease (its request
+-- still in flight, even before the submit's answer) is seen by that worker's record_progress,
+-- which then makes the workflow due at once instead of at its next poll time.
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS callback_at timestamptz;
+
+-- Schema version 8: secrets CPOA generates for itself on first use, by name. 'callback' signs
+-- the callback URLs when CPOA_CALLBACK_SECRET is unset: every worker and gateway on this
+-- database reads the same one. Anybody who can read this table can forge callbacks (which
+-- only ever make a task polled sooner).
+CREATE TABLE IF NOT EXISTS cpoa_secrets (
+    name        text PRIMARY KEY,
+    value       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
 CREATE INDEX IF NOT EXISTS workflow_instances_due
@@ -336,6 +351,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (6)
+INSERT INTO cpoa_schema_version (version) VALUES (8)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

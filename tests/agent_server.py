@@ -16,6 +16,8 @@ import time
 import uuid
 from typing import Any
 
+import requests
+
 ASF_NOTIFY = "/asf/internal/notify_new_audio"
 ASF_UI = "/asf/internal/send_ui_update"
 HOLD_MAX_S = 120.0
@@ -75,12 +77,27 @@ class ScriptedAgent:
         work_items: Every submit per piece of work: (X-Workflow-ID, path, request body), so
             the same work sent under two different keys shows too.
         ui_events: UI events delivered to the ASF endpoint, in arrival order.
+        callbacks: Every callback this agent POSTed: (task_id, callback URL, HTTP status of
+            the answer, or 0 when none came).
+        finished_at: When (``time.time()``) each timed task finished.
+
+    Args:
+        finish_after_s: Tasks finish this long after their submit (polls answer PENDING
+            until then), and the agent then POSTs ``{task_id, status}`` to the submit's
+            X-Callback-URL, if it had one (contract §2).
+        callback_first: A new task finishes at once, and the agent POSTs its callback (and
+            waits for the answer) before it answers the submit with 202.
     """
 
     def __init__(self, *, pending_polls: int = 0, sync: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", finish_after_s: float | None = None,
+                 callback_first: bool = False) -> None:
         self.pending_polls = pending_polls
         self.sync = sync
+        self.finish_after_s = 0.0 if callback_first else finish_after_s
+        self.callback_first = callback_first
+        self.callbacks: list[tuple[str, str, int]] = []
+        self.finished_at: dict[str, float] = {}
         self.lock = threading.Lock()
         self.scripts: dict[tuple[str, str], collections.deque[Reply]] = collections.defaultdict(
             collections.deque)
@@ -163,15 +180,45 @@ class ScriptedAgent:
         key = headers.get("x-idempotency-key", "")
         with self.lock:
             task_id = self.by_key.get(key)
+            created = task_id is None
             if task_id is None:
                 task_id = uuid.uuid4().hex
                 self.by_key[key] = task_id
                 result = self.results.get(path) or default_result(path, body or {})
                 self.tasks[task_id] = {"result": result, "polls": 0}
             task = self.tasks[task_id]
+        if created and self.finish_after_s is not None and not self.sync:
+            self._time(task_id, task, headers.get("x-callback-url"))
         if self.sync or task["polls"] > self.pending_polls:
             return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
         return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
+
+    def _time(self, task_id: str, task: dict[str, Any], callback_url: str | None) -> None:
+        """Makes a new task finish ``finish_after_s`` from now, then call back."""
+        task["done_at"] = time.monotonic() + self.finish_after_s
+
+        def finish() -> None:
+            self.finished_at[task_id] = time.time()
+            if callback_url:
+                self.call_back(task_id, callback_url)
+        if self.callback_first:
+            finish()
+        else:
+            timer = threading.Timer(self.finish_after_s, finish)
+            timer.daemon = True
+            timer.start()
+
+    def call_back(self, task_id: str, url: str, body: Any = None) -> int:
+        """POSTs a callback (``{task_id, status}`` by default); returns the answer's status."""
+        try:
+            with requests.post(url, json=body or {"task_id": task_id, "status": "SUCCESS"},
+                               timeout=10) as answer:
+                status = answer.status_code
+        except requests.RequestException:
+            status = 0
+        with self.lock:
+            self.callbacks.append((task_id, url, status))
+        return status
 
     def _poll(self, task_id: str) -> Reply:
         with self.lock:
@@ -179,7 +226,9 @@ class ScriptedAgent:
             if task is None:
                 return Reply(404, {"error": "unknown task"})
             task["polls"] += 1
-            if task["polls"] <= self.pending_polls:
+            if "done_at" in task and time.monotonic() < task["done_at"]:
+                return Reply(202, {"task_id": task_id, "status": "PENDING"})
+            if "done_at" not in task and task["polls"] <= self.pending_polls:
                 return Reply(202, {"task_id": task_id, "status": "PENDING"})
         return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
 

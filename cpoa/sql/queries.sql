@@ -115,7 +115,9 @@ WITH locked AS (
     FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
 ), moved AS (
     UPDATE workflow_instances w
-    SET next_run_at = now() + make_interval(secs => %(run_in_s)s),
+    -- A callback since the lease was taken (%(leased_at)s): due now, not at the next poll.
+    SET next_run_at = CASE WHEN w.callback_at >= %(leased_at)s THEN now()
+                           ELSE now() + make_interval(secs => %(run_in_s)s) END,
         lease_owner = CASE WHEN locked.renew THEN w.lease_owner END,
         lease_expires_at = CASE WHEN locked.renew
                                 THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END,
@@ -127,7 +129,13 @@ WITH locked AS (
       AND w.version = %(version)s AND w.lease_owner = %(owner)s
     RETURNING w.*
 ), task AS (
-    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+    -- ...and its open task is polled now (the callback may be for the request just made).
+    SELECT cpoa_save_task_v1(CASE
+        WHEN moved.callback_at >= %(leased_at)s
+             AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed')
+        THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(now()))
+        ELSE %(task)s::jsonb END)
+    FROM moved WHERE %(task)s::jsonb IS NOT NULL
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks
@@ -210,6 +218,38 @@ VALUES (%(workflow_id)s, %(client_id)s, %(event_name)s, %(data)s);
 
 -- wake_workers --
 SELECT pg_notify('cpoa_due', %(payload)s);
+
+-- poke_task --
+-- A callback (agent contract §2): an agent says task %(task_id)s of workflow %(workflow_id)s
+-- changed. Nothing it sent is trusted: this only makes the task due for a poll now, while the
+-- workflow is unfinished and the task is too (a task with no row yet is one whose submit's
+-- answer has not been recorded: the callback came first), and wakes the workers (NOTIFY, at
+-- commit). One autocommit statement: no SELECT ... FOR UPDATE, no lease; its UPDATEs hold
+-- their row locks only until it commits. callback_at tells a worker holding the lease that a
+-- callback came during its step (record_progress). clock_timestamp(): the moment the row is
+-- written, after any wait on a worker's write to it. Returns poked = 0 when nothing was open.
+WITH poked AS (
+    UPDATE workflow_instances
+    SET callback_at = clock_timestamp(), next_run_at = LEAST(next_run_at, clock_timestamp())
+    WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM task_instances
+                      WHERE task_id = %(task_id)s AND status IN ('succeeded', 'failed'))
+    RETURNING workflow_id
+), task AS (
+    UPDATE task_instances SET next_poll_at = clock_timestamp()
+    WHERE task_id = %(task_id)s AND workflow_id IN (SELECT workflow_id FROM poked)
+    RETURNING task_id
+)
+SELECT count(*) AS poked, (SELECT count(*) FROM task) AS tasks
+FROM (SELECT pg_notify('cpoa_due', workflow_id::text) FROM poked) woken;
+
+-- insert_secret --
+-- A generated secret, unless one of that name exists (insert-or-nothing: the first wins).
+INSERT INTO cpoa_secrets (name, value) VALUES (%(secret_name)s, %(value)s)
+ON CONFLICT (name) DO NOTHING;
+
+-- select_secret --
+SELECT value FROM cpoa_secrets WHERE name = %(secret_name)s;
 
 -- select_workflow --
 -- A workflow with the database's clock, which its lease and schedule times are relative to.

@@ -47,6 +47,11 @@ def _due_now(outcome: models.Outcome) -> bool:
     return outcome.run_in_s <= 0
 
 
+def _called_back(row: Mapping[str, Any], lease: models.Lease) -> bool:
+    """Whether an agent called back during the step ``lease`` ran (``poke_task``)."""
+    return row.get("callback_at") is not None and row["callback_at"] >= lease.db_now
+
+
 class PostgresStore:
     """Durable state of every workflow.
 
@@ -251,9 +256,11 @@ class PostgresStore:
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
         if not outcome.is_transition and outcome.task is not None:  # read before its write
+            task = outcome.task
+            if _called_back(row, lease) and not task.is_finished:  # as record_progress wrote
+                task = task.evolve(next_poll_at=row["db_now"])
             next_lease = dataclasses.replace(next_lease, tasks=(*(
-                t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
-                outcome.task))
+                t for t in next_lease.tasks if t.item_key != task.item_key), task))
         return next_lease.workflow, next_lease
 
     def _write(self, name: str, params: Mapping[str, Any],
@@ -522,6 +529,29 @@ class PostgresStore:
                                                       {"workflow_ids": ids}).rowcount
             conn.execute(self.queries["delete_pruned_workflows"], {"workflow_ids": ids})
             return counts
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def poke_task(self, workflow_id: uuid.UUID, task_id: uuid.UUID) -> bool:
+        """Makes an open task of an unfinished workflow due for a poll now and wakes the
+        workers (one statement, no row lock waited for beyond its own UPDATEs).
+
+        Returns:
+            False when the workflow is unknown or finished, or the task is finished.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "poke_task", workflow_id=workflow_id, task_id=task_id)
+        return bool(row and row["poked"])
+
+    def secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; ``candidate`` is stored first if there is none (the
+        first caller wins, every caller gets the same value)."""
+        with self._errors(), self.pool.connection() as conn:
+            conn.execute(self.queries["insert_secret"], {"secret_name": name, "value": candidate})
+            row = self._one(conn, "select_secret", secret_name=name)  # a new snapshot: sees a winner
+        if row is None:  # deleted in between: a broken installation, not a race to retry
+            raise errors.StoreError(f"secret {name!r} could not be stored")
+        return row["value"]
 
     # -- wake-ups ----------------------------------------------------------------------------
 

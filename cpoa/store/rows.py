@@ -83,7 +83,8 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
     """The parameters of ``record_progress``: the fence, the task row, the next run."""
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
-            "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s}
+            "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
+            "leased_at": lease.db_now}
 
 
 def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,

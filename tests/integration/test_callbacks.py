@@ -1,0 +1,269 @@
+"""Agent callbacks (contract §2) with a real gateway, a real worker and a real HTTP agent.
+
+The agents here are polled every 60 s (adaptive: the first poll 12 s after a submit), so a
+workflow that finishes within the deadlines below got there through its callbacks, never
+through its poll schedule. No test here measures speed (bench/run.py does): the deadlines only
+separate "acted on the callback" from "waited for the schedule".
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from cpoa import callbacks, defaults
+from cpoa import settings as settings_module
+from cpoa.engine import Engine
+from cpoa.store import PostgresStore
+from cpoa.worker import Worker
+from tests.agent_server import ScriptedAgent
+from tests.fix_agents import engine_for, free_port, sent, wait_until
+from tests.fix_gateway import LiveGateway
+
+SLOW_POLL = {f"CPOA_{name}_POLLING_INTERVAL_SECONDS": "60"
+             for name in settings_module.POLLED_AGENTS}
+"""First poll 12 s after a submit: far beyond every deadline of these tests."""
+WITHIN_S = 8.0
+"""A whole podcast (5 polled steps) done by callbacks finishes long before one first poll."""
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class Team:
+    """A scripted agent, a gateway and a worker whose submits carry callback URLs to it."""
+
+    def __init__(self, store: PostgresStore, agent: ScriptedAgent, **env: str) -> None:
+        self.store, self.agent = store, agent
+        self.gateway = LiveGateway(engine_for(store, agent, **{**SLOW_POLL, **env}))
+        env = {"CPOA_CALLBACK_BASE_URL": self.gateway.url, **SLOW_POLL, **env}
+        self.engine = engine_for(store, agent, **env)
+        self.worker = Worker(self.engine, concurrency=2)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+
+    def finish(self, workflow_id: uuid.UUID, timeout: float = WITHIN_S) -> str:
+        """Waits until the workflow is terminal; returns its state."""
+        return wait_until(lambda: (s := self.store.get_workflow(workflow_id).state) in TERMINAL
+                          and s, timeout=timeout)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=30)
+        self.gateway.close()
+
+
+@pytest.fixture
+def make_team(store: PostgresStore,
+              make_agent: Callable[..., ScriptedAgent]) -> Iterator[Callable[..., Team]]:
+    """Builds a team on an agent made with ``agent_options``; stopped after the test."""
+    made: list[Team] = []
+
+    def make(agent_options: dict[str, Any] | None = None, **env: str) -> Team:
+        made.append(Team(store, make_agent(**(agent_options or {})), **env))
+        return made[-1]
+    yield make
+    for team in made:
+        team.close()
+
+
+def callback_urls(agent: ScriptedAgent) -> list[str]:
+    return [r["headers"]["x-callback-url"] for r in agent.requests
+            if r["method"] == "POST" and "x-callback-url" in r["headers"]]
+
+
+def test_callback__finished_tasks_are_polled_at_once(make_team, store):
+    """Each polled step's agent calls back when its task finishes; the worker polls it at
+    once, so the podcast completes long before a single scheduled poll, with exactly one poll
+    per task. The secret is generated and stored in the database on first use."""
+    team = make_team({"finish_after_s": 0.1})
+    workflow_id = team.engine.start_workflow("podcast", {"topic": "tides"})
+    assert team.finish(workflow_id) == "completed"
+    assert [status for _, _, status in team.agent.callbacks] == [202] * 5
+    assert len(sent(team.agent, "/v1/tasks")) == 5  # one poll per task: the called-back one
+    urls = callback_urls(team.agent)
+    assert len(urls) == 5 and all(u.startswith(team.gateway.url + "/v1/callbacks/")
+                                  for u in urls)
+    assert store.secret(callbacks.SECRET_NAME, "not used") == \
+        team.engine.callback_key().decode()
+
+
+def test_callback__before_the_submit_answer_is_not_lost(make_team):
+    """An agent that calls back before it answers the submit (the task row does not exist
+    yet and the worker holds the lease): the worker records the 202 as due at once."""
+    team = make_team({"callback_first": True})
+    workflow_id = team.engine.start_workflow("podcast", {"topic": "early"})
+    assert team.finish(workflow_id) == "completed"
+    assert [status for _, _, status in team.agent.callbacks] == [202] * 5
+    assert len(sent(team.agent, "/v1/tasks")) == 5
+
+
+def test_callback__configured_secret_signs_and_a_mismatch_falls_back_to_polling(make_team,
+                                                                                   store):
+    """With CPOA_CALLBACK_SECRET set nothing is stored; a gateway with another secret refuses
+    the callbacks (403) and the tasks are polled on their schedule instead."""
+    secret = "s" * defaults.CALLBACK_SECRET_MIN_CHARS
+    team = make_team({"finish_after_s": 0.1}, CPOA_CALLBACK_SECRET=secret)
+    assert team.finish(team.engine.start_workflow("podcast", {"topic": "a"})) == "completed"
+    assert team.engine.callback_key() == secret.encode()
+    assert store.secret(callbacks.SECRET_NAME, "generated") == "generated"  # none stored before
+    other = make_team({"finish_after_s": 0.05}, CPOA_CALLBACK_SECRET=secret,
+                      **{f"CPOA_{n}_POLLING_INTERVAL_SECONDS": "0.5"
+                         for n in settings_module.POLLED_AGENTS})
+    other.gateway.engine._callback_key = b"another secret, not the workers'"
+    assert other.finish(other.engine.start_workflow("podcast", {"topic": "b"}),
+                        timeout=30) == "completed"
+    assert {status for _, _, status in other.agent.callbacks} == {403}
+
+
+def test_callback__gateway_down_polling_takes_over(store, make_agent):
+    """CPOA_CALLBACK_BASE_URL pointing at nothing: the agent's callbacks fail and the
+    workflow completes on its (adaptive) poll schedule."""
+    agent = make_agent(finish_after_s=0.05)
+    engine = engine_for(store, agent, CPOA_CALLBACK_BASE_URL=f"http://127.0.0.1:{free_port()}",
+                        **{f"CPOA_{n}_POLLING_INTERVAL_SECONDS": "0.5"
+                           for n in settings_module.POLLED_AGENTS})
+    worker = Worker(engine, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        workflow_id = engine.start_workflow("podcast", {"topic": "down"})
+        wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=30)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert len(agent.callbacks) == 5 and {s for _, _, s in agent.callbacks} == {0}
+
+
+# -- refusals: an open task, its real callback URL, and requests that must change nothing ------
+
+@pytest.fixture
+def open_task(store, make_agent, make_gateway_for) -> dict[str, Any]:
+    """A podcast whose WCHA task was submitted (with a callback URL) and is still running;
+    no worker runs, so only a callback can make it due before its first poll (12 s)."""
+    agent = make_agent(finish_after_s=300.0)
+    gateway = make_gateway_for(agent)
+    engine = engine_for(store, agent, CPOA_CALLBACK_BASE_URL=gateway.url, **SLOW_POLL)
+    workflow_id = engine.start_workflow("podcast", {"topic": "open"})
+    engine.advance(workflow_id)
+    [url] = callback_urls(agent)
+    [task] = store.get_tasks(workflow_id)
+    return {"url": url, "workflow_id": workflow_id, "task": task, "gateway": gateway,
+            "engine": engine, "agent": agent}
+
+
+@pytest.fixture
+def make_gateway_for(store) -> Iterator[Callable[[ScriptedAgent], LiveGateway]]:
+    made: list[LiveGateway] = []
+
+    def make(agent: ScriptedAgent) -> LiveGateway:
+        made.append(LiveGateway(engine_for(store, agent, **SLOW_POLL)))
+        return made[-1]
+    yield make
+    for gateway in made:
+        gateway.close()
+
+
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    kwargs.setdefault("json", {"task_id": "t", "status": "SUCCESS"})
+    return httpx.post(url, timeout=10, **kwargs)
+
+
+def unchanged(store: PostgresStore, open_task: dict[str, Any]) -> bool:
+    workflow = store.get_workflow(open_task["workflow_id"])
+    [task] = store.get_tasks(open_task["workflow_id"])
+    return (workflow.state == "fetching" and workflow.callback_at is None
+            and task.next_poll_at == open_task["task"].next_poll_at)
+
+
+def other_token_url(url: str, **changes: str) -> str:
+    parsed = httpx.URL(url)
+    return str(parsed.copy_merge_params(changes))
+
+
+def test_callback__wrong_token_is_refused_and_changes_nothing(open_task, store):
+    """A token that is not the URL's (one character changed) gets 403."""
+    url = httpx.URL(open_task["url"])
+    token = url.params["token"]
+    forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+    assert post(str(url.copy_set_param("token", forged))).status_code == 403
+    assert post(str(url.copy_set_param("key", "another-key"))).status_code == 403
+    assert unchanged(store, open_task)
+
+
+def test_callback__a_token_for_another_task_is_refused(open_task, store):
+    """The valid token of this task, put on another task's (or workflow's) path: 403."""
+    url = open_task["url"]
+    task_id, workflow_id = str(open_task["task"].task_id), str(open_task["workflow_id"])
+    assert post(url.replace(task_id, str(uuid.uuid4()))).status_code == 403
+    assert post(url.replace(workflow_id, str(uuid.uuid4()))).status_code == 403
+    assert unchanged(store, open_task)
+
+
+def test_callback__oversized_or_not_json_is_refused(open_task, store):
+    """A valid URL with a body over the limit gets 413; a body that is not a JSON object,
+    400. Neither changes anything."""
+    url = open_task["url"]
+    big = {"task_id": "x" * defaults.CALLBACK_MAX_BODY_BYTES}
+    assert post(url, json=big).status_code == 413
+    assert post(url, json=None, content=b"not json").status_code == 400
+    assert post(url, json=[1, 2]).status_code == 400
+    assert unchanged(store, open_task)
+
+
+def test_callback__valid_makes_the_task_due_now_and_replays_are_rate_bounded(open_task, store):
+    """A valid callback makes the task and workflow due now (no lease taken, the state
+    untouched); the same callback repeated past the burst gets 429."""
+    url = open_task["url"]
+    assert post(url).status_code == 202
+    workflow, now = store.workflow_with_clock(open_task["workflow_id"])
+    [task] = store.get_tasks(open_task["workflow_id"])
+    assert workflow.state == "fetching" and workflow.lease_owner is None
+    assert workflow.next_run_at <= now and task.next_poll_at <= now
+    answers = [post(url).status_code for _ in range(defaults.CALLBACK_BURST + 2)]
+    assert answers[:defaults.CALLBACK_BURST - 1] == [202] * (defaults.CALLBACK_BURST - 1)
+    assert answers[-1] == 429
+
+
+def test_callback__replayed_after_the_task_finished_is_refused(open_task, store):
+    """Once the task has finished (polled done, the workflow moved on), its callback gets 404
+    and changes nothing; so does one for a workflow that was cancelled."""
+    agent, engine = open_task["agent"], open_task["engine"]
+    with agent.lock:
+        for task in agent.tasks.values():
+            task["done_at"] = 0.0
+    assert post(open_task["url"]).status_code == 202
+    wait_until(lambda: engine.advance(open_task["workflow_id"]) == "analyzing")
+    before = store.get_workflow(open_task["workflow_id"])
+    assert post(open_task["url"]).status_code == 404
+    after = store.get_workflow(open_task["workflow_id"])
+    assert (after.version, after.next_run_at, after.callback_at) == (
+        before.version, before.next_run_at, before.callback_at)
+    engine.advance(open_task["workflow_id"])  # submits TDA's task, still running
+    [second_url] = callback_urls(agent)[1:]
+    engine.cancel(open_task["workflow_id"])
+    assert post(second_url).status_code == 404
+
+
+def test_callback__needs_no_api_token(store, make_agent):
+    """With CPOA_API_TOKEN set, callbacks still work: the signed URL is their credential."""
+    agent = make_agent(finish_after_s=300.0)
+    gateway = LiveGateway(engine_for(store, agent, CPOA_API_TOKEN="t" * 20, **SLOW_POLL))
+    try:
+        engine = engine_for(store, agent, CPOA_CALLBACK_BASE_URL=gateway.url, **SLOW_POLL)
+        workflow_id = engine.start_workflow("podcast", {"topic": "token"})
+        engine.advance(workflow_id)
+        [url] = callback_urls(agent)
+        assert post(url).status_code == 202
+    finally:
+        gateway.close()
+
+
+def test_engine__no_callback_base_url_sends_no_header(store, agent):
+    """Without CPOA_CALLBACK_BASE_URL no submit carries X-Callback-URL (polling only)."""
+    engine: Engine = engine_for(store, agent)
+    engine.advance(engine.start_workflow("podcast", {"topic": "plain"}))
+    assert sent(agent, "/harvest") and not callback_urls(agent)
