@@ -132,15 +132,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ConfigError: naming the first variable whose value is unusable.
     """
     reader = EnvReader(os.environ if env is None else env)
-    agents = {name: _agent(reader, name) for name in POLLED_AGENTS}
-    asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
     return Settings(
         database=_database(reader),
-        agents=agents,
-        asf_notification_url=reader.url("ASF_NOTIFICATION_URL",
-                                        f"{asf}/asf/internal/notify_new_audio"),
-        asf_ui_update_url=reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
-                                     f"{asf}/asf/internal/send_ui_update"),
+        agents={name: _agent(reader, name) for name in POLLED_AGENTS},
+        **_asf(reader),
         asf_notify_timeout_s=reader.number("CPOA_ASF_NOTIFY_TIMEOUT_SECONDS",
                                            defaults.ASF_NOTIFY_TIMEOUT_S, positive=True),
         retry_count=reader.integer("CPOA_SERVICE_RETRY_COUNT", defaults.SERVICE_RETRY_COUNT,
@@ -163,6 +158,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         callback_base_url=reader.optional_url("CPOA_CALLBACK_BASE_URL").rstrip("/"),
         callback_secret=_callback_secret(reader),
     )
+
+
+def _asf(reader: EnvReader) -> dict[str, str]:
+    asf = f"http://localhost:{defaults.AGENT_PORTS['ASF']}"
+    return {"asf_notification_url": reader.url("ASF_NOTIFICATION_URL",
+                                               f"{asf}/asf/internal/notify_new_audio"),
+            "asf_ui_update_url": reader.url("CPOA_ASF_SEND_UI_UPDATE_URL",
+                                            f"{asf}/asf/internal/send_ui_update")}
 
 
 def _callback_secret(reader: EnvReader) -> str:

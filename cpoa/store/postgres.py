@@ -47,9 +47,12 @@ def _due_now(outcome: models.Outcome) -> bool:
     return outcome.run_in_s <= 0
 
 
-def _called_back(row: Mapping[str, Any], lease: models.Lease) -> bool:
-    """Whether an agent called back during the step ``lease`` ran (``poke_task``)."""
-    return row.get("callback_at") is not None and row["callback_at"] >= lease.db_now
+def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
+    """The task as ``record_progress`` wrote it: due now when an agent called back during the
+    step ``lease`` ran (``poke_task``) and the task is still open."""
+    called_back = row.get("callback_at") is not None and row["callback_at"] >= lease.db_now
+    return task.evolve(next_poll_at=row["db_now"]) if called_back and not task.is_finished \
+        else task
 
 
 class PostgresStore:
@@ -256,9 +259,7 @@ class PostgresStore:
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
         if not outcome.is_transition and outcome.task is not None:  # read before its write
-            task = outcome.task
-            if _called_back(row, lease) and not task.is_finished:  # as record_progress wrote
-                task = task.evolve(next_poll_at=row["db_now"])
+            task = _as_written(outcome.task, row, lease)
             next_lease = dataclasses.replace(next_lease, tasks=(*(
                 t for t in next_lease.tasks if t.item_key != task.item_key), task))
         return next_lease.workflow, next_lease
