@@ -200,6 +200,12 @@ class Engine:
             self._callback_key = callbacks.signing_key(self.settings, self.store)
         return self._callback_key
 
+    @property
+    def cached_callback_key(self) -> bytes | None:
+        """The callback secret if it was read already (an event loop may use it without
+        waiting on the database), else None."""
+        return self._callback_key
+
     def callback_url(self, workflow: models.Workflow, task: models.Task,
                      log: logs.WorkflowLogger) -> str | None:
         """The ``X-Callback-URL`` of a task's submit; None with no CPOA_CALLBACK_BASE_URL, or

@@ -81,7 +81,7 @@ async def task_changed(
 ) -> Any:
     """An agent's task changed: poll it now (contract §2; the body is never trusted)."""
     engine = request.app.state.engine
-    secret = await run_in_threadpool(engine.callback_key)
+    secret = engine.cached_callback_key or await run_in_threadpool(engine.callback_key)
     if not callbacks.verify(secret, workflow_id, task_id, key, token):
         return problems.problem(403, "forbidden", "token: does not sign this task", "token")
     refused = await _read_json(request)
