@@ -21,7 +21,7 @@ from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
 from cpoa.worker import Worker
-from tests.agent_server import ScriptedAgent
+from tests.agent_server import Reply, ScriptedAgent, default_result
 from tests.fix_agents import engine_for, free_port, sent, wait_until
 from tests.fix_gateway import LiveGateway
 
@@ -96,6 +96,44 @@ def test_callback__finished_tasks_are_polled_at_once(make_team, store):
                                   for u in urls)
     assert store.secret(callbacks.SECRET_NAME, "not used") == \
         team.engine.callback_key().decode()
+
+
+@pytest.mark.parametrize("agent_options", [{"finish_after_s": 0.05}, {"callback_first": True}],
+                         ids=["after_the_answer", "before_the_answer"])
+def test_callback__fan_out_items_are_each_polled_when_they_call_back(make_team, agent_options):
+    """Snippets: TDA, then one SCA task per topic (submitted one after another by one slot
+    that keeps the lease, each calling back while the next is submitted, or even before its
+    own submit is answered), then IGA per snippet: all moved on by their callbacks."""
+    team = make_team(agent_options)
+    workflow_id = team.engine.start_workflow("snippets", {"query": "tides", "limit": 2})
+    assert team.finish(workflow_id) == "completed"
+    assert callback_answers(team.agent, 5) == [202] * 5  # TDA, 2 SCA, 2 IGA
+    assert len(sent(team.agent, "/v1/tasks")) == 5
+
+
+class FirstItemCallsBack(ScriptedAgent):
+    """Calls back before answering each submit, except SCA's second item, which it answers
+    at once with its result (200) and which therefore brings no callback."""
+
+    def _default(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
+        if path == "/craft_snippet" and (body or {}).get("topic_id") == "t1":
+            return Reply(200, {"task_id": "sync", "status": "SUCCESS",
+                               "result": default_result(path, body)})
+        return super()._default(method, path, headers, body)
+
+
+def test_callback__during_a_step_that_keeps_the_lease_is_not_lost(store):
+    """SCA's first item calls back before its submit is answered, while the slot keeps the
+    lease to submit the second item (answered at once, no callback): the first item is still
+    polled at once, not at its scheduled poll."""
+    agent = FirstItemCallsBack(callback_first=True)
+    team = Team(store, agent)
+    try:
+        workflow_id = team.engine.start_workflow("snippets", {"query": "tides", "limit": 2})
+        assert team.finish(workflow_id) == "completed"
+    finally:
+        team.close()
+        agent.close()
 
 
 def test_callback__before_the_submit_answer_is_not_lost(make_team):
