@@ -297,9 +297,10 @@ def latency_run(args: argparse.Namespace) -> dict[str, Any]:
         agent.close()
 
 
-CALLBACK_RUNS = (("callbacks", "callbacks", 0.0), ("callbacks_paced", "callbacks", 0.2),
-                 ("polling", "polling", 0.0))
-"""(name, mode, start one workflow every s): 0 starts all at once (a burst of finishes)."""
+CALLBACK_RUNS = (("callbacks", "callbacks", 0.0, 0), ("callbacks_paced", "callbacks", 0.2, 0),
+                 ("callbacks_storm", "callbacks", 0.2, 10_000), ("polling", "polling", 0.0, 0))
+"""(name, mode, start one workflow every s, forged or duplicate callbacks sent meanwhile):
+0 s starts all at once (a burst of finishes)."""
 
 
 def callback_runs(args: argparse.Namespace) -> dict[str, Any]:
@@ -307,7 +308,7 @@ def callback_runs(args: argparse.Namespace) -> dict[str, Any]:
     through a gateway (a burst, then paced starts), and with adaptive polling alone (a fresh
     agent and database each)."""
     runs = {}
-    for name, mode, every_s in CALLBACK_RUNS:
+    for name, mode, every_s, storm in CALLBACK_RUNS:
         agent = Agent("timed")
         try:
             with common.fresh_db(args.dsn, f"cb{name[:4]}", schema=True) as dsn:
@@ -316,7 +317,8 @@ def callback_runs(args: argparse.Namespace) -> dict[str, Any]:
                     f"default polling intervals, agents finishing 0.25–0.65 s after submit")
                 runs[name] = run_module("bench.scenarios.callback", "--dsn", dsn,
                                         "--agent-url", agent.url, "--mode", mode,
-                                        "-n", str(args.latency_n), "--every-s", str(every_s))
+                                        "-n", str(args.latency_n), "--every-s", str(every_s),
+                                        "--storm", str(storm))
         finally:
             agent.close()
     return runs
@@ -428,12 +430,18 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
                    f"<= {lat['bound_ms']}", lat["delay_ms_max"] is not None
                    and lat["delay_ms_max"] <= lat["bound_ms"])]})
     if r.get("callbacks"):
-        for name in ("callbacks", "callbacks_paced"):
+        for name in ("callbacks", "callbacks_paced", "callbacks_storm"):
             cb = r["callbacks"][name]
             docs.append({"scenario": f"{name}_default_intervals", **cb, "targets": [
                 target(f"{name}, default intervals: agent finish -> next state p99 <= 50 ms",
                        cb["delay_ms_p99"], "<= 50", cb["delay_ms_p99"] is not None
                        and cb["delay_ms_p99"] <= 50)]})
+        st = r["callbacks"]["callbacks_storm"]
+        docs[-1]["targets"].append(target(
+            "storm: no forged or replayed callback accepted, every workflow completed",
+            st["states"], f"completed = {st['workflows']}",
+            st["states"] == {"completed": st["workflows"]}
+            and st["storm_answers"].get("202", 0) == 0))
         po = r["callbacks"]["polling"]
         docs.append({"scenario": "adaptive_polling_default_intervals", **po, "targets": [
             target("no callbacks: delay p99 <= 25 % of the interval (tasks done within 1 s)",
@@ -600,7 +608,13 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                        f"{fmt(run['delay_ms_p50'])} ms, p99 {fmt(run['delay_ms_p99'])} ms, max "
                        f"{fmt(run['delay_ms_max'])} ms; p99 {fmt(run['fraction_of_interval_p99'])}"
                        f" of the interval; polls per task mean "
-                       f"{fmt(run['polls_per_task_mean'])}, max {run['polls_per_task_max']}."),
+                       f"{fmt(run['polls_per_task_mean'])}, max {run['polls_per_task_max']}."
+                       + (f" Storm: {run['storm_sent']:,} callbacks sent in "
+                          f"{run['storm_seconds']} s (forged, forged for open tasks, replays of "
+                          f"finished tasks' valid URLs), "
+                          f"answers {run['storm_answers']}; gateway CPU "
+                          f"{run['gateway_cpu_s']} s, worker CPU {run['worker_cpu_s']} s."
+                          if run.get("storm_sent") else "")),
                       ""]
     lines += ["| target | value | bound | result |", "|---|---:|---:|---|"]
     for doc in docs:

@@ -42,8 +42,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @contextlib.contextmanager
-def gateway(dsn: str) -> Iterator[str]:
-    """``cpoa serve`` on a free loopback port, in its own process; yields its base URL."""
+def gateway(dsn: str) -> Iterator[tuple[str, int]]:
+    """``cpoa serve`` on a free loopback port, in its own process; yields its base URL and
+    process id."""
     from tests.fix_agents import free_port
     port = free_port()
     env = {**os.environ, "CPOA_DATABASE_URL": dsn}
@@ -53,7 +54,7 @@ def gateway(dsn: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         common.wait_for(lambda: _healthy(url), timeout=30)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -134,19 +135,79 @@ def measure(dsn: str, agent_url: str) -> dict:
             "to_poke": to_poke, "after_poke": after_poke}
 
 
+@contextlib.contextmanager
+def stormed(args: argparse.Namespace, url: str, gateway_pid: int,
+            into: dict) -> Iterator[None]:
+    """With ``--storm N``: a sender process fires N forged or replayed callbacks at the
+    gateway while the body runs (:func:`send_storm`). Fills ``into`` with its answers and the
+    CPU it cost."""
+    if not args.storm:
+        yield
+        return
+    cpu = {"gateway": common.process_cpu_s(gateway_pid), "worker": time.process_time()}
+    sender = subprocess.Popen([sys.executable, "-m", "bench.scenarios.callback", "--dsn",
+                               args.dsn, "--agent-url", args.agent_url, "--storm",
+                               str(args.storm), "--storm-sender", url], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    yield
+    out, _ = sender.communicate(timeout=600)
+    into.update(common.read_result(out))
+    into.update(storm_seconds=round(time.monotonic() - began, 1),
+                gateway_cpu_s=round(common.process_cpu_s(gateway_pid) - cpu["gateway"], 2),
+                worker_cpu_s=round(time.process_time() - cpu["worker"], 2))
+
+
+def send_storm(dsn: str, url: str, n: int) -> None:
+    """The storm sender: ``n`` callbacks as fast as one keep-alive connection goes, in turn
+    forged (random ids and token), forged for a real open task (its ids, a wrong token), and
+    replayed (the valid URL of a task that has finished)."""
+    import collections
+    import uuid
+
+    from cpoa import callbacks
+    session, answers = requests.Session(), collections.Counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        common.wait_for(lambda: conn.execute("SELECT 1 FROM cpoa_secrets").fetchone(), 60)
+        key = conn.execute("SELECT value FROM cpoa_secrets").fetchone()[0].encode()
+        tasks: dict[bool, list] = {True: [], False: []}
+        for i in range(n):
+            if i % 200 == 0:
+                rows = conn.execute("SELECT workflow_id, task_id, idempotency_key, status IN "
+                                    "('succeeded', 'failed') FROM task_instances").fetchall()
+                tasks = {done: [r[:3] for r in rows if r[3] == done] for done in (True, False)}
+            kind = i % 3
+            if kind == 1 and tasks[False]:  # a real open task, a wrong token
+                target = callbacks.url(url, b"forged", *tasks[False][i % len(tasks[False])])
+            elif kind == 2 and tasks[True]:  # a finished task's valid URL, replayed
+                target = callbacks.url(url, key, *tasks[True][i % len(tasks[True])])
+            else:
+                target = callbacks.url(url, b"forged", uuid.uuid4(), uuid.uuid4(), "k")
+            answer = session.post(target, json={"status": "SUCCESS"}, timeout=10)
+            answers[answer.status_code] += 1
+    common.emit({"storm_sent": n, "storm_answers": dict(answers)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--agent-url", required=True)
-    parser.add_argument("--mode", choices=("callbacks", "polling"), required=True)
+    parser.add_argument("--mode", choices=("callbacks", "polling"), default="callbacks")
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--storm", type=int, default=0,
+                        help="callbacks: also send this many forged or duplicate callbacks "
+                             "from another process while the workflows run")
+    parser.add_argument("--storm-sender", help=argparse.SUPPRESS)  # the storm's own process
     parser.add_argument("--every-s", type=float, default=0.0,
                         help="start one workflow every this many seconds [0: all at once]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.storm_sender:
+        return send_storm(args.dsn, args.storm_sender, args.storm)
+    storm: dict = {}
     if args.mode == "callbacks":
-        with gateway(args.dsn) as url:
+        with gateway(args.dsn) as (url, pid), stormed(args, url, pid, storm):
             seconds = drain(args.dsn, args.agent_url, url, args.n, args.slots, args.every_s)
     else:
         seconds = drain(args.dsn, args.agent_url, None, args.n, args.slots, args.every_s)
@@ -166,7 +227,7 @@ def main() -> None:
         "fraction_of_interval_max": round(max(fractions) if fractions else 0, 3),
         "polls_per_task_mean": round(sum(polls) / len(polls), 2) if polls else None,
         "polls_per_task_max": max(polls) if polls else None,
-        "polls_per_task_fixed_interval": 1,
+        "polls_per_task_fixed_interval": 1, **storm,
     })
 
 
