@@ -214,7 +214,8 @@ def main() -> None:
     m = measure(args.dsn, args.agent_url)
     delays, fractions, polls = m["delays"], m["fractions"], m["polls"]
     common.emit({
-        "mode": args.mode, "workflows": args.n, "start_every_s": args.every_s, "seconds": round(seconds, 1),
+        "mode": args.mode, "workflows": args.n, "start_every_s": args.every_s,
+        "seconds": round(seconds, 1),
         "samples": len(delays), "states": m["states"],
         "delay_ms_p50": common.ms(common.percentile(delays, 50), 1),
         "delay_ms_p99": common.ms(common.percentile(delays, 99), 1),
