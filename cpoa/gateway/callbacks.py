@@ -5,8 +5,9 @@ the workers, and the worker then polls and validates as always. Its body is read
 must be JSON, but nothing in it is used. The checks, cheapest first: the URL's token (HMAC of
 workflow, task and key, compared in constant time: 403), the body size (413), JSON (400), the
 task's rate (429), then one statement that pokes the task if it is still open (404 if not).
-The API token does not apply: the signed URL is the credential. Neither the token nor the
-secret is logged.
+The API token does not apply: the signed URL is the credential. The secret is never logged;
+the URL's token appears only where uvicorn's access log shows request paths (it lets its holder
+do no more than make that one task polled sooner).
 """
 
 from __future__ import annotations
