@@ -61,10 +61,11 @@ BEGIN
 END
 $$;
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
--- Schema version 8: when an agent last called back for a task of this workflow (agent
--- contract §2, `poke_task`). A callback that comes while a worker holds the lease (its request
--- still in flight, even before the submit's answer) is seen by that worker's record_progress,
--- which then makes the workflow due at once instead of at its next poll time.
+-- Schema version 8: when the last agent callback for a task of this workflow asked for a
+-- poll (agent contract §2, `poke_task`: its arrival, or later when it was over its task's
+-- rate). A callback that comes while a worker holds the lease (its request still in flight,
+-- even before the submit's answer) is seen by that worker's record_progress, which then makes
+-- the workflow due at that time instead of at its next poll time.
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS callback_at timestamptz;
 
 -- Schema version 8: secrets CPOA generates for itself on first use, by name. 'callback' signs

@@ -4,7 +4,9 @@ A callback is only a hint (agent contract §2): it makes the task due for a poll
 the workers, and the worker then polls and validates as always. Its body is read (bounded) and
 must be JSON, but nothing in it is used. The checks, cheapest first: the URL's token (HMAC of
 workflow, task and key, compared in constant time: 403), the body size (413), JSON (400), the
-task's rate (429), then one statement that pokes the task if it is still open (404 if not).
+task's rate (:class:`RateLimit`: over it, the poll is deferred to the next token, and further
+callbacks meanwhile get 429), then one statement that pokes the task if it is still open (404
+if not).
 The API token does not apply: the signed URL is the credential. The secret is never logged;
 the URL's token appears only where uvicorn's access log shows request paths (it lets its holder
 do no more than make that one task polled sooner).
@@ -46,27 +48,47 @@ _BODY = {"required": False, "content": {"application/json": {"schema": {
 
 class RateLimit:
     """A token bucket per task: ``burst`` callbacks at once, then ``rate_per_s``; at most
-    ``tracked`` tasks remembered (the least recently seen are forgotten)."""
+    ``tracked`` tasks remembered (the least recently seen are forgotten).
+
+    A callback over the rate is not simply dropped (it may be the honest "finished" one behind
+    a flood of duplicates): the first one makes the task due when its next token comes
+    (:meth:`take` returns that delay), and only the ones after it, while that poll is still
+    ahead, are refused. So every callback is followed by a poll within ``1 / rate_per_s``
+    seconds, and a task costs at most ``burst`` + ``rate_per_s`` per second statements.
+    """
 
     def __init__(self, burst: float = defaults.CALLBACK_BURST,
                  rate_per_s: float = defaults.CALLBACK_RATE_PER_S,
                  tracked: int = defaults.CALLBACK_TRACKED_TASKS) -> None:
         self.burst, self.rate_per_s, self.tracked = burst, rate_per_s, tracked
-        self.buckets: collections.OrderedDict[Any, tuple[float, float]] = (
+        self.buckets: collections.OrderedDict[Any, tuple[float, float, float]] = (
             collections.OrderedDict())
         self.lock = threading.Lock()
 
-    def allow(self, key: Any, now: float | None = None) -> bool:
-        """Takes one token for ``key`` if it has one."""
+    def take(self, key: Any, now: float | None = None) -> float | None:
+        """Seconds until ``key``'s callback should act (0.0: now), or None when a poll it
+        would ask for is already on its way (refuse it)."""
         now = time.monotonic() if now is None else now
         with self.lock:
-            tokens, last = self.buckets.pop(key, (self.burst, now))
+            tokens, last, deferred_until = self.buckets.pop(key, (self.burst, now, 0.0))
             tokens = min(self.burst, tokens + (now - last) * self.rate_per_s)
-            allowed = tokens >= 1.0
-            self.buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            if tokens >= 1.0:
+                delay: float | None = 0.0
+                tokens -= 1.0
+            elif deferred_until > now:
+                delay = None
+            else:  # the next token is reserved for this callback's poll
+                delay = (1.0 - tokens) / self.rate_per_s if self.rate_per_s else None
+                tokens -= 1.0
+                deferred_until = now + (delay or 0.0)
+            self.buckets[key] = (tokens, now, deferred_until)
             while len(self.buckets) > self.tracked:
                 self.buckets.popitem(last=False)
-        return allowed
+        return delay
+
+    def allow(self, key: Any, now: float | None = None) -> bool:
+        """Whether ``key`` may act now (takes a token if so)."""
+        return self.take(key, now) == 0.0
 
 
 @router.post("/v1/callbacks/{workflow_id}/{task_id}", status_code=202,
@@ -88,12 +110,13 @@ async def task_changed(
     refused = await _read_json(request)
     if refused is not None:
         return refused
-    if not _limit(request).allow(task_id):
+    delay_s = _limit(request).take(task_id)
+    if delay_s is None:  # a poll this callback would ask for is already scheduled
         return problems.problem(429, "too_many_callbacks", "too many callbacks for this task",
                                 headers={"Retry-After": RETRY_AFTER})
-    poked = await run_in_threadpool(engine.store.poke_task, workflow_id, task_id)
+    poked = await run_in_threadpool(engine.store.poke_task, workflow_id, task_id, delay_s)
     logs.for_workflow(logger, workflow_id, task_id).info(
-        "agent called back", extra={"action": "callback", "poked": poked})
+        "agent called back", extra={"action": "callback", "poked": poked, "delay_s": delay_s})
     if not poked:
         return problems.problem(404, "not_open", "the workflow or this task is finished")
     return Response(json.dumps({"polled": True}), status_code=202,

@@ -115,8 +115,11 @@ WITH locked AS (
     FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE
 ), moved AS (
     UPDATE workflow_instances w
-    -- A callback since the lease was taken (%(leased_at)s): due now, not at the next poll.
-    SET next_run_at = CASE WHEN w.callback_at >= %(leased_at)s THEN now()
+    -- A callback since the lease was taken (%(leased_at)s), or one whose poll was deferred
+    -- past it (callback_at: when the callback asked to be polled): due then, if sooner.
+    SET next_run_at = CASE WHEN w.callback_at >= %(leased_at)s
+                           THEN LEAST(GREATEST(now(), w.callback_at),
+                                      now() + make_interval(secs => %(run_in_s)s))
                            ELSE now() + make_interval(secs => %(run_in_s)s) END,
         lease_owner = CASE WHEN locked.renew THEN w.lease_owner END,
         lease_expires_at = CASE WHEN locked.renew
@@ -129,11 +132,13 @@ WITH locked AS (
       AND w.version = %(version)s AND w.lease_owner = %(owner)s
     RETURNING w.*
 ), task AS (
-    -- ...and its open task is polled now (the callback may be for the request just made).
+    -- ...and its open task is polled then (the callback may be for the request just made).
     SELECT cpoa_save_task_v1(CASE
         WHEN moved.callback_at >= %(leased_at)s
              AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed')
-        THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(now()))
+        THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(LEAST(
+            GREATEST(now(), moved.callback_at),
+            (%(task)s::jsonb ->> 'next_poll_at')::timestamptz)))
         ELSE %(task)s::jsonb END)
     FROM moved WHERE %(task)s::jsonb IS NOT NULL
 )
@@ -225,18 +230,24 @@ SELECT pg_notify('cpoa_due', %(payload)s);
 -- workflow is unfinished and the task is too (a task with no row yet is one whose submit's
 -- answer has not been recorded: the callback came first), and wakes the workers (NOTIFY, at
 -- commit). One autocommit statement: no SELECT ... FOR UPDATE, no lease; its UPDATEs hold
--- their row locks only until it commits. callback_at tells a worker holding the lease that a
--- callback came during its step (record_progress). clock_timestamp(): the moment the row is
--- written, after any wait on a worker's write to it. Returns poked = 0 when nothing was open.
+-- their row locks only until it commits. %(delay_s)s > 0 (a task over its callback rate):
+-- due that much later, not now. callback_at, when the callback asked to be polled, tells a
+-- worker holding the lease that a callback came during its step (record_progress).
+-- clock_timestamp(): the moment the row is written, after any wait on a worker's write to it.
+-- Returns poked = 0 when nothing was open.
 WITH poked AS (
     UPDATE workflow_instances
-    SET callback_at = clock_timestamp(), next_run_at = LEAST(next_run_at, clock_timestamp())
+    SET callback_at = clock_timestamp() + make_interval(secs => %(delay_s)s),
+        next_run_at = LEAST(next_run_at,
+                            clock_timestamp() + make_interval(secs => %(delay_s)s))
     WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM task_instances
                       WHERE task_id = %(task_id)s AND status IN ('succeeded', 'failed'))
     RETURNING workflow_id
 ), task AS (
-    UPDATE task_instances SET next_poll_at = clock_timestamp()
+    UPDATE task_instances
+    SET next_poll_at = LEAST(next_poll_at,
+                             clock_timestamp() + make_interval(secs => %(delay_s)s))
     WHERE task_id = %(task_id)s AND workflow_id IN (SELECT workflow_id FROM poked)
     RETURNING task_id
 )

@@ -48,11 +48,13 @@ def _due_now(outcome: models.Outcome) -> bool:
 
 
 def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
-    """The task as ``record_progress`` wrote it: due now when an agent called back during the
-    step ``lease`` ran (``poke_task``) and the task is still open."""
-    called_back = row.get("callback_at") is not None and row["callback_at"] >= lease.db_now
-    return task.evolve(next_poll_at=row["db_now"]) if called_back and not task.is_finished \
-        else task
+    """The task as ``record_progress`` wrote it: due when the callback that came during the
+    step ``lease`` ran asked (``poke_task``; now, or its deferred time), if sooner."""
+    asked = row.get("callback_at")
+    if asked is None or asked < lease.db_now or task.is_finished:
+        return task
+    due = max(row["db_now"], asked)
+    return task.evolve(next_poll_at=min(due, task.next_poll_at or due))
 
 
 class PostgresStore:
@@ -533,15 +535,18 @@ class PostgresStore:
 
     # -- callbacks ---------------------------------------------------------------------------
 
-    def poke_task(self, workflow_id: uuid.UUID, task_id: uuid.UUID) -> bool:
-        """Makes an open task of an unfinished workflow due for a poll now and wakes the
-        workers (one statement, no row lock waited for beyond its own UPDATEs).
+    def poke_task(self, workflow_id: uuid.UUID, task_id: uuid.UUID,
+                  delay_s: float = 0.0) -> bool:
+        """Makes an open task of an unfinished workflow due for a poll now (or within
+        ``delay_s``) and wakes the workers (one statement, no row lock waited for beyond its
+        own UPDATEs).
 
         Returns:
             False when the workflow is unknown or finished, or the task is finished.
         """
         with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "poke_task", workflow_id=workflow_id, task_id=task_id)
+            row = self._one(conn, "poke_task", workflow_id=workflow_id, task_id=task_id,
+                            delay_s=delay_s)
         return bool(row and row["poked"])
 
     def secret(self, name: str, candidate: str) -> str:

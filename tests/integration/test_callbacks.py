@@ -265,16 +265,57 @@ def test_callback__oversized_or_not_json_is_refused(open_task, store):
 
 def test_callback__valid_makes_the_task_due_now_and_replays_are_rate_bounded(open_task, store):
     """A valid callback makes the task and workflow due now (no lease taken, the state
-    untouched); the same callback repeated past the burst gets 429."""
+    untouched); the same callback repeated past the burst is deferred once (202), then gets
+    429 while that deferred poll is ahead."""
     url = open_task["url"]
     assert post(url).status_code == 202
     workflow, now = store.workflow_with_clock(open_task["workflow_id"])
     [task] = store.get_tasks(open_task["workflow_id"])
     assert workflow.state == "fetching" and workflow.lease_owner is None
     assert workflow.next_run_at <= now and task.next_poll_at <= now
-    answers = [post(url).status_code for _ in range(defaults.CALLBACK_BURST + 2)]
-    assert answers[:defaults.CALLBACK_BURST - 1] == [202] * (defaults.CALLBACK_BURST - 1)
-    assert answers[-1] == 429
+    answers = [post(url).status_code for _ in range(defaults.CALLBACK_BURST + 1)]
+    assert answers == [202] * defaults.CALLBACK_BURST + [429]
+
+
+def test_callback__an_honest_callback_behind_a_flood_of_duplicates_still_acts(make_team):
+    """Valid duplicate callbacks for a running task (a leaked URL, an agent calling back in a
+    loop) spend its burst at once; the agent's own callback when the task finishes, half a
+    second later with no token back yet, is not dropped: its poll is deferred to the next
+    token (within 1 / CALLBACK_RATE_PER_S s), not left to the task's poll schedule (12 s)."""
+    team = make_team({"finish_after_s": 0.5})
+    workflow_id = team.engine.start_workflow("podcast", {"topic": "flood"})
+    [url] = wait_until(lambda: callback_urls(team.agent))
+    with httpx.Client(timeout=10) as client:
+        answers = [client.post(url, json={"status": "PENDING"}).status_code
+                   for _ in range(defaults.CALLBACK_BURST + 5)]
+    assert answers.count(429) >= 4  # the flood was rate-bounded
+    wait_until(lambda: team.store.get_workflow(workflow_id).state != "fetching",
+               timeout=WITHIN_S)
+
+
+def test_callback__a_deferred_poll_is_not_made_early_by_a_step_in_flight(make_team):
+    """Duplicates spend the burst while the worker is inside a poll of the task; the one
+    deferred to the next token arrives during that step too. The step's record keeps the
+    deferred time (it does not poll again at once, and again, until then), so the honest
+    callback refused behind it (429) is answered by that one deferred poll."""
+    team = make_team({"finish_after_s": 0.5})
+    workflow_id = team.engine.start_workflow("podcast", {"topic": "in flight"})
+    [url] = wait_until(lambda: callback_urls(team.agent))
+    [agent_task] = list(team.agent.by_key.values())
+    release = team.agent.hold_next(f"/v1/tasks/{agent_task}")
+    try:
+        with httpx.Client(timeout=10) as client:
+            assert client.post(url, json={}).status_code == 202  # the worker polls: held
+            wait_until(lambda: sent(team.agent, "/v1/tasks"))
+            answers = [client.post(url, json={}).status_code
+                       for _ in range(defaults.CALLBACK_BURST + 1)]
+    finally:
+        release.set()
+    assert answers == [202] * defaults.CALLBACK_BURST + [429]
+    wait_until(lambda: team.store.get_workflow(workflow_id).state != "fetching",
+               timeout=WITHIN_S)
+    # The held poll, then the deferred one (which saw the task done): no poll in between.
+    assert len([r for r in sent(team.agent, "/v1/tasks") if agent_task in r["path"]]) == 2
 
 
 def test_callback__replayed_after_the_task_finished_is_refused(open_task, store):

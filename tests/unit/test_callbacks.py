@@ -6,6 +6,8 @@ from __future__ import annotations
 import urllib.parse
 import uuid
 
+import pytest
+
 from cpoa import callbacks
 from cpoa.gateway.callbacks import RateLimit
 
@@ -34,12 +36,17 @@ def test_verify__any_other_workflow_task_key_or_secret_fails():
     assert not callbacks.verify(KEY, WORKFLOW, TASK, "k", "\udcff" + token[1:])
 
 
-def test_rate_limit__a_burst_then_the_rate_per_task():
-    """Five at once, then one per second; another task has its own bucket."""
+def test_rate_limit__a_burst_then_one_deferred_then_refused():
+    """Five act at once; the sixth is deferred to the next token (1 s); while that poll is
+    ahead the others are refused; then the next is deferred again. Another task has its own
+    bucket."""
     limit = RateLimit(burst=5, rate_per_s=1.0, tracked=100)
-    assert [limit.allow("a", now=0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert limit.allow("b", now=0.0)
-    assert not limit.allow("a", now=0.5) and limit.allow("a", now=1.6)
+    assert [limit.take("a", now=0.0) for _ in range(5)] == [0.0] * 5
+    assert limit.take("a", now=0.0) == pytest.approx(1.0)
+    assert limit.take("b", now=0.0) == 0.0
+    assert limit.take("a", now=0.5) is None and not limit.allow("a", now=0.9)
+    assert limit.take("a", now=1.2) == pytest.approx(0.8)
+    assert limit.take("a", now=4.0) == 0.0
 
 
 def test_rate_limit__remembers_a_bounded_number_of_tasks():
