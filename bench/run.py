@@ -296,6 +296,33 @@ def latency_run(args: argparse.Namespace) -> dict[str, Any]:
         agent.close()
 
 
+CALLBACK_RUNS = (("callbacks", "callbacks", 0.0, 0), ("callbacks_paced", "callbacks", 0.2, 0),
+                 ("callbacks_storm", "callbacks", 0.2, 10_000), ("polling", "polling", 0.0, 0))
+"""(name, mode, start one workflow every s, forged or duplicate callbacks sent meanwhile):
+0 s starts all at once (a burst of finishes)."""
+
+
+def callback_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """Default polling intervals, agents finishing within the first second: with callbacks
+    through a gateway (a burst, then paced starts), and with adaptive polling alone (a fresh
+    agent and database each)."""
+    runs = {}
+    for name, mode, every_s, storm in CALLBACK_RUNS:
+        agent = Agent("timed")
+        try:
+            with common.fresh_db(args.dsn, f"cb{name[:4]}", schema=True) as dsn:
+                log(f"{name}: {args.latency_n} workflows "
+                    f"{f'started every {every_s} s' if every_s else 'started at once'}, "
+                    f"default polling intervals, agents finishing 0.25–0.65 s after submit")
+                runs[name] = run_module("bench.scenarios.callback", "--dsn", dsn,
+                                        "--agent-url", agent.url, "--mode", mode,
+                                        "-n", str(args.latency_n), "--every-s", str(every_s),
+                                        "--storm", str(storm))
+        finally:
+            agent.close()
+    return runs
+
+
 # -- judging ---------------------------------------------------------------------------------
 
 def target(name: str, value: Any, bound: str, ok: bool | None) -> dict[str, Any]:
@@ -401,6 +428,28 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
             target("max delay <= poll interval + 50 ms", lat["delay_ms_max"],
                    f"<= {lat['bound_ms']}", lat["delay_ms_max"] is not None
                    and lat["delay_ms_max"] <= lat["bound_ms"])]})
+    if r.get("callbacks"):
+        for name in ("callbacks", "callbacks_paced", "callbacks_storm"):
+            cb = r["callbacks"][name]
+            docs.append({"scenario": f"{name}_default_intervals", **cb, "targets": [
+                target(f"{name}, default intervals: agent finish -> next state p99 <= 50 ms",
+                       cb["delay_ms_p99"], "<= 50", cb["delay_ms_p99"] is not None
+                       and cb["delay_ms_p99"] <= 50)]})
+        st = r["callbacks"]["callbacks_storm"]
+        docs[-1]["targets"].append(target(
+            "storm: no forged or replayed callback accepted, every workflow completed",
+            st["states"], f"completed = {st['workflows']}",
+            st["states"] == {"completed": st["workflows"]}
+            and st["storm_answers"].get("202", 0) == 0))
+        po = r["callbacks"]["polling"]
+        docs.append({"scenario": "adaptive_polling_default_intervals", **po, "targets": [
+            target("no callbacks: delay p99 <= 25 % of the interval (tasks done within 1 s)",
+                   po["fraction_of_interval_p99"], "<= 0.25",
+                   po["fraction_of_interval_p99"] <= 0.25),
+            target("no callbacks: polls per task <= 2x a fixed interval's",
+                   po["polls_per_task_max"], f"<= {2 * po['polls_per_task_fixed_interval']}",
+                   po["polls_per_task_max"] is not None
+                   and po["polls_per_task_max"] <= 2 * po["polls_per_task_fixed_interval"])]})
     return docs
 
 
@@ -548,6 +597,24 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                   f"{lat['samples']} polled steps): p50 {fmt(lat['delay_ms_p50'])} ms, "
                   f"p99 {fmt(lat['delay_ms_p99'])} ms, max {fmt(lat['delay_ms_max'])} ms "
                   f"(bound {lat['bound_ms']} ms)."), ""]
+    if r.get("callbacks"):
+        for mode, run in r["callbacks"].items():
+            start = (f"one started every {run['start_every_s']:g} s" if run["start_every_s"]
+                     else "all started at once")
+            lines += [(f"Default polling intervals, {mode} ({run['workflows']} workflows, "
+                       f"{start}; {run['samples']} polled steps, tasks done 0.25–0.65 s "
+                       f"after submit): agent finish → next state p50 "
+                       f"{fmt(run['delay_ms_p50'])} ms, p99 {fmt(run['delay_ms_p99'])} ms, max "
+                       f"{fmt(run['delay_ms_max'])} ms; p99 {fmt(run['fraction_of_interval_p99'])}"
+                       f" of the interval; polls per task mean "
+                       f"{fmt(run['polls_per_task_mean'])}, max {run['polls_per_task_max']}."
+                       + (f" Storm: {run['storm_sent']:,} callbacks sent in "
+                          f"{run['storm_seconds']} s (forged, forged for open tasks, replays of "
+                          f"finished tasks' valid URLs), "
+                          f"answers {run['storm_answers']}; gateway CPU "
+                          f"{run['gateway_cpu_s']} s, worker CPU {run['worker_cpu_s']} s."
+                          if run.get("storm_sent") else "")),
+                      ""]
     lines += ["| target | value | bound | result |", "|---|---:|---:|---|"]
     for doc in docs:
         for t in doc.get("targets", []):
@@ -586,7 +653,7 @@ def r_slots(r: dict[str, Any]) -> list[int]:
 # -- main ------------------------------------------------------------------------------------
 
 SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency",
-             "recovery")
+             "callbacks", "recovery")
 
 
 def main() -> int:
@@ -670,6 +737,8 @@ def main() -> int:
             results["idle_watching"] = idle_watching_run(args)
         if "latency" in chosen:
             results["latency"] = latency_run(args)
+        if "callbacks" in chosen:
+            results["callbacks"] = callback_runs(args)
         if "recovery" in chosen:
             results["recovery"] = recovery_run(args)
     finally:

@@ -36,11 +36,14 @@ class Timing:
             failure.
         timeout_s: From the first request until the item fails with a timeout.
         honour_retry_after: A transient failure's Retry-After sets the next try.
+        adaptive: Polls of a submitted task follow :func:`poll_pause` (short first, growing
+            to ``interval_s``); otherwise every pause is ``interval_s``.
     """
 
     interval_s: float
     timeout_s: float
     honour_retry_after: bool
+    adaptive: bool = False
 
 
 def timing(settings: Settings, step: Step) -> Timing:
@@ -48,7 +51,23 @@ def timing(settings: Settings, step: Step) -> Timing:
     if step.notified:  # no polling: transient failures are retried this long, at our pace
         return Timing(defaults.NOTIFY_RETRY_S, settings.asf_notify_timeout_s, False)
     agent = settings.agent(step.agent)
-    return Timing(agent.poll_interval_s, agent.poll_timeout_s, True)
+    return Timing(agent.poll_interval_s, agent.poll_timeout_s, True, adaptive=True)
+
+
+def poll_pause(age_s: float, interval_s: float) -> float:
+    """Adaptive polling: the pause before the next poll of a task ``age_s`` seconds after its
+    first submit, for an agent whose polling interval is ``interval_s`` (I).
+
+    ``pause = min(I, max(f * I, (g - 1) * age))`` with f = ``POLL_FIRST_FRACTION`` (0.2) and
+    g = ``POLL_GROWTH`` (5): the next poll comes at g times the task's age (poll times grow
+    geometrically), never sooner than f * I after the last one, never later than I. Polls then
+    come at 0.2 I, I, 2 I, 3 I... after the submit: a task finishing at d <= 0.2 I is seen
+    0.2 I after its submit at the latest (2 s for WCHA's 10 s, 1 s for the 5 s agents), and a
+    task lasting n * I costs n + 1 polls where a fixed interval costs n (2 instead of 1 for a
+    task lasting the full interval, 31 instead of 30 for one lasting WCHA's 300 s timeout).
+    """
+    return min(interval_s, max(defaults.POLL_FIRST_FRACTION * interval_s,
+                               (defaults.POLL_GROWTH - 1.0) * max(0.0, age_s)))
 
 
 def begin(task: models.Task, now: datetime.datetime, pace: Timing) -> models.Task:
@@ -61,22 +80,25 @@ def begin(task: models.Task, now: datetime.datetime, pace: Timing) -> models.Tas
 
 def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
         task: models.Task, item: Any, now: Callable[[], datetime.datetime],
-        log: logging.LoggerAdapter) -> models.Task:
+        log: logging.LoggerAdapter, callback_url: str | None = None) -> models.Task:
     """Moves one item forward by one request: :func:`begin`, :func:`call`, :func:`settle`.
 
     Args:
         now: The clock (the database's, carried forward by this process's monotonic clock).
+        callback_url: Sent with a submit as ``X-Callback-URL`` (see :mod:`cpoa.callbacks`).
 
     Returns:
         The updated task row (``status`` succeeded, failed, pending or submitted).
     """
     pace = timing(settings, step)
-    task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log)
+    task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log,
+                        callback_url)
     return settle(step, task, answer, now(), pace)
 
 
 def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
-         task: models.Task, item: Any, log: logging.LoggerAdapter) -> tuple[models.Task, Answer]:
+         task: models.Task, item: Any, log: logging.LoggerAdapter,
+         callback_url: str | None = None) -> tuple[models.Task, Answer]:
     """Makes the item's one request: a notification, a poll of a submitted task, or a submit.
 
     Returns:
@@ -101,7 +123,8 @@ def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
         task = task.evolve(input_params_json=task.input_params_json or step.request(workflow, item))
         return task, client.submit(step.agent, base_url, step.path, task.input_params_json,
                                    idempotency_key=task.idempotency_key,
-                                   workflow_id=str(workflow.workflow_id), log=log)
+                                   workflow_id=str(workflow.workflow_id),
+                                   callback_url=callback_url, log=log)
     except errors.AgentError as exc:
         metrics.agent_error(step.agent, metrics.error_kind(exc))
         return task, exc
@@ -129,12 +152,23 @@ def settle(step: Step, task: models.Task, answer: Answer, now: datetime.datetime
         task = task.evolve(status="submitted",
                            external_task_id=answer.task_id or task.external_task_id,
                            status_url=answer.status_url or task.status_url)
-        return _open(task, now, pace.interval_s, step)
+        return _open(task, now, _next_poll_in(task, answer, now, pace), step)
     if answer.outcome == "busy":  # 409 with no task to poll: submit the key again later
-        return _open(task, now, pace.interval_s, step)
+        return _open(task, now, _next_poll_in(task, answer, now, pace), step)
     # "lost": the agent forgot the task; submitting the same key again is safe.
     return _open(task.evolve(status="pending", external_task_id=None, status_url=None),
                  now, 0.0, step)
+
+
+def _next_poll_in(task: models.Task, answer: agents.Reply, now: datetime.datetime,
+                  pace: Timing) -> float:
+    """Seconds until an open task is polled again: the agent's Retry-After when it sent one
+    (at least ``POLL_MIN_PAUSE_S``), else the adaptive pause, else the interval."""
+    if pace.honour_retry_after and answer.retry_after is not None:
+        return max(defaults.POLL_MIN_PAUSE_S, answer.retry_after)
+    if not pace.adaptive or task.first_submitted_at is None:
+        return pace.interval_s
+    return poll_pause((now - task.first_submitted_at).total_seconds(), pace.interval_s)
 
 
 def _succeeded(step: Step, task: models.Task, result: Any, at: datetime.datetime) -> models.Task:

@@ -47,6 +47,17 @@ POLLING_S = {"WCHA": (10.0, 300.0), "TDA": (5.0, 180.0), "SCA": (3.0, 180.0),
              "PSWA": (5.0, 600.0), "VFA": (5.0, 300.0), "IGA": (5.0, 240.0)}
 """(poll interval, poll timeout) in seconds per agent (CPOA_<AGENT>_POLLING_*_SECONDS)."""
 
+POLL_FIRST_FRACTION = 0.2
+"""Adaptive polling: the first poll of a task comes this fraction of its agent's polling
+interval after the submit (0.2 × 10 s = 2 s for WCHA); see ``cpoa.attempt.poll_pause``."""
+
+POLL_GROWTH = 5.0
+"""Adaptive polling: each poll comes at this many times the task's age (polls at 0.2 I, I,
+then every I): at most one more poll per task than a fixed interval I makes."""
+
+POLL_MIN_PAUSE_S = 0.1
+"""Shortest pause before the next poll that an agent's Retry-After on a pending reply may ask."""
+
 IDEMPOTENCY_LOCK_TIMEOUT_S = 3600.0
 """An orchestration lock older than this, with no progress, may be taken over."""
 
@@ -195,6 +206,21 @@ API_MAX_BODY_BYTES = 1024 * 1024
 
 API_PAGE_MAX = 200
 """Most workflows one page of `GET /v1/workflows` returns."""
+
+CALLBACK_MAX_BODY_BYTES = 4096
+"""Largest callback body the gateway reads (``{task_id, status}`` is far smaller); 413 above."""
+
+CALLBACK_BURST = 5
+"""Callbacks one task may make at once before the gateway answers 429 (per gateway process)."""
+
+CALLBACK_RATE_PER_S = 1.0
+"""Callbacks per second one task earns back after its burst (per gateway process)."""
+
+CALLBACK_TRACKED_TASKS = 10_000
+"""Tasks whose callback rate a gateway remembers; the least recently seen are forgotten."""
+
+CALLBACK_SECRET_MIN_CHARS = 16
+"""Shortest CPOA_CALLBACK_SECRET accepted."""
 
 HEALTHZ_TIMEOUT_S = 3.0
 """Longest `GET /healthz` waits for a database connection before answering 503."""

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cpoa import (attempt, decide, defaults, editorial, errors, events, heartbeat, inputs, logs,
-                  machine, metrics, models, presentation, steps)
+from cpoa import (attempt, callbacks, decide, defaults, editorial, errors, events, heartbeat,
+                  inputs, logs, machine, metrics, models, presentation, steps)
 from cpoa.agents import client as agents
 from cpoa.settings import Settings
 from cpoa.store import PostgresStore
@@ -57,6 +57,7 @@ class Engine:
         self.fault_hook = fault_hook
         self.liveness: Any = None
         self.heartbeat = heartbeat.Heartbeat(store, self.owner, settings.lease_ttl_s)
+        self._callback_key: bytes | None = None
 
     @property
     def liveness_key(self) -> int | None:
@@ -254,13 +255,46 @@ class Engine:
                          extra={"action": "slot_wait", "agent": step.agent})
                 return None
             self._fault("before_call", workflow)
+            log = log.bind(task_id=str(action.task.task_id))
             task = attempt.act(self.client, self.settings, step, workflow, action.task,
-                               action.item, clock, log.bind(task_id=str(action.task.task_id)))
+                               action.item, clock, log,
+                               callback_url=self.callback_url(workflow, action.task, log))
             action = decide.after_call(workflow, tasks, task, clock())
         return decide.outcome(workflow, action, self.settings.review_timeout_s)
 
     def _max_in_flight(self, step: steps.Step) -> int | None:
         return None if step.notified else self.settings.agent(step.agent).max_in_flight
+
+    def callback_key(self) -> bytes:
+        """The secret that signs callback URLs (read once; see :mod:`cpoa.callbacks`).
+
+        Raises:
+            StoreError: it had to be read from the database, which failed.
+        """
+        if self._callback_key is None:
+            self._callback_key = callbacks.signing_key(self.settings, self.store)
+        return self._callback_key
+
+    @property
+    def cached_callback_key(self) -> bytes | None:
+        """The callback secret if it was read already (an event loop may use it without
+        waiting on the database), else None."""
+        return self._callback_key
+
+    def callback_url(self, workflow: models.Workflow, task: models.Task,
+                     log: logs.WorkflowLogger) -> str | None:
+        """The ``X-Callback-URL`` of a task's submit; None with no CPOA_CALLBACK_BASE_URL, or
+        while the secret cannot be read (the task is polled as usual)."""
+        if not self.settings.callback_base_url:
+            return None
+        try:
+            key = self.callback_key()
+        except errors.StoreError as exc:
+            log.warning("no callback URL for this request: %s", exc,
+                        extra={"action": "callback_url_failed"})
+            return None
+        return callbacks.url(self.settings.callback_base_url, key, workflow.workflow_id,
+                             task.task_id, task.idempotency_key)
 
     def _record(self, lease: models.Lease, outcome: models.Outcome, keep_lease: bool,
                 log: logs.WorkflowLogger) -> tuple[models.Workflow, models.Lease | None]:

@@ -42,6 +42,7 @@ class Workflow:
     retry_count: int = 0
     key_base: str | None = None
     forked_from: uuid.UUID | None = None
+    callback_at: datetime.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Workflow:

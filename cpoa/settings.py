@@ -105,11 +105,18 @@ class Settings:
     """CPOA_REVIEW_SCRIPTS: podcasts started without a ``review`` field wait for a reviewer."""
     review_timeout_s: float = defaults.REVIEW_TIMEOUT_S
     """CPOA_REVIEW_TIMEOUT_SECONDS: a script unreviewed this long fails its workflow."""
+    callback_base_url: str = ""
+    """CPOA_CALLBACK_BASE_URL: the gateway's base URL as agents reach it; when set, every
+    submit carries an ``X-Callback-URL`` on it. Empty: no callbacks, polling only."""
+    callback_secret: str = dataclasses.field(default="", repr=False)
+    """CPOA_CALLBACK_SECRET: signs the callback URLs; empty: one generated and stored in the
+    database on first use (table cpoa_secrets)."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log or an error message."""
-        return (*self.database.secrets, *((self.api_token,) if self.api_token else ()))
+        return (*self.database.secrets,
+                *(s for s in (self.api_token, self.callback_secret) if s))
 
     def agent(self, name: str) -> AgentSettings:
         """Returns the settings of one polled agent by short name."""
@@ -168,6 +175,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         embedded_data_dir=reader.text("CPOA_EMBEDDED_DATA_DIR", ""),
         api_token=reader.text("CPOA_API_TOKEN", ""),
         **_review(reader),
+        callback_base_url=reader.optional_url("CPOA_CALLBACK_BASE_URL").rstrip("/"),
+        callback_secret=_callback_secret(reader),
     )
 
 
@@ -176,6 +185,15 @@ def _review(reader: EnvReader) -> dict[str, object]:
     return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
             "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
                                               defaults.REVIEW_TIMEOUT_S, positive=True)}
+
+
+def _callback_secret(reader: EnvReader) -> str:
+    value = reader.text("CPOA_CALLBACK_SECRET", "")
+    if value and len(value) < defaults.CALLBACK_SECRET_MIN_CHARS:  # the value is not shown
+        raise errors.ConfigError(
+            f"CPOA_CALLBACK_SECRET: shorter than {defaults.CALLBACK_SECRET_MIN_CHARS} characters",
+            variable="CPOA_CALLBACK_SECRET")
+    return value
 
 
 def _agent(reader: EnvReader, name: str) -> AgentSettings:
@@ -272,6 +290,10 @@ class EnvReader:
             return raw in ("1", "true", "yes", "on")
         raise errors.ConfigError(f"{name}: {raw!r} is not yes or no: give 1, true, yes, on or "
                                  "0, false, no, off", variable=name)
+
+    def optional_url(self, name: str) -> str:
+        """An http(s) URL, or "" when the variable is unset or empty."""
+        return self.url(name, "") if self.text(name, "") else ""
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default)

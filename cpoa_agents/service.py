@@ -3,7 +3,9 @@
 A :class:`TaskAgent` answers ``POST <path>`` with 202 and a status URL, runs the work on a thread,
 keeps every task in SQLite (same ``X-Idempotency-Key`` → same task and result, across restarts)
 and answers ``GET /v1/tasks/<id>`` and ``GET /health``. Unfinished tasks found at start are run
-again, so an agent killed mid-task finishes it after a restart.
+again, so an agent killed mid-task finishes it after a restart. When a submit carried an
+``X-Callback-URL``, the agent POSTs ``{task_id, status}`` to it once the task has finished
+(best effort: on a thread of its own, bounded, never retried; CPOA polls anyway).
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import requests
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """Largest request body an agent reads; a larger one is refused with 413."""
+
+CALLBACK_TIMEOUT_S = 2.0
+"""Timeout of one callback POST (connect and read); a callback that fails is not retried."""
+
+CALLBACK_URL_MAX_CHARS = 2000
+"""Longest X-Callback-URL remembered; a longer one (or one not http(s)) is ignored."""
 
 
 class BadRequest(Exception):
@@ -155,6 +165,9 @@ class TaskAgent(Service):
         self.tasks = TaskStore(self.data_dir / f"{self.name.lower()}-tasks.sqlite3")
         self.pool = concurrent.futures.ThreadPoolExecutor(self.workers,
                                                           thread_name_prefix=self.name)
+        self.callback_urls: dict[str, str] = {}
+        """X-Callback-URL of each unfinished task (the latest submit's), kept in memory."""
+        self._callback_lock = threading.Lock()
 
     def validate(self, body: dict[str, Any]) -> dict[str, Any]:
         """Returns the cleaned request or raises BadRequest naming the field."""
@@ -175,6 +188,7 @@ class TaskAgent(Service):
                              status=400)
         cleaned = self.validate(request.json())
         task, created = self.tasks.create(key, cleaned)
+        self._remember_callback(task, request.headers.get("x-callback-url", ""))
         if created:
             self.pool.submit(self._execute, task["task_id"], cleaned)
             return Response(202, self._accepted(task))
@@ -207,8 +221,27 @@ class TaskAgent(Service):
             logger.exception("task failed", extra={"agent": self.name, "task_id": task_id})
             self.tasks.update(task_id, "FAILURE", error={"message": str(exc)[:500],
                                                         "error_code": type(exc).__name__})
+            self._call_back(task_id, "FAILURE")
             return
         self.tasks.update(task_id, "SUCCESS", result=result)
+        self._call_back(task_id, "SUCCESS")
+
+    def _remember_callback(self, task: dict[str, Any], url: str) -> None:
+        url = url.strip()
+        if task["status"] in ("SUCCESS", "FAILURE") or len(url) > CALLBACK_URL_MAX_CHARS:
+            return
+        if urllib.parse.urlsplit(url).scheme in ("http", "https"):
+            with self._callback_lock:
+                self.callback_urls[task["task_id"]] = url
+
+    def _call_back(self, task_id: str, status: str) -> None:
+        """POSTs ``{task_id, status}`` to the task's callback URL, if it has one, on a thread
+        of its own: a slow or absent receiver never holds the agent's work."""
+        with self._callback_lock:
+            url = self.callback_urls.pop(task_id, None)
+        if url is not None:
+            threading.Thread(target=_post_callback, args=(url, task_id, status, self.name),
+                             name=f"{self.name}-callback", daemon=True).start()
 
     def _accepted(self, task: dict[str, Any]) -> dict[str, Any]:
         return {"task_id": task["task_id"], "status_url": f"/v1/tasks/{task['task_id']}",
@@ -221,6 +254,15 @@ class TaskAgent(Service):
         if task["status"] == "FAILURE":
             report["error"] = task["error"]
         return report
+
+
+def _post_callback(url: str, task_id: str, status: str, agent: str) -> None:
+    try:
+        requests.post(url, json={"task_id": task_id, "status": status},
+                      timeout=CALLBACK_TIMEOUT_S, allow_redirects=False).close()
+    except requests.RequestException as exc:  # best effort: the task is polled anyway
+        logger.info("callback failed: %s", type(exc).__name__,
+                    extra={"agent": agent, "task_id": task_id})
 
 
 class TaskStore:

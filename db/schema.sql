@@ -65,6 +65,22 @@ BEGIN
 END
 $$;
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigint;
+-- Schema version 8: when the last agent callback for a task of this workflow asked for a
+-- poll (agent contract §2, `poke_task`: its arrival, or later when it was over its task's
+-- rate). A callback that comes while a worker holds the lease (its request still in flight,
+-- even before the submit's answer) is seen by that worker's record_progress, which then makes
+-- the workflow due at that time instead of at its next poll time.
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS callback_at timestamptz;
+
+-- Schema version 8: secrets CPOA generates for itself on first use, by name. 'callback' signs
+-- the callback URLs when CPOA_CALLBACK_SECRET is unset: every worker and gateway on this
+-- database reads the same one. Anybody who can read this table can forge callbacks (which
+-- only ever make a task polled sooner).
+CREATE TABLE IF NOT EXISTS cpoa_secrets (
+    name        text PRIMARY KEY,
+    value       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- Schema version 9, in place on an older database: the review gate's state awaiting_review
 -- (the CHECK is rebuilt only when it lacks it: a rebuild scans the table) and fork lineage.
@@ -577,6 +593,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (9)
+INSERT INTO cpoa_schema_version (version) VALUES (10)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

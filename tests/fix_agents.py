@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,11 +37,6 @@ def engine(store: PostgresStore, settings: Settings) -> Engine:
     return Engine(store, settings)
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (nothing listens on it now)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 

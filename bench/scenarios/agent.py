@@ -9,8 +9,10 @@ standard input closes.
 
 ``timed``: a task finishes ``work`` seconds (uniform in the range) after its submit, whatever the
 polling; polls before then answer PENDING. ``GET /bench/finishes`` returns when each task
-finished (wall clock, ``time.time()``) with its workflow id and path, so that the harness can
-measure the delay from an agent's task finishing to the workflow's next state.
+finished (wall clock, ``time.time()``) with its workflow id, path and the polls it got, so that
+the harness can measure the delay from an agent's task finishing to the workflow's next state.
+A submit with an ``X-Callback-URL`` gets a callback (``{task_id, status}``) the moment its task
+finishes, from a timer thread (contract §2).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class TimedAgent(ScriptedAgent):
     def _default(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         if method == "GET" and path == "/bench/finishes":
             with self.lock:
-                return Reply(200, {"finishes": list(self.finishes)})
+                return Reply(200, {"finishes": [
+                    {**f, "polls": self.tasks[f["task_id"]]["polls"]} for f in self.finishes]})
         reply = super()._default(method, path, headers, body)
         if (method != "POST" or path in (ASF_NOTIFY, ASF_UI) or not isinstance(reply.body, dict)
                 or "task_id" not in reply.body):
@@ -50,9 +53,16 @@ class TimedAgent(ScriptedAgent):
         task_id = reply.body["task_id"]
         with self.lock:
             if task_id not in self.done_at:  # the first answer naming a task created it
-                self.done_at[task_id] = time.time() + self.rng.uniform(*self.work_s)
+                work_s = self.rng.uniform(*self.work_s)
+                self.done_at[task_id] = time.time() + work_s
                 self.finishes.append({"workflow_id": headers.get("x-workflow-id"),
-                                      "path": path, "done_at": self.done_at[task_id]})
+                                      "path": path, "done_at": self.done_at[task_id],
+                                      "task_id": task_id})
+                if headers.get("x-callback-url"):
+                    timer = threading.Timer(work_s, self.call_back,
+                                            (task_id, headers["x-callback-url"]))
+                    timer.daemon = True
+                    timer.start()
             if time.time() < self.done_at[task_id]:  # a resubmit before then: still running
                 return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
         return reply

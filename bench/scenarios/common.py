@@ -265,7 +265,8 @@ class InstantClient:
         self.default_result = default_result
 
     def submit(self, service: str, base_url: str, path: str, body: Mapping[str, Any], *,
-               idempotency_key: str, workflow_id: str, log: Any = None) -> Any:
+               idempotency_key: str, workflow_id: str, callback_url: Any = None,
+               log: Any = None) -> Any:
         from cpoa.agents.client import Reply
         return Reply("done", task_id=uuid.uuid4().hex,
                      result=self.default_result(path, dict(body or {})), http_status=200)

@@ -47,6 +47,8 @@ class Reply:
         status_url: Absolute URL to poll, when known.
         result: The task's result, for ``"done"``.
         http_status: The HTTP status code of the answer.
+        retry_after: The answer's Retry-After in seconds, when it had one (an open task is
+            polled again after that long).
     """
 
     outcome: str
@@ -54,6 +56,7 @@ class Reply:
     status_url: str | None = None
     result: Any = None
     http_status: int = 0
+    retry_after: float | None = None
 
 
 def _session() -> requests.Session:
@@ -99,9 +102,13 @@ class AgentClient:
             on_backoff=_log_backoff, logger=None)(self._request_once)
 
     def submit(self, service: str, base_url: str, path: str, body: Mapping[str, Any], *,
-               idempotency_key: str, workflow_id: str,
+               idempotency_key: str, workflow_id: str, callback_url: str | None = None,
                log: logging.LoggerAdapter | None = None) -> Reply:
         """Submits a task; 200, 202 and 409 are normal outcomes.
+
+        Args:
+            callback_url: Sent as ``X-Callback-URL`` (contract §2): where the agent may POST
+                when the task changes, to have it polled at once.
 
         Raises:
             AgentRejected: 4xx other than 409 and 429.
@@ -110,14 +117,19 @@ class AgentClient:
             InvalidAgentResult: a reply that breaks the protocol (names the field).
         """
         url = base_url.rstrip("/") + path
-        status, payload = self._request(
+        headers = _headers(idempotency_key, workflow_id)
+        if callback_url:
+            headers["X-Callback-URL"] = callback_url
+        status, payload, retry_after = self._request(
             "POST", url, service=service, json_body=body, timeout=self.submit_timeout_s,
-            headers=_headers(idempotency_key, workflow_id), log=log)
+            headers=headers, log=log)
         if status == 409:
-            return self._busy(service, base_url, payload, status)
-        if status == 202:
-            return self._accepted(service, base_url, payload, status)
-        return self._task_reply(service, base_url, payload, status, url)
+            reply = self._busy(service, base_url, payload, status)
+        elif status == 202:
+            reply = self._accepted(service, base_url, payload, status)
+        else:
+            reply = self._task_reply(service, base_url, payload, status, url)
+        return dataclasses.replace(reply, retry_after=retry_after)
 
     def poll(self, service: str, base_url: str, status_url: str, *, workflow_id: str,
              idempotency_key: str = "", log: logging.LoggerAdapter | None = None) -> Reply:
@@ -126,14 +138,15 @@ class AgentClient:
         Raises:
             Like :meth:`submit`.
         """
-        status, payload = self._request(
+        status, payload, retry_after = self._request(
             "GET", status_url, service=service, json_body=None, timeout=self.poll_timeout_s,
             headers=_headers(idempotency_key, workflow_id), log=log, lost_on_404=True)
         if status == 404:
             return Reply("lost", http_status=status)
         if status == 409:  # the agent is busy with the key: as good as pending
-            return Reply("pending", http_status=status)
-        return self._task_reply(service, base_url, payload, status, status_url)
+            return Reply("pending", http_status=status, retry_after=retry_after)
+        reply = self._task_reply(service, base_url, payload, status, status_url)
+        return dataclasses.replace(reply, retry_after=retry_after)
 
     def notify(self, service: str, url: str, body: Mapping[str, Any], *, workflow_id: str,
                idempotency_key: str = "", log: logging.LoggerAdapter | None = None,
@@ -149,9 +162,9 @@ class AgentClient:
         """
         headers = _headers(idempotency_key or workflow_id, workflow_id)
         send = self._request_once if once else self._request
-        status, _ = send("POST", url, service=service, json_body=body,
-                         timeout=timeout_s or self.notify_timeout_s, headers=headers, log=log,
-                         expect_json=False)
+        status, _, _ = send("POST", url, service=service, json_body=body,
+                            timeout=timeout_s or self.notify_timeout_s, headers=headers,
+                            log=log, expect_json=False)
         if status == 409:
             return status  # the receiver already holds this key
         if not 200 <= status < 300:
@@ -164,7 +177,8 @@ class AgentClient:
     def _request_once(self, method: str, url: str, *, service: str,
                       json_body: Mapping[str, Any] | None, timeout: float,
                       headers: Mapping[str, str], log: logging.LoggerAdapter | None,
-                      lost_on_404: bool = False, expect_json: bool = True) -> tuple[int, Any]:
+                      lost_on_404: bool = False,
+                      expect_json: bool = True) -> tuple[int, Any, float | None]:
         log = log or logs.WorkflowLogger(logger, {})
         context = {"service": service, "url": url, "method": method}
         status, raw, retry_after = self._exchange(method, url, service, json_body, timeout,
@@ -194,7 +208,7 @@ class AgentClient:
             raise errors.InvalidAgentResult(
                 f"{service} reply: expected a JSON object, {got}",
                 service=service, field="body", status_code=status, url=url)
-        return status, payload
+        return status, payload, retry_after
 
     def _exchange(self, method: str, url: str, service: str,
                   json_body: Mapping[str, Any] | None, timeout: float,

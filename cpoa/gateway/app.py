@@ -1,11 +1,11 @@
-"""Builds the ASGI application served by ``cpoa serve``: one engine, three routers."""
+"""Builds the ASGI application served by ``cpoa serve``: one engine, four routers."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from cpoa.engine import Engine
-from cpoa.gateway import api, dashboard, problems
+from cpoa.gateway import api, callbacks, dashboard, problems
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -18,5 +18,6 @@ def create_app(engine: Engine) -> FastAPI:
     app.state.engine = engine
     problems.install(app)
     app.include_router(api.router)
+    app.include_router(callbacks.router)
     app.include_router(dashboard.router)
     return app

@@ -281,6 +281,12 @@ class FieldProblem(BaseModel):
     message: str
 
 
+class CallbackAccepted(BaseModel):
+    """A callback was taken: the task will be polled at once."""
+
+    polled: bool = True
+
+
 class Problem(BaseModel):
     """Every error answer: a stable code, a human message, the field at fault if any."""
 

@@ -120,7 +120,12 @@ WITH locked AS (
     SELECT * FROM cpoa_lock_step_v1(%(workflow_id)s, %(renew_ttl_s)s)
 ), moved AS (
     UPDATE workflow_instances w
-    SET next_run_at = now() + make_interval(secs => %(run_in_s)s),
+    -- A callback since the lease was taken (%(leased_at)s), or one whose poll was deferred
+    -- past it (callback_at: when the callback asked to be polled): due then, if sooner.
+    SET next_run_at = CASE WHEN w.callback_at >= %(leased_at)s
+                           THEN LEAST(GREATEST(now(), w.callback_at),
+                                      now() + make_interval(secs => %(run_in_s)s))
+                           ELSE now() + make_interval(secs => %(run_in_s)s) END,
         (lease_owner, lease_expires_at, lease_liveness_key)
             = (locked.lease_owner, locked.lease_expires_at, locked.lease_liveness_key),
         version = w.version + locked.renewed::int,
@@ -130,7 +135,15 @@ WITH locked AS (
       AND w.version = %(version)s AND w.lease_owner = %(owner)s
     RETURNING w.*
 ), task AS (
-    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+    -- ...and its open task is polled then (the callback may be for the request just made).
+    SELECT cpoa_save_task_v1(CASE
+        WHEN moved.callback_at >= %(leased_at)s
+             AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed')
+        THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(LEAST(
+            GREATEST(now(), moved.callback_at),
+            (%(task)s::jsonb ->> 'next_poll_at')::timestamptz)))
+        ELSE %(task)s::jsonb END)
+    FROM moved WHERE %(task)s::jsonb IS NOT NULL
 ), paused AS (
     -- Its agent answered the submit 429 or 503 with Retry-After: every new submit to it
     -- waits until then, from every workflow and worker (polls go on).
@@ -238,6 +251,44 @@ VALUES (%(workflow_id)s, %(client_id)s, %(event_name)s, %(data)s);
 
 -- wake_workers --
 SELECT pg_notify('cpoa_due', %(payload)s);
+
+-- poke_task --
+-- A callback (agent contract §2): an agent says task %(task_id)s of workflow %(workflow_id)s
+-- changed. Nothing it sent is trusted: this only makes the task due for a poll now, while the
+-- workflow is unfinished and the task is too (a task with no row yet is one whose submit's
+-- answer has not been recorded: the callback came first), and wakes the workers (NOTIFY, at
+-- commit). One autocommit statement: no SELECT ... FOR UPDATE, no lease; its UPDATEs hold
+-- their row locks only until it commits. %(delay_s)s > 0 (a task over its callback rate):
+-- due that much later, not now. callback_at, when the callback asked to be polled, tells a
+-- worker holding the lease that a callback came during its step (record_progress).
+-- clock_timestamp(): the moment the row is written, after any wait on a worker's write to it.
+-- Returns poked = 0 when nothing was open.
+WITH poked AS (
+    UPDATE workflow_instances
+    SET callback_at = clock_timestamp() + make_interval(secs => %(delay_s)s),
+        next_run_at = LEAST(next_run_at,
+                            clock_timestamp() + make_interval(secs => %(delay_s)s))
+    WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM task_instances
+                      WHERE task_id = %(task_id)s AND status IN ('succeeded', 'failed'))
+    RETURNING workflow_id
+), task AS (
+    UPDATE task_instances
+    SET next_poll_at = LEAST(next_poll_at,
+                             clock_timestamp() + make_interval(secs => %(delay_s)s))
+    WHERE task_id = %(task_id)s AND workflow_id IN (SELECT workflow_id FROM poked)
+    RETURNING task_id
+)
+SELECT count(*) AS poked, (SELECT count(*) FROM task) AS tasks
+FROM (SELECT pg_notify('cpoa_due', workflow_id::text) FROM poked) woken;
+
+-- insert_secret --
+-- A generated secret, unless one of that name exists (insert-or-nothing: the first wins).
+INSERT INTO cpoa_secrets (name, value) VALUES (%(secret_name)s, %(value)s)
+ON CONFLICT (name) DO NOTHING;
+
+-- select_secret --
+SELECT value FROM cpoa_secrets WHERE name = %(secret_name)s;
 
 -- select_workflow --
 -- A workflow with the database's clock, which its lease and schedule times are relative to.

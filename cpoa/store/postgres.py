@@ -47,6 +47,16 @@ def _due_now(outcome: models.Outcome) -> bool:
     return outcome.run_in_s <= 0  # a waiting state's deadline is ahead: released
 
 
+def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
+    """The task as ``record_progress`` wrote it: due when the callback that came during the
+    step ``lease`` ran asked (``poke_task``; now, or its deferred time), if sooner."""
+    asked = row.get("callback_at")
+    if asked is None or asked < lease.db_now or task.is_finished:
+        return task
+    due = max(row["db_now"], asked)
+    return task.evolve(next_poll_at=min(due, task.next_poll_at or due))
+
+
 class PostgresStore(Reads, Upkeep):
     """Durable state of every workflow.
 
@@ -269,9 +279,9 @@ class PostgresStore(Reads, Upkeep):
             return models.Workflow.from_row(row), None
         next_lease = lease_from_row(row, lease.owner)
         if not outcome.is_transition and outcome.task is not None:  # read before its write
+            task = _as_written(outcome.task, row, lease)
             next_lease = dataclasses.replace(next_lease, tasks=(*(
-                t for t in next_lease.tasks if t.item_key != outcome.task.item_key),
-                outcome.task))
+                t for t in next_lease.tasks if t.item_key != task.item_key), task))
         return next_lease.workflow, next_lease
 
     def take_slot(self, lease: models.Lease, agent: str, item_key: str,
@@ -385,6 +395,32 @@ class PostgresStore(Reads, Upkeep):
         with self._errors(), self.pool.connection() as conn:
             rows = self._all(conn, "select_tasks", workflow_id=workflow_id)
         return [models.Task.from_row(r) for r in rows]
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def poke_task(self, workflow_id: uuid.UUID, task_id: uuid.UUID,
+                  delay_s: float = 0.0) -> bool:
+        """Makes an open task of an unfinished workflow due for a poll now (or within
+        ``delay_s``) and wakes the workers (one statement, no row lock waited for beyond its
+        own UPDATEs).
+
+        Returns:
+            False when the workflow is unknown or finished, or the task is finished.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "poke_task", workflow_id=workflow_id, task_id=task_id,
+                            delay_s=delay_s)
+        return bool(row and row["poked"])
+
+    def secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; ``candidate`` is stored first if there is none (the
+        first caller wins, every caller gets the same value)."""
+        with self._errors(), self.pool.connection() as conn:
+            conn.execute(self.queries["insert_secret"], {"secret_name": name, "value": candidate})
+            row = self._one(conn, "select_secret", secret_name=name)  # a new snapshot: sees a winner
+        if row is None:  # deleted in between: a broken installation, not a race to retry
+            raise errors.StoreError(f"secret {name!r} could not be stored")
+        return row["value"]
 
     # -- wake-ups ----------------------------------------------------------------------------
 

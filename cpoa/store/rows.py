@@ -87,7 +87,8 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
             "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
             "pause_agent": outcome.task.agent_name if outcome.pause_s and outcome.task else None,
-            "pause_s": outcome.pause_s}
+            "pause_s": outcome.pause_s,
+            "leased_at": lease.db_now}
 
 
 def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,

@@ -11,10 +11,13 @@ import collections
 import dataclasses
 import http.server
 import json
+import socket
 import threading
 import time
 import uuid
 from typing import Any
+
+import requests
 
 from cpoa.settings import POLLED_AGENTS
 
@@ -47,6 +50,13 @@ class Reply:
     delay_s: float = 0.0
     drop: bool = False  # close the connection without answering
     trickle_s: float = 0.0  # send the body one byte at a time, this long apart
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (nothing listens on it now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def default_result(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +104,27 @@ class ScriptedAgent:
         work_items: Every submit per piece of work: (X-Workflow-ID, path, request body), so
             the same work sent under two different keys shows too.
         ui_events: UI events delivered to the ASF endpoint, in arrival order.
+        callbacks: Every callback this agent POSTed: (task_id, callback URL, HTTP status of
+            the answer, or 0 when none came).
+        finished_at: When (``time.time()``) each timed task finished.
+
+    Args:
+        finish_after_s: Tasks finish this long after their submit (polls answer PENDING
+            until then), and the agent then POSTs ``{task_id, status}`` to the submit's
+            X-Callback-URL, if it had one (contract §2).
+        callback_first: A new task finishes at once, and the agent POSTs its callback (and
+            waits for the answer) before it answers the submit with 202.
     """
 
     def __init__(self, *, pending_polls: int = 0, sync: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", finish_after_s: float | None = None,
+                 callback_first: bool = False) -> None:
         self.pending_polls = pending_polls
         self.sync = sync
+        self.finish_after_s = 0.0 if callback_first else finish_after_s
+        self.callback_first = callback_first
+        self.callbacks: list[tuple[str, str, int]] = []
+        self.finished_at: dict[str, float] = {}
         self.lock = threading.Lock()
         self.scripts: dict[tuple[str, str], collections.deque[Reply]] = collections.defaultdict(
             collections.deque)
@@ -186,6 +211,7 @@ class ScriptedAgent:
         key = headers.get("x-idempotency-key", "")
         with self.lock:
             task_id = self.by_key.get(key)
+            created = task_id is None
             if task_id is None:
                 task_id = uuid.uuid4().hex
                 self.by_key[key] = task_id
@@ -198,9 +224,38 @@ class ScriptedAgent:
             done = self.sync or task["polls"] > self.pending_polls
             if done:
                 self.unfinished[path].discard(task_id)
+        if created and self.finish_after_s is not None and not self.sync:
+            self._time(task_id, task, headers.get("x-callback-url"))
         if done:
             return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
         return Reply(202, {"task_id": task_id, "status_url": f"/v1/tasks/{task_id}"})
+
+    def _time(self, task_id: str, task: dict[str, Any], callback_url: str | None) -> None:
+        """Makes a new task finish ``finish_after_s`` from now, then call back."""
+        task["done_at"] = time.monotonic() + self.finish_after_s
+
+        def finish() -> None:
+            self.finished_at[task_id] = time.time()
+            if callback_url:
+                self.call_back(task_id, callback_url)
+        if self.callback_first:
+            finish()
+        else:
+            timer = threading.Timer(self.finish_after_s, finish)
+            timer.daemon = True
+            timer.start()
+
+    def call_back(self, task_id: str, url: str, body: Any = None) -> int:
+        """POSTs a callback (``{task_id, status}`` by default); returns the answer's status."""
+        try:
+            with requests.post(url, json=body or {"task_id": task_id, "status": "SUCCESS"},
+                               timeout=10) as answer:
+                status = answer.status_code
+        except requests.RequestException:
+            status = 0
+        with self.lock:
+            self.callbacks.append((task_id, url, status))
+        return status
 
     def _poll(self, task_id: str) -> Reply:
         with self.lock:
@@ -208,7 +263,9 @@ class ScriptedAgent:
             if task is None:
                 return Reply(404, {"error": "unknown task"})
             task["polls"] += 1
-            if task["polls"] <= self.pending_polls:
+            if "done_at" in task and time.monotonic() < task["done_at"]:
+                return Reply(202, {"task_id": task_id, "status": "PENDING"})
+            if "done_at" not in task and task["polls"] <= self.pending_polls:
                 return Reply(202, {"task_id": task_id, "status": "PENDING"})
             self.unfinished[task["path"]].discard(task_id)
         return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})

@@ -80,3 +80,15 @@ def test_cli__commands_without_configuration_ignore_a_bad_variable(tmp_path):
     assert drawn.returncode == 0 and "stateDiagram-v2" in drawn.stdout, drawn.stderr
     assert run_cli(env, "agents", "serve", "--help").returncode == 0
     _refused(run_cli(env, "list"), "CPOA_LEASE_TTL_SECONDS: 'soon' is not a number")
+
+
+@pytest.mark.parametrize(("variable", "value", "word"), [
+    ("CPOA_CALLBACK_BASE_URL", "gateway:8080", "not an http(s) URL"),
+    ("CPOA_CALLBACK_SECRET", "short-secret", "shorter than 16 characters")])
+def test_worker__bad_callback_variable_is_a_configuration_error(variable, value, word):
+    """A callback base URL that is not http(s), or a secret too short to sign with: exit 2
+    naming the variable (the secret itself is never printed)."""
+    result = run_cli(cli_env(NOWHERE, "http://127.0.0.1:9", **{variable: value}), "worker")
+    _refused(result, variable, word)
+    if variable == "CPOA_CALLBACK_SECRET":
+        assert value not in result.stderr

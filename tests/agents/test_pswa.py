@@ -21,7 +21,7 @@ from cpoa_agents import template
 from cpoa_agents.pswa import ScriptAgent
 from cpoa_agents.service import MAX_BODY_BYTES
 from tests.agents.protocol import finished, serving, submit, succeeded
-from tests.fix_agents import free_port
+from cpoa.testing.agent import free_port
 
 API_KEY = "sk-test-secret-123"
 THEMES = {  # subjects x facts x contexts: enough distinct sentences for a ~3000-word article

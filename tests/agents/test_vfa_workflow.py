@@ -12,7 +12,8 @@ from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.worker import Worker
 from tests.agents.vfa_runner import VfaProcess
-from tests.fix_agents import agent_env, free_port, wait_until
+from cpoa.testing.agent import free_port
+from tests.fix_agents import agent_env, wait_until
 
 TURNS = 30
 

@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from cpoa.testing.cli import cli_env, run_cli, spawn_cli
-from tests.fix_agents import free_port, wait_until
+from cpoa.testing.agent import free_port
+from tests.fix_agents import wait_until
 from tests.metrics.helpers import Samples, parse, transitions, value
 
 

@@ -204,3 +204,30 @@ def test_review_settings__parsed_and_bad_values_name_the_variable():
             assert exc.variable == variable and str(exc).startswith(variable)
         else:
             raise AssertionError(f"{variable}={value} accepted")
+
+
+def test_from_env__callbacks_are_off_unless_a_base_url_is_set():
+    """No CPOA_CALLBACK_BASE_URL: no callbacks; set: read without its trailing slash."""
+    assert settings.from_env({}).callback_base_url == ""
+    config = settings.from_env({"CPOA_CALLBACK_BASE_URL": "http://gw.example:8080/"})
+    assert config.callback_base_url == "http://gw.example:8080"
+
+
+@pytest.mark.parametrize("value", ["gw.example:8080", "ftp://gw.example", "http://"])
+def test_from_env__bad_callback_base_url_names_the_variable(value):
+    """A callback base URL that is not http(s) is a configuration error naming it."""
+    with pytest.raises(errors.ConfigError, match="CPOA_CALLBACK_BASE_URL") as caught:
+        settings.from_env({"CPOA_CALLBACK_BASE_URL": value})
+    assert caught.value.variable == "CPOA_CALLBACK_BASE_URL"
+
+
+def test_from_env__callback_secret_is_a_secret_and_must_be_long_enough():
+    """CPOA_CALLBACK_SECRET is kept out of repr and listed among the secrets to redact; a
+    short one is refused without being shown."""
+    value = "k" * 32
+    config = settings.from_env({"CPOA_CALLBACK_SECRET": value})
+    assert config.callback_secret == value and value in config.secrets
+    assert value not in repr(config)
+    with pytest.raises(errors.ConfigError, match="CPOA_CALLBACK_SECRET") as caught:
+        settings.from_env({"CPOA_CALLBACK_SECRET": "tooshort"})
+    assert "tooshort" not in str(caught.value)
