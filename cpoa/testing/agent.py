@@ -271,74 +271,83 @@ class ScriptedAgent:
         return Reply(200, {"task_id": task_id, "status": "SUCCESS", "result": task["result"]})
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        agent = self
+        return type("Handler", (_Handler,), {"agent": self})
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes
+    def _reply_to(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                  body: Any) -> Reply:
+        """Records a request and returns its answer: the next scripted one for its route, or
+        the default (held or delayed when a test asked)."""
+        route = (method, "/v1/tasks" if path.startswith("/v1/tasks/") else path)
+        with self.lock:
+            self.requests.append({"method": method, "path": path, "headers": headers,
+                                  "body": body, "at": time.monotonic()})
+            self._count(method, path, headers, raw)
+            scripted = self.scripts[route].popleft() if self.scripts[route] else None
+        if scripted is not None:
+            if path == ASF_UI and 200 <= scripted.status < 300:
+                self.ui_events.append(body)
+            return scripted
+        reply = self._default(method, path, headers, body)
+        with self.lock:
+            reply.delay_s = self.delays.pop(path, 0.0)
+            hold = self.holds.pop(path, None)
+        if hold is not None:
+            hold.wait(HOLD_MAX_S)
+        return reply
 
-            def log_message(self, *args: Any) -> None:
-                pass
 
-            def do_GET(self) -> None:
-                self._serve("GET")
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One HTTP exchange with a :class:`ScriptedAgent` (``agent``, set per server)."""
 
-            def do_POST(self) -> None:
-                self._serve("POST")
+    agent: ScriptedAgent
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
 
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                path = self.path.split("?", 1)[0]
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                route = (method, "/v1/tasks" if path.startswith("/v1/tasks/") else path)
-                with agent.lock:
-                    agent.requests.append({"method": method, "path": path, "headers": headers,
-                                           "body": body, "at": time.monotonic()})
-                    agent._count(method, path, headers, raw)
-                    scripted = agent.scripts[route].popleft() if agent.scripts[route] else None
-                reply = scripted or agent._default(method, path, headers, body)
-                if scripted is None:
-                    with agent.lock:
-                        reply.delay_s = agent.delays.pop(path, 0.0)
-                        hold = agent.holds.pop(path, None)
-                    if hold is not None:
-                        hold.wait(HOLD_MAX_S)
-                if scripted is not None and path == ASF_UI and 200 <= reply.status < 300:
-                    agent.ui_events.append(body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
-                if reply.drop:
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                self._send(reply)
+    def log_message(self, *args: Any) -> None:
+        pass
 
-            def _send(self, reply: Reply) -> None:
-                if isinstance(reply.body, (dict, list)):
-                    payload = json.dumps(reply.body).encode()
-                    content_type = "application/json"
-                elif isinstance(reply.body, str):
-                    payload, content_type = reply.body.encode(), "text/plain"
-                else:
-                    payload, content_type = reply.body or b"", "application/octet-stream"
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", content_type))
-                for name, value in reply.headers.items():
-                    if name != "Content-Type":
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if not reply.trickle_s:
-                    self.wfile.write(payload)
-                    return
-                for index in range(len(payload)):
-                    self.wfile.write(payload[index:index + 1])
-                    self.wfile.flush()
-                    time.sleep(reply.trickle_s)
+    def do_GET(self) -> None:
+        self._serve("GET")
 
-        return Handler
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.agent._reply_to(method, self.path.split("?", 1)[0], headers, raw, body)
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        if reply.drop:
+            self.close_connection = True
+            self.connection.close()
+            return
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        if isinstance(reply.body, (dict, list)):
+            payload = json.dumps(reply.body).encode()
+            content_type = "application/json"
+        elif isinstance(reply.body, str):
+            payload, content_type = reply.body.encode(), "text/plain"
+        else:
+            payload, content_type = reply.body or b"", "application/octet-stream"
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.headers.get("Content-Type", content_type))
+        for name, value in reply.headers.items():
+            if name != "Content-Type":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if not reply.trickle_s:
+            self.wfile.write(payload)
+            return
+        for index in range(len(payload)):
+            self.wfile.write(payload[index:index + 1])
+            self.wfile.flush()
+            time.sleep(reply.trickle_s)
