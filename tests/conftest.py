@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fix_db", "tests.fix_agents", "tests.fix_gateway"]
+pytest_plugins = ["tests.fix_db", "tests.fix_agents", "tests.fix_gateway", "tests.fix_browser"]

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -21,3 +23,12 @@ def launch_chromium() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium (never `playwright install`)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium not installed: apt-get install chromium")
+    with launch_chromium() as chromium:
+        yield chromium

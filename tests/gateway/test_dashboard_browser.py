@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import pathlib
 import threading
 import uuid
@@ -19,7 +18,6 @@ from cpoa.store import PostgresStore
 from cpoa.worker import Worker
 from cpoa.testing.agent import Reply, ScriptedAgent
 from tests.fix_agents import engine_for
-from tests.fix_browser import CHROMIUM, launch_chromium
 from tests.fix_gateway import LiveGateway
 from tests.media import PNG_1PX, tiny_wav
 
@@ -57,14 +55,6 @@ def start_worker(store: PostgresStore, agent: ScriptedAgent) -> Iterator[Callabl
         thread.join(15.0)
     assert not thread.is_alive(), "the worker did not stop"
 
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium (never `playwright install`)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium not installed: apt-get install chromium")
-    with launch_chromium() as chromium:
-        yield chromium
 
 
 @pytest.mark.slow

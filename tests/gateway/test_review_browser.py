@@ -5,9 +5,8 @@ Fork re-voices it."""
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from cpoa.worker import Worker
 from cpoa.testing.agent import ScriptedAgent
 from tests.fix_agents import engine_for, wait_until
 from tests.fix_gateway import LiveGateway
-from tests.fix_browser import CHROMIUM, launch_chromium
 from tests.gateway.test_dashboard_browser import WAIT_MS
 
 TOKEN = "tok-review-51e0"
@@ -27,14 +25,6 @@ SCRIPT = {"status": "success", "script_data": {
         {"speaker": "Host", "text": "Welcome to <b>tides</b>."},
         {"speaker": "Guest", "text": "Hi."}]}]}}
 
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium (never `playwright install`)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Chromium not installed: apt-get install chromium")
-    with launch_chromium() as chromium:
-        yield chromium
 
 
 @pytest.mark.slow
