@@ -241,7 +241,8 @@ def command_retry(engine: Engine, args: argparse.Namespace) -> int:
 
 def command_review(engine: Engine, args: argparse.Namespace) -> int:
     script = _read_script(args.script) if args.script else None
-    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes)
+    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes,
+                          expected_revision=args.revision)
     _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
     return 0
 
@@ -474,6 +475,10 @@ def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
     review.add_argument("--script", metavar="FILE", help="with --approve: the edited script "
                         "(JSON, as in `cpoa status ID --json` outputs.script; - for stdin)")
     review.add_argument("--notes", help="what to change (required with --reject)")
+    review.add_argument("--revision", type=int, metavar="N",
+                        help="the script revision reviewed (`cpoa status --json`: "
+                             "outputs.script_revision, 1 when absent); refused (exit 1) when "
+                             "the script has changed since")
     review.add_argument("--json", action="store_true", help="print one JSON document")
     review.set_defaults(handler=command_review)
     fork = _add(sub, "fork", help="a new workflow from a finished one, from a state on")

@@ -56,14 +56,18 @@ class Decision:
         approve: Approve (on to synthesizing) or reject (back to scripting).
         script: The edited script to store instead of PSWA's (approval only), or None.
         notes: What the reviewer wrote (PSWA's ``revision_notes`` on a rejection).
+        expected_revision: The script revision the reviewer saw; the decision is refused
+            when the workflow's script is at another one. None: not checked.
     """
 
     approve: bool
     script: dict[str, Any] | None = None
     notes: str | None = None
+    expected_revision: int | None = None
 
     @classmethod
-    def checked(cls, approve: bool, script: Any = None, notes: Any = None) -> Decision:
+    def checked(cls, approve: bool, script: Any = None, notes: Any = None,
+                expected_revision: Any = None) -> Decision:
         """Builds a decision from caller input, checking every field.
 
         Raises:
@@ -74,8 +78,11 @@ class Decision:
         if script is not None and not approve:
             raise errors.InvalidInput("script: only an approval carries an edited script",
                                       field="script")
+        if expected_revision is not None:
+            expected_revision = inputs.integer(expected_revision, "expected_revision", 1,
+                                               defaults.REVIEW_MAX_REVISIONS)
         return cls(approve, None if script is None else edited_script(script),
-                   notes_text(notes, required=not approve))
+                   notes_text(notes, required=not approve), expected_revision)
 
 
 def decision_outcome(workflow: models.Workflow, decision: Decision) -> models.Outcome:
@@ -83,13 +90,19 @@ def decision_outcome(workflow: models.Workflow, decision: Decision) -> models.Ou
 
     Raises:
         InvalidTransition: the workflow is not awaiting review (another reviewer acted first,
-            or it was cancelled or failed at its deadline).
+            or it was cancelled or failed at its deadline), or its script is not at the
+            revision the reviewer saw (``expected_revision``).
     """
     trigger = "approve" if decision.approve else "reject"
     dest = machine.decide(workflow.kind, workflow.state, trigger).state
     current = workflow.context.get("script")
     history = list(workflow.context.get("script_history") or [])
     revision = steps.script_revision(workflow)
+    if decision.expected_revision not in (None, revision):
+        raise errors.InvalidTransition(
+            f"expected_revision: the script is at revision {revision}, not "
+            f"{decision.expected_revision}: reload it and review again",
+            workflow_id=workflow.workflow_id, state=workflow.state, trigger=trigger)
     review = {"decision": "approved" if decision.approve else "rejected",
               "revision": revision, "edited": decision.script is not None,
               "notes": decision.notes}

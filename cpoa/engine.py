@@ -146,19 +146,22 @@ class Engine:
         return workflow.state
 
     def review(self, workflow_id: Any, *, approve: bool, script: Any = None,
-               notes: Any = None) -> str:
+               notes: Any = None, expected_revision: int | None = None) -> str:
         """Approves (optionally with an edited script) or rejects (with notes) the script of
         a workflow awaiting review; returns the state it goes to (synthesizing or scripting).
 
         Of two reviewers acting at once, exactly one wins: the row lock orders them and the
-        second finds the workflow no longer awaiting review.
+        second finds the workflow no longer awaiting review. ``expected_revision`` (the
+        script revision the reviewer saw) is compared under the row lock too.
 
         Raises:
             InvalidInput: a bad field, named (``script.segments[2].lines[0].text``, ``notes``);
                 nothing is stored.
-            InvalidTransition: the workflow is not awaiting review.
+            InvalidTransition: the workflow is not awaiting review, or its script is not at
+                ``expected_revision``.
         """
-        decision = editorial.Decision.checked(approve, script, notes)  # before any lock
+        decision = editorial.Decision.checked(approve, script, notes,  # before any lock
+                                              expected_revision)
         workflow = self._apply(inputs.workflow_id(workflow_id),
                                lambda wf: editorial.decision_outcome(wf, decision))
         logs.for_workflow(logger, workflow.workflow_id).info(

@@ -182,9 +182,10 @@ def review(workflow_id: WorkflowId, body: schemas.ReviewRequest,
            engine: EngineDep) -> dict[str, Any]:
     """Approves (optionally with an edited script) or rejects (with notes) the script of a
     workflow awaiting review. 409 when it is not awaiting review (another reviewer acted
-    first); 422 naming the field of a bad edit (nothing stored)."""
+    first, or the script is no longer at `expected_revision`); 422 naming the field of a bad
+    edit (nothing stored)."""
     state = engine.review(workflow_id, approve=body.decision == "approve", script=body.script,
-                          notes=body.notes)
+                          notes=body.notes, expected_revision=body.expected_revision)
     return {"workflow_id": workflow_id, "state": state}
 
 

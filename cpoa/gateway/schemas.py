@@ -93,6 +93,10 @@ class ReviewRequest(_Request):
         "approve only: the edited script ({script_id, title, segments}), checked like a PSWA "
         "result; the original is kept in outputs.script_history"))
     notes: Notes | None = Field(None, description="required to reject: what PSWA should change")
+    expected_revision: int | None = Field(None, ge=1, le=defaults.REVIEW_MAX_REVISIONS,
+                                          description=(
+        "the script revision the reviewer saw (outputs.script_revision, 1 when absent); "
+        "409 naming the current revision when the script has changed since"))
 
 
 class ForkRequest(_Request):

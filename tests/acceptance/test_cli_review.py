@@ -23,7 +23,9 @@ def test_cli__review_edit_approve_conflict_and_fork(dsn, agent, tmp_path):
     assert "script.segments[0].lines[0].text" in bad.stderr
     script["segments"][0]["lines"][0]["text"] = "Edited from the command line."
     (tmp_path / "good.json").write_text(json.dumps(script))
-    approved = run_cli(env, "review", workflow_id, "--approve", "--script",
+    stale = run_cli(env, "review", workflow_id, "--approve", "--revision", "2")
+    assert stale.returncode == 1 and "revision 1, not 2" in stale.stderr
+    approved = run_cli(env, "review", workflow_id, "--approve", "--revision", "1", "--script",
                        str(tmp_path / "good.json"))
     assert (approved.returncode, approved.stdout.strip()) == (0, "synthesizing")
     late = run_cli(env, "review", workflow_id, "--reject", "--notes", "too late")

@@ -32,6 +32,23 @@ def test_review_route__approve_then_409(gateway):
     assert "awaiting_review" in again.json()["message"]
 
 
+def test_review_route__stale_expected_revision_is_409_naming_it(gateway, store):
+    """A review of a revision the workflow has moved past is a 409 naming the current one;
+    the dashboard's editor carries the revision it shows."""
+    workflow_id = awaiting(gateway.engine)
+    gateway.engine.review(workflow_id, approve=False, notes="Shorter.")
+    wait_until(lambda: gateway.engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    assert 'data-revision="2"' in gateway.client.get(f"/workflows/{workflow_id}").text
+    stale = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                json={"decision": "approve", "expected_revision": 1})
+    assert (stale.status_code, stale.json()["error"]) == (409, "invalid_transition")
+    assert "revision 2, not 1" in stale.json()["message"]
+    assert store.get_workflow(workflow_id).state == "awaiting_review"
+    fresh = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                json={"decision": "approve", "expected_revision": 2})
+    assert (fresh.status_code, fresh.json()["state"]) == (200, "synthesizing")
+
+
 def test_review_route__bad_edit_is_422_naming_the_field(gateway, store):
     """An edited script with a bad line is a 422 naming it; nothing changes."""
     workflow_id = awaiting(gateway.engine)
