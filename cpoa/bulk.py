@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 ACTIONS = ("retry", "cancel", "fork")
 
 
+FILTER_FIELDS = ("state", "kind", "failed_step", "started_after", "started_before")
+"""The fields that narrow a filter; at least one is needed, or ``all_workflows``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Filter:
     """Which workflows a bulk action applies to; None matches anything.
@@ -33,6 +37,10 @@ class Filter:
         failed_step: The state they failed in.
         started_after: Started at or after this instant.
         started_before: Started before this instant.
+        all_workflows: Every workflow is meant (``--all``, ``"all": true``): required when
+            no other field narrows the filter.
+        include_forks: A bulk fork forks forks too (by default it skips them; a retry or
+            cancel always includes them).
     """
 
     state: str | None = None
@@ -40,14 +48,21 @@ class Filter:
     failed_step: str | None = None
     started_after: datetime.datetime | None = None
     started_before: datetime.datetime | None = None
+    all_workflows: bool = False
+    include_forks: bool = False
 
     @classmethod
     def checked(cls, **fields: Any) -> Filter:
         """Builds a filter from caller input.
 
         Raises:
-            InvalidInput: naming the bad field.
+            InvalidInput: naming the bad field; an empty filter without ``all_workflows``
+                names ``all``.
         """
+        if not fields.get("all_workflows") and all(fields.get(n) is None for n in FILTER_FIELDS):
+            raise errors.InvalidInput(
+                "all: an empty filter matches every workflow; give one of "
+                f"{', '.join(FILTER_FIELDS)}, or all to mean every workflow", field="all")
         known = {s for kind in machine.KINDS for s in machine.states(kind)}
         for name in ("state", "failed_step"):
             if fields.get(name) is not None and fields[name] not in known:
@@ -99,6 +114,8 @@ def run(engine: Any, action: str, where: Filter, *, dry_run: bool,
         raise errors.InvalidInput("from_state: a bulk fork needs the state to fork from",
                                   field="from_state")
     report = Report(action, dry_run)
+    if action != "fork":  # forks are skipped by a fork only
+        where = dataclasses.replace(where, include_forks=True)
     as_of, after = engine.store.db_now(), None
     while rows := engine.store.bulk_batch(where, as_of=as_of, after=after, limit=batch_size):
         for row in rows:

@@ -280,7 +280,8 @@ def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
     where = bulk.Filter.checked(
         state=args.state, kind=args.kind, failed_step=args.failed_step,
         started_after=inputs.instant(args.started_after, "started_after"),
-        started_before=inputs.instant(args.started_before, "started_before"))
+        started_before=inputs.instant(args.started_before, "started_before"),
+        all_workflows=args.all_workflows, include_forks=args.include_forks)
     changes: dict[str, Any] = {}
     if args.voice:
         changes["voice_params"] = {"voice_name": args.voice}
@@ -448,6 +449,10 @@ def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
     bulking.add_argument("--started-after", metavar="TIME",
                          help="ISO 8601 with its UTC offset, e.g. 2026-12-01T00:00:00+00:00")
     bulking.add_argument("--started-before", metavar="TIME")
+    bulking.add_argument("--all", dest="all_workflows", action="store_true",
+                         help="every workflow: required when no filter is given (exit 2)")
+    bulking.add_argument("--include-forks", action="store_true",
+                         help="fork only: fork forks too (skipped by default)")
     bulking.add_argument("--from", dest="from_state", metavar="STATE",
                          help="fork only: where the forks start")
     bulking.add_argument("--voice", help="fork only: voice_params.voice_name")

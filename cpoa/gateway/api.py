@@ -207,11 +207,13 @@ def bulk_action(action: Annotated[Literal["retry", "cancel", "fork"], Path()],
                 body: schemas.BulkRequest, engine: EngineDep) -> dict[str, Any]:
     """Retries, cancels or forks every workflow matching the filter, in bounded batches; each
     is changed on its own (one that changed meanwhile is refused and listed). `dry_run` lists
-    what would change and changes nothing."""
+    what would change and changes nothing. An empty filter is a 422 naming `all` unless
+    `"all": true`; a fork skips forks unless `include_forks`."""
     where = bulk.Filter.checked(
         state=body.state, kind=body.kind, failed_step=body.failed_step,
         started_after=inputs.instant(body.started_after, "started_after"),
-        started_before=inputs.instant(body.started_before, "started_before"))
+        started_before=inputs.instant(body.started_before, "started_before"),
+        all_workflows=body.all, include_forks=body.include_forks)
     return bulk.run(engine, action, where, dry_run=body.dry_run, batch_size=body.batch_size,
                     from_state=body.from_state, params=body.params).as_json()
 

@@ -118,6 +118,10 @@ class BulkRequest(_Request):
     started_after: Identifier | None = Field(None, examples=["2026-12-01T00:00:00+00:00"],
                                              description="ISO 8601 with its UTC offset")
     started_before: Identifier | None = Field(None, description="ISO 8601 with its UTC offset")
+    all: bool = Field(False, description=(
+        "every workflow is meant: required when no other filter field is given (422 otherwise)"))
+    include_forks: bool = Field(False, description="fork only: fork forks too (skipped by "
+                                                   "default)")
     dry_run: bool = Field(False, description="list what would change; change nothing")
     batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=1000)
     from_state: StateName | None = Field(None, description="fork only: where the forks start")

@@ -508,6 +508,7 @@ SELECT now() AS now;
 -- The next %(limit)s workflows a bulk action's filter matches, by id after %(after_id)s
 -- (keyset), among those started by %(as_of)s: a workflow started during the run (a fork it
 -- made) is not picked up, and one changed by the run neither repeats nor hides another.
+-- A bulk fork skips forks unless %(include_forks)s.
 SELECT workflow_id, kind, state, failed_from_state, start_timestamp FROM workflow_instances
 WHERE start_timestamp <= %(as_of)s
   AND (%(state)s::text IS NULL OR state = %(state)s::text)
@@ -515,6 +516,7 @@ WHERE start_timestamp <= %(as_of)s
   AND (%(failed_step)s::text IS NULL OR failed_from_state = %(failed_step)s::text)
   AND (%(started_after)s::timestamptz IS NULL OR start_timestamp >= %(started_after)s)
   AND (%(started_before)s::timestamptz IS NULL OR start_timestamp < %(started_before)s)
+  AND (%(include_forks)s::boolean OR forked_from IS NULL)
   AND (%(after_id)s::uuid IS NULL OR workflow_id > %(after_id)s::uuid)
 ORDER BY workflow_id
 LIMIT %(limit)s;

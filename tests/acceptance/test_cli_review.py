@@ -47,6 +47,8 @@ def test_cli__bulk_cancel_dry_run_changes_nothing(dsn, agent):
     --dry-run it cancels them."""
     env = cli_env(dsn, agent.url)
     ids = [run_cli(env, "start", "podcast", "--topic", f"t{i}").stdout.strip() for i in range(3)]
+    empty = run_cli(env, "bulk", "cancel")
+    assert empty.returncode == 2 and "all: an empty filter" in empty.stderr
     dry = run_cli(env, "bulk", "cancel", "--state", "fetching", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert sorted(c["workflow_id"] for c in json.loads(dry.stdout)["changed"]) == sorted(ids)
@@ -55,3 +57,5 @@ def test_cli__bulk_cancel_dry_run_changes_nothing(dsn, agent):
     done = run_cli(env, "bulk", "cancel", "--kind", "podcast", "--batch-size", "2")
     assert done.returncode == 0 and "cancel: 3 of 3" in done.stdout
     assert len(json.loads(run_cli(env, "list", "--state", "cancelled", "--json").stdout)) == 3
+    everything = run_cli(env, "bulk", "cancel", "--all", "--dry-run")
+    assert everything.returncode == 0 and "would cancel: 0 of 3" in everything.stdout

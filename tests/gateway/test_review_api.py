@@ -151,6 +151,17 @@ def test_bulk_route__dry_run_then_retry(gateway, agent):
     assert unknown.status_code == 422
 
 
+def test_bulk_route__empty_filter_is_422_naming_all(gateway):
+    """An empty filter would hit every workflow: a 422 naming `all`, nothing changed;
+    `"all": true` means it."""
+    working = [gateway.engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(2)]
+    empty = gateway.client.post("/v1/bulk/cancel", json={})
+    assert (empty.status_code, empty.json()["field"]) == (422, "all")
+    assert {gateway.engine.store.get_workflow(w).state for w in working} == {"fetching"}
+    meant = gateway.client.post("/v1/bulk/cancel", json={"all": True, "dry_run": True})
+    assert (meant.status_code, meant.json()["matched"]) == (200, 2)
+
+
 def test_dashboard__review_editor_escapes_the_script(gateway, agent):
     """The page of a workflow awaiting review has the editor, with the script's text escaped
     in form values; a finished workflow's page has the Fork form instead."""

@@ -88,6 +88,36 @@ def test_bulk_fork__revoices_every_completed_podcast_once(engine, agent, store):
         assert drive(engine, fork) == "completed"
 
 
+def test_bulk_fork__skips_forks_unless_asked(engine, agent, store):
+    """A bulk fork of the completed podcasts forks the sources, not an earlier fork of
+    them; with include_forks it forks the fork too."""
+    source = engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(engine, source) == "completed"
+    earlier = engine.fork(source, "synthesizing")
+    assert drive(engine, earlier) == "completed"
+    where = bulk.Filter.checked(state="completed")
+    report = bulk.run(engine, "fork", where, dry_run=True, from_state="synthesizing")
+    assert [c["workflow_id"] for c in report.changed] == [str(source)]
+    both = bulk.run(engine, "fork", bulk.Filter.checked(state="completed", include_forks=True),
+                    dry_run=True, from_state="synthesizing")
+    assert sorted(c["workflow_id"] for c in both.changed) == sorted([str(source), str(earlier)])
+    cancel = bulk.run(engine, "cancel", where, dry_run=True)  # a cancel does not skip forks
+    assert cancel.matched == 2
+
+
+def test_bulk_filter__empty_refused_naming_all_unless_meant(engine, store):
+    """An empty filter is refused naming `all` before anything is read; all_workflows
+    means every workflow."""
+    working = [engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(2)]
+    with pytest.raises(errors.InvalidInput) as info:
+        bulk.Filter.checked()
+    assert info.value.field == "all"
+    with pytest.raises(errors.InvalidInput):
+        bulk.Filter.checked(state=None, include_forks=True)
+    report = bulk.run(engine, "cancel", bulk.Filter.checked(all_workflows=True), dry_run=False)
+    assert sorted(c["workflow_id"] for c in report.changed) == sorted(map(str, working))
+
+
 @pytest.mark.parametrize(("fields", "field"), [
     ({"state": "asleep"}, "state"), ({"kind": "radio"}, "kind"),
     ({"failed_step": "nowhere"}, "failed_step"),
