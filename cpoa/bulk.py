@@ -129,12 +129,20 @@ def run(engine: Any, action: str, where: Filter, *, dry_run: bool,
 
 def _one(engine: Any, report: Report, row: Mapping[str, Any], from_state: str | None,
          params: Mapping[str, Any] | None) -> None:
-    """Changes (or, in a dry run, predicts) one workflow; a refusal is reported, not raised."""
+    """Changes (or, in a dry run, predicts) one workflow; a refusal is reported, not raised.
+
+    A database error on one workflow (StoreError, StoreBusy: a lock not granted, a failed
+    write) is reported as its refusal too, and the run goes on with the next one: the
+    report lists what was and was not done instead of stopping halfway without one."""
     workflow_id = row["workflow_id"]
     try:
         change = (_predict if report.dry_run else _apply)(engine, report.action, row,
                                                           from_state, params)
-    except (errors.InvalidTransition, errors.InvalidInput, errors.StaleState) as exc:
+    except (errors.InvalidTransition, errors.InvalidInput, errors.StaleState,
+            errors.StoreError) as exc:
+        if isinstance(exc, errors.StoreError):
+            logger.warning("bulk %s of %s failed: %s", report.action, workflow_id, exc,
+                           extra={"action": f"bulk_{report.action}"})
         report.refused.append({"workflow_id": str(workflow_id), "state": row["state"],
                                "error": str(exc)})
         return
