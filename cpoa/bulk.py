@@ -152,9 +152,8 @@ def _one(engine: Any, report: Report, row: Mapping[str, Any], from_state: str | 
 def _predict(engine: Any, action: str, row: Mapping[str, Any], from_state: str | None,
              params: Mapping[str, Any] | None) -> dict[str, Any]:
     if action == "fork":
-        source = engine.store.get_workflow(row["workflow_id"])
-        editorial.fork_plan(source, engine.store.get_history(source.workflow_id), from_state,
-                            params)
+        source, history = engine.store.fork_source(row["workflow_id"])
+        editorial.fork_plan(source, history, from_state, params)
         return {"to": from_state, "new_workflow_id": None}
     dest = machine.decide(row["kind"], row["state"], action, row["failed_from_state"]).state
     return {"to": dest}

@@ -270,7 +270,8 @@ def command_fork(engine: Engine, args: argparse.Namespace) -> int:
     for name in ("persona", "cover_prompt"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    new_id = engine.fork(source.workflow_id, args.from_state, changes)
+    new_id = engine.fork(source.workflow_id, args.from_state, changes,
+                         idempotency_key=args.idempotency_key)
     _print(args, {"workflow_id": str(new_id), "forked_from": str(source.workflow_id)},
            str(new_id))
     return 0
@@ -495,6 +496,8 @@ def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
     fork.add_argument("--speaking-rate", type=float)
     fork.add_argument("--persona")
     fork.add_argument("--cover-prompt", help="IGA's prompt for the cover art")
+    fork.add_argument("--idempotency-key", metavar="KEY",
+                      help="the same key again prints the same fork instead of a new one")
     fork.add_argument("--json", action="store_true", help="print one JSON document")
     fork.set_defaults(handler=command_fork)
 

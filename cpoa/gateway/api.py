@@ -51,6 +51,9 @@ WorkflowId = Annotated[uuid.UUID, Path(description="the workflow's id (a UUID)")
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=inputs.TEXT_ID_MAX_CHARS,
     description="same key → same workflow, whatever its state; a failed one is resumed")]
+ForkKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=inputs.TEXT_ID_MAX_CHARS,
+    description="same key → the same fork (422 if the key forked another workflow)")]
 
 
 # -- starting ---------------------------------------------------------------------------------
@@ -192,10 +195,13 @@ def review(workflow_id: WorkflowId, body: schemas.ReviewRequest,
 @router.post("/v1/workflows/{workflow_id}/fork", status_code=202, response_model=schemas.Started,
              responses=_errors(401, 404, 409, 413, 422, 503), tags=["workflows"])
 def fork(workflow_id: WorkflowId, body: schemas.ForkRequest, request: Request,
-         response: Response, engine: EngineDep) -> schemas.Started:
+         response: Response, engine: EngineDep,
+         idempotency_key: ForkKey = None) -> schemas.Started:
     """Starts a new workflow from a completed, failed or cancelled one at `from_state` (422
-    naming the field for a state it never reached or a bad parameter; 409 while it works)."""
-    new_id = engine.fork(workflow_id, body.from_state, body.params, client_id=body.client_id)
+    naming the field for a state it never reached or a bad parameter; 409 while it works).
+    A fork retried with the same Idempotency-Key returns the same fork."""
+    new_id = engine.fork(workflow_id, body.from_state, body.params, client_id=body.client_id,
+                         idempotency_key=idempotency_key)
     status_url = f"{request.scope.get('root_path', '')}/v1/workflows/{new_id}"
     response.headers["Location"] = status_url
     return schemas.Started(workflow_id=new_id, status_url=status_url)

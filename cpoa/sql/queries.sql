@@ -43,12 +43,19 @@ RETURNING *;
 
 -- insert_fork --
 -- A workflow forked from %(forked_from)s: it starts in %(state)s with the context copied up to
--- there, due now.
+-- there, due now. %(idempotency_key)s: the caller's key of the fork, or NULL.
 INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
-    context_data_json, client_id, user_id, next_run_at, forked_from)
+    context_data_json, client_id, user_id, next_run_at, forked_from, idempotency_key)
 VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(context)s, %(client_id)s,
-    %(user_id)s, now(), %(forked_from)s)
+    %(user_id)s, now(), %(forked_from)s, %(idempotency_key)s)
 RETURNING *;
+
+-- lock_fork_source --
+-- The workflow a fork copies, share-locked until the transaction that also reads its history
+-- ends: a change to it (retry, cancel, review) waits, so the two reads agree.
+SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+WHERE workflow_id = %(workflow_id)s
+FOR SHARE;
 
 -- lock_workflow --
 -- Every change to a workflow begins here: the row lock serialises it with every other one.

@@ -31,9 +31,13 @@ def test_cli__review_edit_approve_conflict_and_fork(dsn, agent, tmp_path):
     late = run_cli(env, "review", workflow_id, "--reject", "--notes", "too late")
     assert late.returncode == 1 and "awaiting_review" in late.stderr
     assert run_cli(env, "worker", "--until-idle").returncode == 0
-    forked = run_cli(env, "fork", workflow_id, "--from", "synthesizing", "--voice", "en+f4")
+    forked = run_cli(env, "fork", workflow_id, "--from", "synthesizing", "--voice", "en+f4",
+                     "--idempotency-key", "k1")
     assert forked.returncode == 0, forked.stderr
     fork_id = forked.stdout.strip()
+    again = run_cli(env, "fork", workflow_id, "--from", "synthesizing", "--voice", "en+f4",
+                    "--idempotency-key", "k1")
+    assert (again.returncode, again.stdout.strip()) == (0, fork_id)
     assert run_cli(env, "worker", "--until-idle").returncode == 0
     status = run_cli(env, "status", fork_id)
     assert f"forked from: {workflow_id}" in status.stdout

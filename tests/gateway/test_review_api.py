@@ -118,6 +118,18 @@ def test_fork_route__202_with_forked_from_and_422_unreached(gateway, agent):
     assert (failed.status_code, failed.json()["field"]) == (422, "from_state")
 
 
+def test_fork_route__idempotency_key_returns_the_same_fork(gateway):
+    """A fork retried with the same Idempotency-Key header is the same fork."""
+    source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(gateway.engine, source) == "completed"
+    forks = [gateway.client.post(f"/v1/workflows/{source}/fork",
+                                 json={"from_state": "synthesizing"},
+                                 headers={"Idempotency-Key": "fork-once"}) for _ in range(2)]
+    assert [f.status_code for f in forks] == [202, 202]
+    assert forks[0].json()["workflow_id"] == forks[1].json()["workflow_id"]
+    assert len(gateway.engine.store.list_workflows()) == 2
+
+
 def test_dashboard__shows_forked_from_as_a_link(gateway):
     """A fork's page links to its source; a plain workflow's shows a dash."""
     source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
