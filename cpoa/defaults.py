@@ -136,6 +136,10 @@ REVIEW_TIMEOUT_S = 7 * 24 * 3600.0
 """How long a script awaits its reviewer before the workflow fails
 (CPOA_REVIEW_TIMEOUT_SECONDS)."""
 
+REVIEW_TIMEOUT_MAX_S = 365 * 24 * 3600.0
+"""Longest CPOA_REVIEW_TIMEOUT_SECONDS accepted: a deadline far enough out to overflow a
+PostgreSQL timestamp would fail every scripting -> awaiting_review transition."""
+
 BULK_BATCH_SIZE = 100
 """Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`)."""
 

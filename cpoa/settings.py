@@ -175,7 +175,8 @@ def _review(reader: EnvReader) -> dict[str, object]:
     """The review gate's settings (CPOA_REVIEW_SCRIPTS, CPOA_REVIEW_TIMEOUT_SECONDS)."""
     return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
             "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
-                                              defaults.REVIEW_TIMEOUT_S, positive=True)}
+                                              defaults.REVIEW_TIMEOUT_S, positive=True,
+                                              maximum=defaults.REVIEW_TIMEOUT_MAX_S)}
 
 
 def _agent(reader: EnvReader, name: str) -> AgentSettings:
@@ -234,7 +235,8 @@ class EnvReader:
         value = self.env.get(name, "").strip()
         return value or default
 
-    def number(self, name: str, default: float, *, positive: bool = False) -> float:
+    def number(self, name: str, default: float, *, positive: bool = False,
+               maximum: float | None = None) -> float:
         raw = self.text(name, "")
         if not raw:
             return default
@@ -247,6 +249,9 @@ class EnvReader:
         if value < 0 or (positive and value == 0):
             kind = "positive" if positive else "zero or more"
             raise errors.ConfigError(f"{name}: {raw!r} must be {kind}", variable=name)
+        if maximum is not None and value > maximum:
+            raise errors.ConfigError(f"{name}: {raw!r} is more than the maximum {maximum:g}",
+                                     variable=name)
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0,

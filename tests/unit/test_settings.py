@@ -204,3 +204,19 @@ def test_review_settings__parsed_and_bad_values_name_the_variable():
             assert exc.variable == variable and str(exc).startswith(variable)
         else:
             raise AssertionError(f"{variable}={value} accepted")
+
+
+def test_review_timeout__above_a_year_refused_naming_the_variable():
+    """A review deadline beyond a year (e.g. 1e12 s: "timestamp out of range" at every
+    scripting -> awaiting_review) is refused naming CPOA_REVIEW_TIMEOUT_SECONDS; a year is
+    accepted."""
+    from cpoa import defaults
+
+    year = str(int(defaults.REVIEW_TIMEOUT_MAX_S))
+    assert settings.from_env({"CPOA_REVIEW_TIMEOUT_SECONDS": year}).review_timeout_s == float(
+        year)
+    for value in (str(int(defaults.REVIEW_TIMEOUT_MAX_S) + 1), "1e12"):
+        with pytest.raises(errors.ConfigError) as info:
+            settings.from_env({"CPOA_REVIEW_TIMEOUT_SECONDS": value})
+        assert info.value.variable == "CPOA_REVIEW_TIMEOUT_SECONDS"
+        assert str(info.value).startswith("CPOA_REVIEW_TIMEOUT_SECONDS")
