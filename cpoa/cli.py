@@ -265,8 +265,8 @@ def command_fork(engine: Engine, args: argparse.Namespace) -> int:
     source = engine.store.get_workflow(inputs.workflow_id(args.workflow_id))
     voice = {k: v for k, v in (("voice_name", args.voice), ("speaking_rate", args.speaking_rate))
              if v is not None}
-    if voice:
-        changes["voice_params"] = {**source.params.get("voice_params", {}), **voice}
+    if voice:  # merged into the source's by the fork itself
+        changes["voice_params"] = voice
     for name in ("persona", "cover_prompt"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

@@ -146,7 +146,31 @@ def fork_plan(source: models.Workflow, history: Sequence[Mapping[str, Any]], fro
     if from_state not in reached:
         raise errors.InvalidInput(f"from_state: workflow {source.workflow_id} never reached "
                                   f"{from_state}", field="from_state")
+    params = forked_params(source, from_state, changes)
+    return params, steps.context_before(source.kind, from_state, source.context)
+
+
+def forked_params(source: models.Workflow, from_state: str,
+                  changes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The source's parameters with ``changes`` over them, checked like a start.
+    ``voice_params`` is merged key by key into the source's (on every path: Python, API,
+    CLI, bulk). A change no step from ``from_state`` on reads is refused: it would have no
+    effect (``persona`` when forking at synthesizing).
+
+    Raises:
+        InvalidInput: naming the bad or ineffective parameter.
+    """
     if changes is not None and not isinstance(changes, Mapping):
         raise errors.InvalidInput("params: expected an object", field="params")
-    params = inputs.workflow_params(source.kind, {**source.params, **(changes or {})})
-    return params, steps.context_before(source.kind, from_state, source.context)
+    changes = dict(changes or {})
+    voice, before = changes.get("voice_params"), source.params.get("voice_params")
+    if isinstance(voice, Mapping) and isinstance(before, Mapping):
+        changes["voice_params"] = {**before, **voice}
+    params = inputs.workflow_params(source.kind, {**source.params, **changes})
+    read = steps.reads_from(source.kind, from_state)
+    for name in sorted(changes):
+        if name not in read and params.get(name) != source.params.get(name):
+            raise errors.InvalidInput(
+                f"{name}: no step from {from_state} on reads it, so changing it would have "
+                f"no effect (fork from an earlier state)", field=name)
+    return params

@@ -118,6 +118,21 @@ def test_fork_route__202_with_forked_from_and_422_unreached(gateway, agent):
     assert (failed.status_code, failed.json()["field"]) == (422, "from_state")
 
 
+def test_fork_route__voice_params_merged_and_ineffective_change_422(gateway):
+    """The API merges voice_params into the source's like the CLI does, and refuses a
+    parameter no step from from_state on reads, naming it."""
+    source = gateway.engine.start_workflow("podcast", {
+        "topic": "tides", "voice_params": {"voice_name": "en", "speaking_rate": 1.2}})
+    assert drive(gateway.engine, source) == "completed"
+    answer = gateway.client.post(f"/v1/workflows/{source}/fork", json={
+        "from_state": "synthesizing", "params": {"voice_params": {"voice_name": "en+f4"}}})
+    status = gateway.client.get(answer.json()["status_url"]).json()
+    assert status["params"]["voice_params"] == {"voice_name": "en+f4", "speaking_rate": 1.2}
+    useless = gateway.client.post(f"/v1/workflows/{source}/fork", json={
+        "from_state": "synthesizing", "params": {"persona": "a pirate"}})
+    assert (useless.status_code, useless.json()["field"]) == (422, "persona")
+
+
 def test_fork_route__idempotency_key_returns_the_same_fork(gateway):
     """A fork retried with the same Idempotency-Key header is the same fork."""
     source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
