@@ -146,8 +146,12 @@ BULK_BATCH_SIZE = 100
 REVIEW_NOTES_MAX_CHARS = 5000
 """Longest reviewer's notes accepted with a rejection (passed to PSWA as revision_notes)."""
 
-REVIEW_MAX_REVISIONS = 50
-"""Most script revisions of one workflow: a rejection of the last one is refused."""
+REVIEW_MAX_REVISIONS = 20
+"""Most script revisions of one workflow: a rejection of the last one is refused (each
+revision is kept in the context's script_history)."""
+
+REVIEW_SCRIPT_MAX_CHARS = 200_000
+"""Longest reviewer's edited script accepted (its JSON, in characters)."""
 
 URLS_MAX = 20
 """Most source URLs accepted by start_workflow."""

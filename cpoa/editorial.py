@@ -9,6 +9,7 @@ finished one starts with. No I/O here.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,8 +24,13 @@ def edited_script(script: Any) -> dict[str, Any]:
     """Checks a reviewer's script exactly as a PSWA ``script_data`` is checked (contract §3).
 
     Raises:
-        InvalidInput: naming the field, e.g. ``script.segments[2].lines[0].text``.
+        InvalidInput: naming the field, e.g. ``script.segments[2].lines[0].text``, or
+            ``script`` when its JSON is longer than ``REVIEW_SCRIPT_MAX_CHARS``.
     """
+    size = len(json.dumps(script, ensure_ascii=False, default=str))
+    if size > defaults.REVIEW_SCRIPT_MAX_CHARS:
+        raise errors.InvalidInput(f"script: {size} characters of JSON, more than the "
+                                  f"{defaults.REVIEW_SCRIPT_MAX_CHARS} accepted", field="script")
     try:
         return results.script({"script_data": script})
     except errors.AgentError as exc:  # a business status cannot occur: the object is ours
@@ -98,11 +104,7 @@ def decision_outcome(workflow: models.Workflow, decision: Decision) -> models.Ou
     current = workflow.context.get("script")
     history = list(workflow.context.get("script_history") or [])
     revision = steps.script_revision(workflow)
-    if decision.expected_revision not in (None, revision):
-        raise errors.InvalidTransition(
-            f"expected_revision: the script is at revision {revision}, not "
-            f"{decision.expected_revision}: reload it and review again",
-            workflow_id=workflow.workflow_id, state=workflow.state, trigger=trigger)
+    _check_revision(workflow, decision, revision, trigger)
     review = {"decision": "approved" if decision.approve else "rejected",
               "revision": revision, "edited": decision.script is not None,
               "notes": decision.notes}
@@ -118,6 +120,22 @@ def decision_outcome(workflow: models.Workflow, decision: Decision) -> models.Ou
         trigger, dest, context_updates=updates,
         detail={k: v for k, v in review.items() if v is not None},
         ui_event=events.entered(workflow, dest))
+
+
+def _check_revision(workflow: models.Workflow, decision: Decision, revision: int,
+                    trigger: str) -> None:
+    """Refuses a decision on another revision than the reviewer saw, and a rejection of the
+    last revision allowed (``REVIEW_MAX_REVISIONS``)."""
+    if decision.expected_revision not in (None, revision):
+        raise errors.InvalidTransition(
+            f"expected_revision: the script is at revision {revision}, not "
+            f"{decision.expected_revision}: reload it and review again",
+            workflow_id=workflow.workflow_id, state=workflow.state, trigger=trigger)
+    if not decision.approve and revision >= defaults.REVIEW_MAX_REVISIONS:
+        raise errors.InvalidTransition(
+            f"script_revision: the script is at revision {revision}, the most allowed "
+            f"({defaults.REVIEW_MAX_REVISIONS}): approve it (edited if need be) or cancel",
+            workflow_id=workflow.workflow_id, state=workflow.state, trigger=trigger)
 
 
 def fork_plan(source: models.Workflow, history: Sequence[Mapping[str, Any]], from_state: Any,

@@ -139,3 +139,35 @@ def test_fork_plan__effective_changes_allowed_and_voice_params_merged():
     assert params["cover_prompt"] == "a boat"
     params, _ = editorial.fork_plan(source, history, "scripting", {"persona": "a pirate"})
     assert params["persona"] == "a pirate"
+
+
+def test_edited_script__longer_than_the_limit_refused_naming_script():
+    """An edited script whose JSON is longer than REVIEW_SCRIPT_MAX_CHARS is refused naming
+    `script` (before its lines are checked); one just under it is checked as usual."""
+    from cpoa import defaults
+
+    line = {"speaker": "Host", "text": "x" * 1000}
+    lines = [line] * (defaults.REVIEW_SCRIPT_MAX_CHARS // 1000 + 1)
+    huge = {**SCRIPT, "segments": [{"segment_title": "Intro", "lines": lines}]}
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.Decision.checked(True, huge)
+    assert info.value.field == "script"
+    assert f"more than the {defaults.REVIEW_SCRIPT_MAX_CHARS}" in str(info.value)
+    editorial.Decision.checked(True, {**huge, "segments": [
+        {"segment_title": "Intro", "lines": lines[:len(lines) // 2]}]})
+
+
+def test_decision_outcome__rejection_of_the_last_revision_allowed_refused():
+    """At REVIEW_MAX_REVISIONS a rejection is refused naming the revision count; an
+    approval still goes on."""
+    from cpoa import defaults
+
+    last = waiting(script_revision=defaults.REVIEW_MAX_REVISIONS)
+    with pytest.raises(errors.InvalidTransition) as info:
+        editorial.decision_outcome(last, editorial.Decision.checked(False, notes="Again."))
+    assert f"revision {defaults.REVIEW_MAX_REVISIONS}, the most allowed" in str(info.value)
+    assert editorial.decision_outcome(last, editorial.Decision.checked(True)).dest == (
+        "synthesizing")
+    below = waiting(script_revision=defaults.REVIEW_MAX_REVISIONS - 1)
+    assert editorial.decision_outcome(
+        below, editorial.Decision.checked(False, notes="Again.")).dest == "scripting"
