@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
         return args.handler(api.connect(settings), args)
-    except (errors.InvalidInput, errors.ConfigError) as exc:
-        return _fail(exc, 2, args.verbose, secrets)
+    except (errors.InvalidInput, errors.ConfigError, errors.MachineMismatch) as exc:
+        return _fail(exc, 2, args.verbose, secrets)  # the caller's input or configuration
     except errors.CPOAError as exc:
         return _fail(exc, 1, args.verbose, secrets)
     except KeyboardInterrupt:
@@ -290,7 +290,8 @@ def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     report = bulk.run(engine, args.action, where, dry_run=args.dry_run,
-                      batch_size=args.batch_size, from_state=args.from_state,
+                      batch_size=args.batch_size or engine.settings.bulk_batch_size,
+                      from_state=args.from_state,
                       params=changes or None)
     verb = f"would {args.action}" if report.dry_run else f"{args.action}"
     text = [f"{verb}: {len(report.changed)} of {report.matched} matching workflow(s)"]
@@ -463,7 +464,6 @@ def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
                          help="list what would change and change nothing")
     bulking.add_argument(
         "--batch-size", type=options.positive_int, metavar="N",
-        default=os.environ.get("CPOA_BULK_BATCH_SIZE") or defaults.BULK_BATCH_SIZE,
         help="workflows per batch "
              f"[env CPOA_BULK_BATCH_SIZE, default {defaults.BULK_BATCH_SIZE}]")
     bulking.add_argument("--json", action="store_true", help="print one JSON document")

@@ -141,7 +141,11 @@ REVIEW_TIMEOUT_MAX_S = 365 * 24 * 3600.0
 PostgreSQL timestamp would fail every scripting -> awaiting_review transition."""
 
 BULK_BATCH_SIZE = 100
-"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`)."""
+"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`,
+CPOA_BULK_BATCH_SIZE)."""
+
+BULK_BATCH_MAX = 1000
+"""Largest batch of a bulk action (CPOA_BULK_BATCH_SIZE, the API's batch_size)."""
 
 REVIEW_NOTES_MAX_CHARS = 5000
 """Longest reviewer's notes accepted with a rejection (passed to PSWA as revision_notes)."""

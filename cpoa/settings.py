@@ -104,6 +104,7 @@ class Settings:
     review_scripts: bool = False
     """CPOA_REVIEW_SCRIPTS: podcasts started without a ``review`` field wait for a reviewer."""
     review_timeout_s: float = defaults.REVIEW_TIMEOUT_S
+    bulk_batch_size: int = defaults.BULK_BATCH_SIZE
     """CPOA_REVIEW_TIMEOUT_SECONDS: a script unreviewed this long fails its workflow."""
 
     @property
@@ -172,8 +173,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _review(reader: EnvReader) -> dict[str, object]:
-    """The review gate's settings (CPOA_REVIEW_SCRIPTS, CPOA_REVIEW_TIMEOUT_SECONDS)."""
-    return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
+    """The review gate's and bulk actions' settings (CPOA_REVIEW_SCRIPTS,
+    CPOA_REVIEW_TIMEOUT_SECONDS, CPOA_BULK_BATCH_SIZE)."""
+    return {"bulk_batch_size": reader.integer("CPOA_BULK_BATCH_SIZE", defaults.BULK_BATCH_SIZE,
+                                              minimum=1, maximum=defaults.BULK_BATCH_MAX),
+            "review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
             "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
                                               defaults.REVIEW_TIMEOUT_S, positive=True,
                                               maximum=defaults.REVIEW_TIMEOUT_MAX_S)}

@@ -123,7 +123,7 @@ class BulkRequest(_Request):
     include_forks: bool = Field(False, description="fork only: fork forks too (skipped by "
                                                    "default)")
     dry_run: bool = Field(False, description="list what would change; change nothing")
-    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=1000)
+    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=defaults.BULK_BATCH_MAX)
     from_state: StateName | None = Field(None, description="fork only: where the forks start")
     params: dict[str, Any] | None = Field(None, description="fork only: parameters to change")
 

@@ -63,3 +63,7 @@ def test_cli__bulk_cancel_dry_run_changes_nothing(dsn, agent):
     assert len(json.loads(run_cli(env, "list", "--state", "cancelled", "--json").stdout)) == 3
     everything = run_cli(env, "bulk", "cancel", "--all", "--dry-run")
     assert everything.returncode == 0 and "would cancel: 0 of 3" in everything.stdout
+    bad = run_cli({**env, "CPOA_BULK_BATCH_SIZE": "0"}, "bulk", "cancel", "--all")
+    assert bad.returncode == 2 and "CPOA_BULK_BATCH_SIZE" in bad.stderr
+    small = run_cli({**env, "CPOA_BULK_BATCH_SIZE": "1"}, "bulk", "retry", "--all", "--json")
+    assert (small.returncode, json.loads(small.stdout)["matched"]) == (0, 3), small.stderr

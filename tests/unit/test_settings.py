@@ -220,3 +220,16 @@ def test_review_timeout__above_a_year_refused_naming_the_variable():
             settings.from_env({"CPOA_REVIEW_TIMEOUT_SECONDS": value})
         assert info.value.variable == "CPOA_REVIEW_TIMEOUT_SECONDS"
         assert str(info.value).startswith("CPOA_REVIEW_TIMEOUT_SECONDS")
+
+
+def test_bulk_batch_size__parsed_once_and_bad_values_name_the_variable():
+    """CPOA_BULK_BATCH_SIZE is read by settings (not by the CLI from os.environ): a whole
+    number from 1 to BULK_BATCH_MAX, refused naming the variable otherwise."""
+    from cpoa import defaults
+
+    assert settings.from_env({}).bulk_batch_size == defaults.BULK_BATCH_SIZE
+    assert settings.from_env({"CPOA_BULK_BATCH_SIZE": "25"}).bulk_batch_size == 25
+    for value in ("0", "many", str(defaults.BULK_BATCH_MAX + 1)):
+        with pytest.raises(errors.ConfigError) as info:
+            settings.from_env({"CPOA_BULK_BATCH_SIZE": value})
+        assert info.value.variable == "CPOA_BULK_BATCH_SIZE"
