@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 ACTIONS = ("retry", "cancel", "fork")
 
 
+FILTER_FIELDS = ("state", "kind", "failed_step", "started_after", "started_before")
+"""The fields that narrow a filter; at least one is needed, or ``all_workflows``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Filter:
     """Which workflows a bulk action applies to; None matches anything.
@@ -33,6 +37,10 @@ class Filter:
         failed_step: The state they failed in.
         started_after: Started at or after this instant.
         started_before: Started before this instant.
+        all_workflows: Every workflow is meant (``--all``, ``"all": true``): required when
+            no other field narrows the filter.
+        include_forks: A bulk fork forks forks too (by default it skips them; a retry or
+            cancel always includes them).
     """
 
     state: str | None = None
@@ -40,14 +48,21 @@ class Filter:
     failed_step: str | None = None
     started_after: datetime.datetime | None = None
     started_before: datetime.datetime | None = None
+    all_workflows: bool = False
+    include_forks: bool = False
 
     @classmethod
     def checked(cls, **fields: Any) -> Filter:
         """Builds a filter from caller input.
 
         Raises:
-            InvalidInput: naming the bad field.
+            InvalidInput: naming the bad field; an empty filter without ``all_workflows``
+                names ``all``.
         """
+        if not fields.get("all_workflows") and all(fields.get(n) is None for n in FILTER_FIELDS):
+            raise errors.InvalidInput(
+                "all: an empty filter matches every workflow; give one of "
+                f"{', '.join(FILTER_FIELDS)}, or all to mean every workflow", field="all")
         known = {s for kind in machine.KINDS for s in machine.states(kind)}
         for name in ("state", "failed_step"):
             if fields.get(name) is not None and fields[name] not in known:
@@ -99,6 +114,8 @@ def run(engine: Any, action: str, where: Filter, *, dry_run: bool,
         raise errors.InvalidInput("from_state: a bulk fork needs the state to fork from",
                                   field="from_state")
     report = Report(action, dry_run)
+    if action != "fork":  # forks are skipped by a fork only
+        where = dataclasses.replace(where, include_forks=True)
     as_of, after = engine.store.db_now(), None
     while rows := engine.store.bulk_batch(where, as_of=as_of, after=after, limit=batch_size):
         for row in rows:
@@ -112,12 +129,20 @@ def run(engine: Any, action: str, where: Filter, *, dry_run: bool,
 
 def _one(engine: Any, report: Report, row: Mapping[str, Any], from_state: str | None,
          params: Mapping[str, Any] | None) -> None:
-    """Changes (or, in a dry run, predicts) one workflow; a refusal is reported, not raised."""
+    """Changes (or, in a dry run, predicts) one workflow; a refusal is reported, not raised.
+
+    A database error on one workflow (StoreError, StoreBusy: a lock not granted, a failed
+    write) is reported as its refusal too, and the run goes on with the next one: the
+    report lists what was and was not done instead of stopping halfway without one."""
     workflow_id = row["workflow_id"]
     try:
         change = (_predict if report.dry_run else _apply)(engine, report.action, row,
                                                           from_state, params)
-    except (errors.InvalidTransition, errors.InvalidInput, errors.StaleState) as exc:
+    except (errors.InvalidTransition, errors.InvalidInput, errors.StaleState,
+            errors.StoreError) as exc:
+        if isinstance(exc, errors.StoreError):
+            logger.warning("bulk %s of %s failed: %s", report.action, workflow_id, exc,
+                           extra={"action": f"bulk_{report.action}"})
         report.refused.append({"workflow_id": str(workflow_id), "state": row["state"],
                                "error": str(exc)})
         return
@@ -127,9 +152,8 @@ def _one(engine: Any, report: Report, row: Mapping[str, Any], from_state: str | 
 def _predict(engine: Any, action: str, row: Mapping[str, Any], from_state: str | None,
              params: Mapping[str, Any] | None) -> dict[str, Any]:
     if action == "fork":
-        source = engine.store.get_workflow(row["workflow_id"])
-        editorial.fork_plan(source, engine.store.get_history(source.workflow_id), from_state,
-                            params)
+        source, history = engine.store.fork_source(row["workflow_id"])
+        editorial.fork_plan(source, history, from_state, params)
         return {"to": from_state, "new_workflow_id": None}
     dest = machine.decide(row["kind"], row["state"], action, row["failed_from_state"]).state
     return {"to": dest}

@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.standalone:  # commands that connect by themselves, or not at all
             return args.handler(args)
         return args.handler(api.connect(settings), args)
-    except (errors.InvalidInput, errors.ConfigError) as exc:
-        return _fail(exc, 2, args.verbose, secrets)
+    except (errors.InvalidInput, errors.ConfigError, errors.MachineMismatch) as exc:
+        return _fail(exc, 2, args.verbose, secrets)  # the caller's input or configuration
     except errors.CPOAError as exc:
         return _fail(exc, 1, args.verbose, secrets)
     except KeyboardInterrupt:
@@ -241,7 +241,8 @@ def command_retry(engine: Engine, args: argparse.Namespace) -> int:
 
 def command_review(engine: Engine, args: argparse.Namespace) -> int:
     script = _read_script(args.script) if args.script else None
-    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes)
+    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes,
+                          expected_revision=args.revision)
     _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
     return 0
 
@@ -264,12 +265,13 @@ def command_fork(engine: Engine, args: argparse.Namespace) -> int:
     source = engine.store.get_workflow(inputs.workflow_id(args.workflow_id))
     voice = {k: v for k, v in (("voice_name", args.voice), ("speaking_rate", args.speaking_rate))
              if v is not None}
-    if voice:
-        changes["voice_params"] = {**source.params.get("voice_params", {}), **voice}
+    if voice:  # merged into the source's by the fork itself
+        changes["voice_params"] = voice
     for name in ("persona", "cover_prompt"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    new_id = engine.fork(source.workflow_id, args.from_state, changes)
+    new_id = engine.fork(source.workflow_id, args.from_state, changes,
+                         idempotency_key=args.idempotency_key)
     _print(args, {"workflow_id": str(new_id), "forked_from": str(source.workflow_id)},
            str(new_id))
     return 0
@@ -279,7 +281,8 @@ def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
     where = bulk.Filter.checked(
         state=args.state, kind=args.kind, failed_step=args.failed_step,
         started_after=inputs.instant(args.started_after, "started_after"),
-        started_before=inputs.instant(args.started_before, "started_before"))
+        started_before=inputs.instant(args.started_before, "started_before"),
+        all_workflows=args.all_workflows, include_forks=args.include_forks)
     changes: dict[str, Any] = {}
     if args.voice:
         changes["voice_params"] = {"voice_name": args.voice}
@@ -287,7 +290,8 @@ def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     report = bulk.run(engine, args.action, where, dry_run=args.dry_run,
-                      batch_size=args.batch_size, from_state=args.from_state,
+                      batch_size=args.batch_size or engine.settings.bulk_batch_size,
+                      from_state=args.from_state,
                       params=changes or None)
     verb = f"would {args.action}" if report.dry_run else f"{args.action}"
     text = [f"{verb}: {len(report.changed)} of {report.matched} matching workflow(s)"]
@@ -447,6 +451,10 @@ def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
     bulking.add_argument("--started-after", metavar="TIME",
                          help="ISO 8601 with its UTC offset, e.g. 2026-12-01T00:00:00+00:00")
     bulking.add_argument("--started-before", metavar="TIME")
+    bulking.add_argument("--all", dest="all_workflows", action="store_true",
+                         help="every workflow: required when no filter is given (exit 2)")
+    bulking.add_argument("--include-forks", action="store_true",
+                         help="fork only: fork forks too (skipped by default)")
     bulking.add_argument("--from", dest="from_state", metavar="STATE",
                          help="fork only: where the forks start")
     bulking.add_argument("--voice", help="fork only: voice_params.voice_name")
@@ -456,7 +464,6 @@ def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
                          help="list what would change and change nothing")
     bulking.add_argument(
         "--batch-size", type=options.positive_int, metavar="N",
-        default=os.environ.get("CPOA_BULK_BATCH_SIZE") or defaults.BULK_BATCH_SIZE,
         help="workflows per batch "
              f"[env CPOA_BULK_BATCH_SIZE, default {defaults.BULK_BATCH_SIZE}]")
     bulking.add_argument("--json", action="store_true", help="print one JSON document")
@@ -474,6 +481,10 @@ def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
     review.add_argument("--script", metavar="FILE", help="with --approve: the edited script "
                         "(JSON, as in `cpoa status ID --json` outputs.script; - for stdin)")
     review.add_argument("--notes", help="what to change (required with --reject)")
+    review.add_argument("--revision", type=int, metavar="N",
+                        help="the script revision reviewed (`cpoa status --json`: "
+                             "outputs.script_revision, 1 when absent); refused (exit 1) when "
+                             "the script has changed since")
     review.add_argument("--json", action="store_true", help="print one JSON document")
     review.set_defaults(handler=command_review)
     fork = _add(sub, "fork", help="a new workflow from a finished one, from a state on")
@@ -485,6 +496,8 @@ def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
     fork.add_argument("--speaking-rate", type=float)
     fork.add_argument("--persona")
     fork.add_argument("--cover-prompt", help="IGA's prompt for the cover art")
+    fork.add_argument("--idempotency-key", metavar="KEY",
+                      help="the same key again prints the same fork instead of a new one")
     fork.add_argument("--json", action="store_true", help="print one JSON document")
     fork.set_defaults(handler=command_fork)
 

@@ -151,11 +151,26 @@ REVIEW_TIMEOUT_S = 7 * 24 * 3600.0
 """How long a script awaits its reviewer before the workflow fails
 (CPOA_REVIEW_TIMEOUT_SECONDS)."""
 
+REVIEW_TIMEOUT_MAX_S = 365 * 24 * 3600.0
+"""Longest CPOA_REVIEW_TIMEOUT_SECONDS accepted: a deadline far enough out to overflow a
+PostgreSQL timestamp would fail every scripting -> awaiting_review transition."""
+
 BULK_BATCH_SIZE = 100
-"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`)."""
+"""Workflows a bulk retry, cancel or fork reads per batch (`cpoa bulk --batch-size`,
+CPOA_BULK_BATCH_SIZE)."""
+
+BULK_BATCH_MAX = 1000
+"""Largest batch of a bulk action (CPOA_BULK_BATCH_SIZE, the API's batch_size)."""
 
 REVIEW_NOTES_MAX_CHARS = 5000
 """Longest reviewer's notes accepted with a rejection (passed to PSWA as revision_notes)."""
+
+REVIEW_MAX_REVISIONS = 20
+"""Most script revisions of one workflow: a rejection of the last one is refused (each
+revision is kept in the context's script_history)."""
+
+REVIEW_SCRIPT_MAX_CHARS = 200_000
+"""Longest reviewer's edited script accepted (its JSON, in characters)."""
 
 URLS_MAX = 20
 """Most source URLs accepted by start_workflow."""

@@ -147,19 +147,22 @@ class Engine:
         return workflow.state
 
     def review(self, workflow_id: Any, *, approve: bool, script: Any = None,
-               notes: Any = None) -> str:
+               notes: Any = None, expected_revision: int | None = None) -> str:
         """Approves (optionally with an edited script) or rejects (with notes) the script of
         a workflow awaiting review; returns the state it goes to (synthesizing or scripting).
 
         Of two reviewers acting at once, exactly one wins: the row lock orders them and the
-        second finds the workflow no longer awaiting review.
+        second finds the workflow no longer awaiting review. ``expected_revision`` (the
+        script revision the reviewer saw) is compared under the row lock too.
 
         Raises:
             InvalidInput: a bad field, named (``script.segments[2].lines[0].text``, ``notes``);
                 nothing is stored.
-            InvalidTransition: the workflow is not awaiting review.
+            InvalidTransition: the workflow is not awaiting review, or its script is not at
+                ``expected_revision``.
         """
-        decision = editorial.Decision.checked(approve, script, notes)  # before any lock
+        decision = editorial.Decision.checked(approve, script, notes,  # before any lock
+                                              expected_revision)
         workflow = self._apply(inputs.workflow_id(workflow_id),
                                lambda wf: editorial.decision_outcome(wf, decision))
         logs.for_workflow(logger, workflow.workflow_id).info(
@@ -169,28 +172,41 @@ class Engine:
         return workflow.state
 
     def fork(self, workflow_id: Any, from_state: Any, params: Mapping[str, Any] | None = None,
-             *, client_id: str | None = None) -> uuid.UUID:
+             *, client_id: str | None = None, idempotency_key: str | None = None) -> uuid.UUID:
         """Starts a new workflow from a completed, failed or cancelled one: its context is
         copied up to ``from_state``, where it starts, with ``params`` changed over the
         source's. Its agent keys are its own: the steps before ``from_state`` are not run.
+        A fork retried with the same ``idempotency_key`` returns the first one's id.
 
         Raises:
-            InvalidInput: naming the field (``from_state`` unreached, a bad parameter).
+            InvalidInput: naming the field (``from_state`` unreached, a bad parameter, an
+                ``idempotency_key`` that forked another workflow).
             InvalidTransition: the source is still working.
         """
-        source = self.store.get_workflow(inputs.workflow_id(workflow_id))
-        history = self.store.get_history(source.workflow_id)
+        key = inputs.optional_id(idempotency_key, "idempotency_key")
+        source, history = self.store.fork_source(inputs.workflow_id(workflow_id))
         cleaned, context = editorial.fork_plan(source, history, from_state, params)
         client_id = inputs.optional_id(client_id, "client_id") or source.client_id
-        new_id = uuid.uuid4()
-        first = models.Workflow(new_id, source.kind, from_state, cleaned, context, [],
+        first = models.Workflow(uuid.uuid4(), source.kind, from_state, cleaned, context, [],
                                 client_id=client_id)
-        self.store.create_fork(first, source.workflow_id, user_id=source.user_id,
-                               ui_event=events.entered(first, from_state))
+        new_id = self.store.create_fork(first, source.workflow_id, user_id=source.user_id,
+                                        ui_event=events.entered(first, from_state),
+                                        idempotency_key=key)
+        if new_id is None:
+            return self._existing_fork(key or "", source)
         logs.for_workflow(logger, new_id).info(
             "workflow forked", extra={"action": "fork", "forked_from": str(source.workflow_id),
                                       "state": from_state})
         return new_id
+
+    def _existing_fork(self, key: str, source: models.Workflow) -> uuid.UUID:
+        row = self.store.find_key(f"fork:{key}", source.kind)
+        if row is None:  # the holder rolled back meanwhile; rare, and safe to report
+            raise errors.StoreBusy("idempotency key is being created; try again")
+        if self.store.get_workflow(row["workflow_id"]).forked_from != source.workflow_id:
+            raise errors.InvalidInput(f"idempotency_key: {key!r} already forked another "
+                                      "workflow", field="idempotency_key")
+        return row["workflow_id"]
 
     def get_workflow(self, workflow_id: Any) -> dict[str, Any]:
         """Returns the status of a workflow: state, progress, warnings, error, outputs, tasks.

@@ -104,6 +104,7 @@ class Settings:
     review_scripts: bool = False
     """CPOA_REVIEW_SCRIPTS: podcasts started without a ``review`` field wait for a reviewer."""
     review_timeout_s: float = defaults.REVIEW_TIMEOUT_S
+    bulk_batch_size: int = defaults.BULK_BATCH_SIZE
     """CPOA_REVIEW_TIMEOUT_SECONDS: a script unreviewed this long fails its workflow."""
     callback_base_url: str = ""
     """CPOA_CALLBACK_BASE_URL: the gateway's base URL as agents reach it; when set, every
@@ -181,10 +182,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _review(reader: EnvReader) -> dict[str, object]:
-    """The review gate's settings (CPOA_REVIEW_SCRIPTS, CPOA_REVIEW_TIMEOUT_SECONDS)."""
-    return {"review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
+    """The review gate's and bulk actions' settings (CPOA_REVIEW_SCRIPTS,
+    CPOA_REVIEW_TIMEOUT_SECONDS, CPOA_BULK_BATCH_SIZE)."""
+    return {"bulk_batch_size": reader.integer("CPOA_BULK_BATCH_SIZE", defaults.BULK_BATCH_SIZE,
+                                              minimum=1, maximum=defaults.BULK_BATCH_MAX),
+            "review_scripts": reader.flag("CPOA_REVIEW_SCRIPTS", False),
             "review_timeout_s": reader.number("CPOA_REVIEW_TIMEOUT_SECONDS",
-                                              defaults.REVIEW_TIMEOUT_S, positive=True)}
+                                              defaults.REVIEW_TIMEOUT_S, positive=True,
+                                              maximum=defaults.REVIEW_TIMEOUT_MAX_S)}
 
 
 def _callback_secret(reader: EnvReader) -> str:
@@ -252,7 +257,8 @@ class EnvReader:
         value = self.env.get(name, "").strip()
         return value or default
 
-    def number(self, name: str, default: float, *, positive: bool = False) -> float:
+    def number(self, name: str, default: float, *, positive: bool = False,
+               maximum: float | None = None) -> float:
         raw = self.text(name, "")
         if not raw:
             return default
@@ -265,6 +271,9 @@ class EnvReader:
         if value < 0 or (positive and value == 0):
             kind = "positive" if positive else "zero or more"
             raise errors.ConfigError(f"{name}: {raw!r} must be {kind}", variable=name)
+        if maximum is not None and value > maximum:
+            raise errors.ConfigError(f"{name}: {raw!r} is more than the maximum {maximum:g}",
+                                     variable=name)
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0,

@@ -46,6 +46,8 @@ class Step:
             given a task to poll (ASF).
         produces: The context keys the step writes (a fork copies those of the steps
             before its starting state).
+        reads: The workflow parameters the step uses (a fork refuses a change of one that
+            no step from its starting state on reads: it would have no effect).
     """
 
     agent: str
@@ -58,6 +60,7 @@ class Step:
     skipped_is_failure: bool = True
     notified: bool = False
     produces: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
 
     def idempotency_key(self, workflow: models.Workflow, item_key: str) -> str:
         """``<base>_<step>[_<item>][_r<n>]`` (contract §2), fit for an HTTP header.
@@ -157,23 +160,26 @@ REVIEW_CONTEXT = ("script_revision", "revision_notes", "script_history", "review
 
 PODCAST = {
     "fetching": Step("WCHA", "/harvest", "wcha", _harvest_request, results.harvest, _harvested,
-                     produces=("content", "source_urls")),
+                     produces=("content", "source_urls"),
+                     reads=("topic", "urls", "files", "max_results", "target_minutes")),
     "analyzing": Step(
         "TDA", "/discover_topics", "tda",
         lambda wf, _: {"query": wf.params["topic"], "content": wf.context["content"]},
-        results.discovered_topics, _only("topics"), produces=("topics",)),
+        results.discovered_topics, _only("topics"), produces=("topics",), reads=("topic",)),
     "scripting": Step("PSWA", "/weave_script", "pswa", _script_request, results.script,
                       _only("script"), items=_script_items,
-                      produces=("script", *REVIEW_CONTEXT)),
+                      produces=("script", *REVIEW_CONTEXT),  # review: its verdict waits
+                      reads=("topic", "persona", "format", "target_minutes", "review")),
     "synthesizing": Step(
         "VFA", "/forge_voice", "vfa",
         lambda wf, _: {"script": wf.context["script"],
                        "voice_params": wf.params.get("voice_params", {})},
-        results.audio, _only("audio"), produces=("audio",)),
+        results.audio, _only("audio"), produces=("audio",), reads=("voice_params",)),
     "imaging": Step("IGA", "/generate_image", "iga", _cover_prompt,
                     lambda r: results.image(r)["image_url"],
                     _only("image_url", required=False, warn="cover art skipped"),
-                    skipped_is_failure=True, produces=("image_url",)),
+                    skipped_is_failure=True, produces=("image_url",),
+                    reads=("cover_prompt", "topic")),  # topic: the default prompt
     "finalizing": Step(
         "ASF", "", "asf",
         lambda wf, _: {"stream_id": wf.context["audio"]["stream_id"],
@@ -236,7 +242,7 @@ SNIPPETS = {
     "discovering": Step(
         "TDA", "/discover_topics", "tda",
         lambda wf, _: {"query": wf.params["query"], "limit": wf.params["limit"]},
-        results.discovered_topics, _discovered, produces=("topics",)),
+        results.discovered_topics, _discovered, produces=("topics",), reads=("query", "limit")),
     "crafting": Step("SCA", "/craft_snippet", "sca", _craft_request, results.snippet, _crafted,
                      items=_topics, produces=("snippets",)),
     "imaging": Step("IGA", "/generate_image", "iga",
@@ -250,6 +256,12 @@ STEPS = {"podcast": PODCAST, "snippets": SNIPPETS}
 def step_for(workflow: models.Workflow) -> Step:
     """Returns the step of the workflow's current state."""
     return STEPS[workflow.kind][workflow.state]
+
+
+def reads_from(kind: str, state: str) -> set[str]:
+    """The parameters the steps from ``state`` on read (what a fork there may change)."""
+    names = list(STEPS[kind])
+    return {p for name in names[names.index(state):] for p in STEPS[kind][name].reads}
 
 
 def context_before(kind: str, state: str, context: dict[str, Any]) -> dict[str, Any]:

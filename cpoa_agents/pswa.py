@@ -16,16 +16,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cpoa import defaults
 from cpoa_agents import llm, service, template, validate
 
 logger = logging.getLogger(__name__)
 
 TOPIC_MAX_CHARS, PERSONA_MAX_CHARS, CONTENT_MAX_CHARS, MAX_TOPICS = 1000, 1000, 50_000, 50
-NOTES_MAX_CHARS = 5000
-"""Longest ``revision_notes`` (a reviewer's notes on a rejected script)."""
-_DROP_WORDS = re.compile(r"\b(drop|remove|cut|skip|delete)\b", re.IGNORECASE)
 """Request limits: characters of topic, persona and content (contract §3); number of topics."""
 MAX_SOURCES = 50
+NOTES_MAX_CHARS = defaults.REVIEW_NOTES_MAX_CHARS
+"""Longest ``revision_notes`` (a reviewer's notes on a rejected script, as CPOA accepts)."""
+_DROP_WORDS = re.compile(r"\b(drop|remove|cut|skip|delete)\b", re.IGNORECASE)
+"""Words in the notes that ask to drop a segment (the reference agent's reading of them)."""
 
 
 class ScriptAgent(service.TaskAgent):

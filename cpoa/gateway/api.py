@@ -51,6 +51,9 @@ WorkflowId = Annotated[uuid.UUID, Path(description="the workflow's id (a UUID)")
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=inputs.TEXT_ID_MAX_CHARS,
     description="same key → same workflow, whatever its state; a failed one is resumed")]
+ForkKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=inputs.TEXT_ID_MAX_CHARS,
+    description="same key → the same fork (422 if the key forked another workflow)")]
 
 
 # -- starting ---------------------------------------------------------------------------------
@@ -182,19 +185,23 @@ def review(workflow_id: WorkflowId, body: schemas.ReviewRequest,
            engine: EngineDep) -> dict[str, Any]:
     """Approves (optionally with an edited script) or rejects (with notes) the script of a
     workflow awaiting review. 409 when it is not awaiting review (another reviewer acted
-    first); 422 naming the field of a bad edit (nothing stored)."""
+    first, or the script is no longer at `expected_revision`); 422 naming the field of a bad
+    edit (nothing stored)."""
     state = engine.review(workflow_id, approve=body.decision == "approve", script=body.script,
-                          notes=body.notes)
+                          notes=body.notes, expected_revision=body.expected_revision)
     return {"workflow_id": workflow_id, "state": state}
 
 
 @router.post("/v1/workflows/{workflow_id}/fork", status_code=202, response_model=schemas.Started,
              responses=_errors(401, 404, 409, 413, 422, 503), tags=["workflows"])
 def fork(workflow_id: WorkflowId, body: schemas.ForkRequest, request: Request,
-         response: Response, engine: EngineDep) -> schemas.Started:
+         response: Response, engine: EngineDep,
+         idempotency_key: ForkKey = None) -> schemas.Started:
     """Starts a new workflow from a completed, failed or cancelled one at `from_state` (422
-    naming the field for a state it never reached or a bad parameter; 409 while it works)."""
-    new_id = engine.fork(workflow_id, body.from_state, body.params, client_id=body.client_id)
+    naming the field for a state it never reached or a bad parameter; 409 while it works).
+    A fork retried with the same Idempotency-Key returns the same fork."""
+    new_id = engine.fork(workflow_id, body.from_state, body.params, client_id=body.client_id,
+                         idempotency_key=idempotency_key)
     status_url = f"{request.scope.get('root_path', '')}/v1/workflows/{new_id}"
     response.headers["Location"] = status_url
     return schemas.Started(workflow_id=new_id, status_url=status_url)
@@ -206,11 +213,13 @@ def bulk_action(action: Annotated[Literal["retry", "cancel", "fork"], Path()],
                 body: schemas.BulkRequest, engine: EngineDep) -> dict[str, Any]:
     """Retries, cancels or forks every workflow matching the filter, in bounded batches; each
     is changed on its own (one that changed meanwhile is refused and listed). `dry_run` lists
-    what would change and changes nothing."""
+    what would change and changes nothing. An empty filter is a 422 naming `all` unless
+    `"all": true`; a fork skips forks unless `include_forks`."""
     where = bulk.Filter.checked(
         state=body.state, kind=body.kind, failed_step=body.failed_step,
         started_after=inputs.instant(body.started_after, "started_after"),
-        started_before=inputs.instant(body.started_before, "started_before"))
+        started_before=inputs.instant(body.started_before, "started_before"),
+        all_workflows=body.all, include_forks=body.include_forks)
     return bulk.run(engine, action, where, dry_run=body.dry_run, batch_size=body.batch_size,
                     from_state=body.from_state, params=body.params).as_json()
 

@@ -156,7 +156,7 @@ def workflow_page(view: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]]
         el("h1", {}, el("span", {"class_": "kind"}, kind), " ",
            el("span", {"data-testid": "title"}, title)),
         el("p", {"class_": "id"}, el("code", {}, view["workflow_id"])),
-        _summary(view), _actions(view), _review(view["review_script"]), _fork(view),
+        _summary(view), _actions(view), _review(view["review_script"], view["script_revision"]), _fork(view),
         _media(view["media"]),
         _diagram(kind, state, counts, dwell, dwell_days),
         _timeline(timeline), _tasks(view["tasks"]),
@@ -189,10 +189,11 @@ def _summary(view: Mapping[str, Any]) -> Markup:
         + el("ul", {"class_": "warnings", "data-testid": "warnings"}, warnings))
 
 
-def _review(script: Mapping[str, Any] | None) -> Markup:
+def _review(script: Mapping[str, Any] | None, revision: int) -> Markup:
     """The script of a workflow awaiting review as a form: title, and per segment its title
     and each line's speaker and text (all escaped into values; workflow.js reads them back),
-    with Approve and Reject (with notes). Nothing when no review is awaited."""
+    with Approve and Reject (with notes) sent with the revision shown (``data-revision``).
+    Nothing when no review is awaited."""
     if not script:
         return Markup("")
     segments = []
@@ -211,7 +212,7 @@ def _review(script: Mapping[str, Any] | None) -> Markup:
                                         "data-segment": i, "data-part": "segment_title"}),
                            el("ol", {}, lines)))
     return el("section", {"class_": "review", "id": "review", "data-testid": "review",
-                          "aria-label": "review the script"},
+                          "data-revision": revision, "aria-label": "review the script"},
               el("h2", {}, "Review the script"),
               el("input", {"type": "text", "id": "script-title", "value": script.get("title"),
                            "aria-label": "script title", "data-testid": "script-title"}),

@@ -93,6 +93,10 @@ class ReviewRequest(_Request):
         "approve only: the edited script ({script_id, title, segments}), checked like a PSWA "
         "result; the original is kept in outputs.script_history"))
     notes: Notes | None = Field(None, description="required to reject: what PSWA should change")
+    expected_revision: int | None = Field(None, ge=1, le=defaults.REVIEW_MAX_REVISIONS,
+                                          description=(
+        "the script revision the reviewer saw (outputs.script_revision, 1 when absent); "
+        "409 naming the current revision when the script has changed since"))
 
 
 class ForkRequest(_Request):
@@ -114,8 +118,12 @@ class BulkRequest(_Request):
     started_after: Identifier | None = Field(None, examples=["2026-12-01T00:00:00+00:00"],
                                              description="ISO 8601 with its UTC offset")
     started_before: Identifier | None = Field(None, description="ISO 8601 with its UTC offset")
+    all: bool = Field(False, description=(
+        "every workflow is meant: required when no other filter field is given (422 otherwise)"))
+    include_forks: bool = Field(False, description="fork only: fork forks too (skipped by "
+                                                   "default)")
     dry_run: bool = Field(False, description="list what would change; change nothing")
-    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=1000)
+    batch_size: int = Field(defaults.BULK_BATCH_SIZE, ge=1, le=defaults.BULK_BATCH_MAX)
     from_state: StateName | None = Field(None, description="fork only: where the forks start")
     params: dict[str, Any] | None = Field(None, description="fork only: parameters to change")
 

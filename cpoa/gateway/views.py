@@ -162,6 +162,7 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
         # The script a reviewer edits (awaiting_review only); rendered escaped, never as HTML.
         "review_script": (workflow.context.get("script")
                           if state in machine.WAITING_STATES else None),
+        "script_revision": steps.script_revision(workflow),  # the editor's, and the stale check
         "can_fork": workflow.is_terminal,
         "fork_states": list(steps.STEPS[workflow.kind]),
     }

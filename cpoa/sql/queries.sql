@@ -43,12 +43,19 @@ RETURNING *;
 
 -- insert_fork --
 -- A workflow forked from %(forked_from)s: it starts in %(state)s with the context copied up to
--- there, due now.
+-- there, due now. %(idempotency_key)s: the caller's key of the fork, or NULL.
 INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
-    context_data_json, client_id, user_id, next_run_at, forked_from)
+    context_data_json, client_id, user_id, next_run_at, forked_from, idempotency_key)
 VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(context)s, %(client_id)s,
-    %(user_id)s, now(), %(forked_from)s)
+    %(user_id)s, now(), %(forked_from)s, %(idempotency_key)s)
 RETURNING *;
+
+-- lock_fork_source --
+-- The workflow a fork copies, share-locked until the transaction that also reads its history
+-- ends: a change to it (retry, cancel, review) waits, so the two reads agree.
+SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+WHERE workflow_id = %(workflow_id)s
+FOR SHARE;
 
 -- lock_workflow --
 -- Every change to a workflow begins here: the row lock serialises it with every other one.
@@ -571,6 +578,7 @@ SELECT now() AS now;
 -- The next %(limit)s workflows a bulk action's filter matches, by id after %(after_id)s
 -- (keyset), among those started by %(as_of)s: a workflow started during the run (a fork it
 -- made) is not picked up, and one changed by the run neither repeats nor hides another.
+-- A bulk fork skips forks unless %(include_forks)s.
 SELECT workflow_id, kind, state, failed_from_state, start_timestamp FROM workflow_instances
 WHERE start_timestamp <= %(as_of)s
   AND (%(state)s::text IS NULL OR state = %(state)s::text)
@@ -578,6 +586,7 @@ WHERE start_timestamp <= %(as_of)s
   AND (%(failed_step)s::text IS NULL OR failed_from_state = %(failed_step)s::text)
   AND (%(started_after)s::timestamptz IS NULL OR start_timestamp >= %(started_after)s)
   AND (%(started_before)s::timestamptz IS NULL OR start_timestamp < %(started_before)s)
+  AND (%(include_forks)s::boolean OR forked_from IS NULL)
   AND (%(after_id)s::uuid IS NULL OR workflow_id > %(after_id)s::uuid)
 ORDER BY workflow_id
 LIMIT %(limit)s;

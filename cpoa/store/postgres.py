@@ -150,21 +150,45 @@ class PostgresStore(Reads, Upkeep):
         return workflow_id
 
     def create_fork(self, first: models.Workflow, forked_from: uuid.UUID, *,
-                    user_id: str | None, ui_event: models.UIEvent | None) -> None:
+                    user_id: str | None, ui_event: models.UIEvent | None,
+                    idempotency_key: str | None = None) -> uuid.UUID | None:
         """Creates a workflow forked from another, in its first state with its context, and
-        its orchestration key (its own id), history row (trigger ``fork``) and UI event."""
+        its orchestration key (``fork:<idempotency_key>``, or its own id), history row
+        (trigger ``fork``) and UI event.
+
+        Returns:
+            The new workflow's id, or None when the key already belonged to a fork.
+        """
+        key = f"fork:{idempotency_key}" if idempotency_key else str(first.workflow_id)
         with self._transaction() as conn:
-            self._one(conn, "insert_idempotency_key", idempotency_key=str(first.workflow_id),
-                      task_name=TASK_NAMES[first.kind], workflow_id=first.workflow_id)
+            if self._one(conn, "insert_idempotency_key", idempotency_key=key,
+                         task_name=TASK_NAMES[first.kind], workflow_id=first.workflow_id) is None:
+                return None
             row = self._one(conn, "insert_fork", workflow_id=first.workflow_id,
                             kind=first.kind, state=first.state,
                             params=jsonb(dict(first.params)), context=jsonb(first.context),
                             client_id=first.client_id, user_id=user_id,
-                            forked_from=forked_from)
+                            forked_from=forked_from, idempotency_key=idempotency_key)
             self._record(conn, models.Workflow.from_row(row), None, first.state, "fork",
                          {"forked_from": str(forked_from), "from_state": first.state},
                          ui_event)
             self._one(conn, "wake_workers", payload=str(first.workflow_id))
+        return first.workflow_id
+
+    def fork_source(self, workflow_id: uuid.UUID) -> tuple[models.Workflow, list[dict]]:
+        """The workflow a fork copies and its history, read in one transaction with the
+        workflow's row share-locked (FOR SHARE): no retry, cancel or review of it lands
+        between the two reads, so the context and the history agree.
+
+        Raises:
+            UnknownWorkflow: no such workflow.
+        """
+        with self._transaction() as conn:
+            row = self._one(conn, "lock_fork_source", workflow_id=workflow_id)
+            if row is None:
+                raise errors.UnknownWorkflow(workflow_id)
+            return (models.Workflow.from_row(row),
+                    self._all(conn, "select_history", workflow_id=workflow_id))
 
     def find_key(self, key: str, kind: str) -> dict | None:
         """Returns the idempotency key row (with its workflow's state), or None."""

@@ -32,6 +32,23 @@ def test_review_route__approve_then_409(gateway):
     assert "awaiting_review" in again.json()["message"]
 
 
+def test_review_route__stale_expected_revision_is_409_naming_it(gateway, store):
+    """A review of a revision the workflow has moved past is a 409 naming the current one;
+    the dashboard's editor carries the revision it shows."""
+    workflow_id = awaiting(gateway.engine)
+    gateway.engine.review(workflow_id, approve=False, notes="Shorter.")
+    wait_until(lambda: gateway.engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    assert 'data-revision="2"' in gateway.client.get(f"/workflows/{workflow_id}").text
+    stale = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                json={"decision": "approve", "expected_revision": 1})
+    assert (stale.status_code, stale.json()["error"]) == (409, "invalid_transition")
+    assert "revision 2, not 1" in stale.json()["message"]
+    assert store.get_workflow(workflow_id).state == "awaiting_review"
+    fresh = gateway.client.post(f"/v1/workflows/{workflow_id}/review",
+                                json={"decision": "approve", "expected_revision": 2})
+    assert (fresh.status_code, fresh.json()["state"]) == (200, "synthesizing")
+
+
 def test_review_route__bad_edit_is_422_naming_the_field(gateway, store):
     """An edited script with a bad line is a 422 naming it; nothing changes."""
     workflow_id = awaiting(gateway.engine)
@@ -101,6 +118,33 @@ def test_fork_route__202_with_forked_from_and_422_unreached(gateway, agent):
     assert (failed.status_code, failed.json()["field"]) == (422, "from_state")
 
 
+def test_fork_route__voice_params_merged_and_ineffective_change_422(gateway):
+    """The API merges voice_params into the source's like the CLI does, and refuses a
+    parameter no step from from_state on reads, naming it."""
+    source = gateway.engine.start_workflow("podcast", {
+        "topic": "tides", "voice_params": {"voice_name": "en", "speaking_rate": 1.2}})
+    assert drive(gateway.engine, source) == "completed"
+    answer = gateway.client.post(f"/v1/workflows/{source}/fork", json={
+        "from_state": "synthesizing", "params": {"voice_params": {"voice_name": "en+f4"}}})
+    status = gateway.client.get(answer.json()["status_url"]).json()
+    assert status["params"]["voice_params"] == {"voice_name": "en+f4", "speaking_rate": 1.2}
+    useless = gateway.client.post(f"/v1/workflows/{source}/fork", json={
+        "from_state": "synthesizing", "params": {"persona": "a pirate"}})
+    assert (useless.status_code, useless.json()["field"]) == (422, "persona")
+
+
+def test_fork_route__idempotency_key_returns_the_same_fork(gateway):
+    """A fork retried with the same Idempotency-Key header is the same fork."""
+    source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(gateway.engine, source) == "completed"
+    forks = [gateway.client.post(f"/v1/workflows/{source}/fork",
+                                 json={"from_state": "synthesizing"},
+                                 headers={"Idempotency-Key": "fork-once"}) for _ in range(2)]
+    assert [f.status_code for f in forks] == [202, 202]
+    assert forks[0].json()["workflow_id"] == forks[1].json()["workflow_id"]
+    assert len(gateway.engine.store.list_workflows()) == 2
+
+
 def test_dashboard__shows_forked_from_as_a_link(gateway):
     """A fork's page links to its source; a plain workflow's shows a dash."""
     source = gateway.engine.start_workflow("podcast", {"topic": "tides"})
@@ -132,6 +176,17 @@ def test_bulk_route__dry_run_then_retry(gateway, agent):
     assert (bad.status_code, bad.json()["field"]) == (422, "started_after")
     unknown = gateway.client.post("/v1/bulk/explode", json={})
     assert unknown.status_code == 422
+
+
+def test_bulk_route__empty_filter_is_422_naming_all(gateway):
+    """An empty filter would hit every workflow: a 422 naming `all`, nothing changed;
+    `"all": true` means it."""
+    working = [gateway.engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(2)]
+    empty = gateway.client.post("/v1/bulk/cancel", json={})
+    assert (empty.status_code, empty.json()["field"]) == (422, "all")
+    assert {gateway.engine.store.get_workflow(w).state for w in working} == {"fetching"}
+    meant = gateway.client.post("/v1/bulk/cancel", json={"all": True, "dry_run": True})
+    assert (meant.status_code, meant.json()["matched"]) == (200, 2)
 
 
 def test_dashboard__review_editor_escapes_the_script(gateway, agent):

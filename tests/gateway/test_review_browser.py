@@ -83,3 +83,37 @@ def test_review_editor__edit_approve_follow_and_fork(
     finally:
         worker.stop()
         thread.join(15)
+
+
+@pytest.mark.slow
+def test_review_editor__a_new_revision_replaces_the_stale_form(
+        make_gateway: Callable[..., LiveGateway], agent: ScriptedAgent, store: Any,
+        browser: Any) -> None:
+    """A page showing revision 1 while another reviewer rejects it and PSWA writes revision 2
+    reloads its form with revision 2 (the stale edit is dropped, never laid over the new
+    script); approving from it sends expected_revision 2."""
+    gateway = make_gateway()
+    engine = gateway.engine
+    workflow_id = str(engine.start_workflow("podcast", {"topic": "tides", "review": True}))
+    wait_until(lambda: engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    context = browser.new_context()
+    problems: list[str] = []
+    context.on("weberror", lambda error: problems.append(f"page error: {error.error}"))
+    page = context.new_page()
+    page.goto(f"{gateway.url}/workflows/{workflow_id}")
+    expect(page.get_by_test_id("connection")).to_have_text("live", timeout=WAIT_MS)
+    expect(page.get_by_test_id("review")).to_have_attribute("data-revision", "1")
+    page.get_by_test_id("line-0-0").fill("A stale edit of revision 1.")
+    engine.review(workflow_id, approve=False, notes="Shorter.")  # another reviewer
+    wait_until(lambda: engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    second = store.get_workflow(workflow_id).context["script"]
+    expect(page.get_by_test_id("review")).to_have_attribute("data-revision", "2",
+                                                            timeout=WAIT_MS)
+    expect(page.get_by_test_id("line-0-0")).to_have_value(
+        second["segments"][0]["lines"][0]["text"])
+    page.get_by_test_id("approve").click()
+    expect(page.get_by_test_id("state")).to_have_text("synthesizing", timeout=WAIT_MS)
+    review = store.get_workflow(workflow_id).context["review"]
+    assert (review["revision"], review["edited"]) == (2, False)
+    context.close()
+    assert problems == []

@@ -88,6 +88,67 @@ def test_bulk_fork__revoices_every_completed_podcast_once(engine, agent, store):
         assert drive(engine, fork) == "completed"
 
 
+FAIL_UPDATES = """
+CREATE FUNCTION test_fail_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.workflow_id = '{busy}' THEN
+    RAISE EXCEPTION 'row is locked elsewhere' USING ERRCODE = 'lock_not_available';
+  END IF;
+  RAISE EXCEPTION 'disk is full';
+END $$;
+CREATE TRIGGER test_fail_update BEFORE UPDATE ON workflow_instances FOR EACH ROW
+  WHEN (OLD.workflow_id IN ('{busy}', '{broken}')) EXECUTE FUNCTION test_fail_update();
+"""
+
+
+def test_bulk_retry__database_errors_reported_per_workflow(engine, agent, store, db):
+    """A workflow whose update fails in the database (StoreBusy, StoreError) mid-run is
+    listed as refused with the reason; the run goes on and the others are retried."""
+    failed = failed_podcasts(engine, agent, 4)
+    busy, broken = sorted(failed)[1:3]
+    db.execute(FAIL_UPDATES.format(busy=busy, broken=broken))
+    report = bulk.run(engine, "retry", bulk.Filter.checked(state="failed"), dry_run=False,
+                      batch_size=2)
+    assert report.matched == 4
+    assert sorted(c["workflow_id"] for c in report.changed) == sorted(
+        str(w) for w in failed if w not in (busy, broken))
+    reasons = {r["workflow_id"]: r["error"] for r in report.refused}
+    assert set(reasons) == {str(busy), str(broken)}
+    assert "row is locked elsewhere" in reasons[str(busy)]
+    assert "disk is full" in reasons[str(broken)]
+    assert states(store, [busy, broken]) == ["failed", "failed"]
+
+
+def test_bulk_fork__skips_forks_unless_asked(engine, agent, store):
+    """A bulk fork of the completed podcasts forks the sources, not an earlier fork of
+    them; with include_forks it forks the fork too."""
+    source = engine.start_workflow("podcast", {"topic": "tides"})
+    assert drive(engine, source) == "completed"
+    earlier = engine.fork(source, "synthesizing")
+    assert drive(engine, earlier) == "completed"
+    where = bulk.Filter.checked(state="completed")
+    report = bulk.run(engine, "fork", where, dry_run=True, from_state="synthesizing")
+    assert [c["workflow_id"] for c in report.changed] == [str(source)]
+    both = bulk.run(engine, "fork", bulk.Filter.checked(state="completed", include_forks=True),
+                    dry_run=True, from_state="synthesizing")
+    assert sorted(c["workflow_id"] for c in both.changed) == sorted([str(source), str(earlier)])
+    cancel = bulk.run(engine, "cancel", where, dry_run=True)  # a cancel does not skip forks
+    assert cancel.matched == 2
+
+
+def test_bulk_filter__empty_refused_naming_all_unless_meant(engine, store):
+    """An empty filter is refused naming `all` before anything is read; all_workflows
+    means every workflow."""
+    working = [engine.start_workflow("podcast", {"topic": f"t{i}"}) for i in range(2)]
+    with pytest.raises(errors.InvalidInput) as info:
+        bulk.Filter.checked()
+    assert info.value.field == "all"
+    with pytest.raises(errors.InvalidInput):
+        bulk.Filter.checked(state=None, include_forks=True)
+    report = bulk.run(engine, "cancel", bulk.Filter.checked(all_workflows=True), dry_run=False)
+    assert sorted(c["workflow_id"] for c in report.changed) == sorted(map(str, working))
+
+
 @pytest.mark.parametrize(("fields", "field"), [
     ({"state": "asleep"}, "state"), ({"kind": "radio"}, "kind"),
     ({"failed_step": "nowhere"}, "failed_step"),

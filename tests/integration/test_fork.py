@@ -3,13 +3,15 @@ only the steps from that state call their agents, under the new workflow's own k
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import psycopg
 import pytest
 
 from cpoa import errors
 from cpoa.testing.agent import Reply
-from tests.fix_agents import drive
+from tests.fix_agents import drive, wait_until
 
 BEFORE_VOICES = ("/harvest", "/discover_topics", "/weave_script")
 VOICED = {"topic": "tides", "voice_params": {"voice_name": "en"}, "persona": "a sailor"}
@@ -113,3 +115,55 @@ def test_fork__of_a_working_workflow_is_refused(engine, store):
         engine.fork(source, "fetching")
     with pytest.raises(errors.UnknownWorkflow):
         engine.fork(uuid.uuid4(), "fetching")
+
+
+def test_fork__retried_with_its_idempotency_key_returns_the_same_fork(engine, agent, store):
+    """A fork retried with the same key returns the first fork and creates nothing; another
+    key makes another fork; the key of a fork of another workflow is refused naming it."""
+    source = engine.start_workflow("podcast", VOICED)
+    other = engine.start_workflow("podcast", VOICED)
+    for workflow_id in (source, other):
+        assert drive(engine, workflow_id) == "completed"
+    first = engine.fork(source, "synthesizing", idempotency_key="revoice-1")
+    count = len(store.list_workflows())
+    assert engine.fork(source, "synthesizing", idempotency_key="revoice-1") == first
+    assert len(store.list_workflows()) == count
+    assert store.get_workflow(first).idempotency_key == "revoice-1"
+    assert engine.fork(source, "synthesizing", idempotency_key="revoice-2") != first
+    with pytest.raises(errors.InvalidInput) as info:
+        engine.fork(other, "synthesizing", idempotency_key="revoice-1")
+    assert info.value.field == "idempotency_key"
+    start = engine.start_workflow("podcast", VOICED, idempotency_key="revoice-3")
+    assert engine.fork(source, "synthesizing", idempotency_key="revoice-3") != start
+
+
+def test_fork__waits_for_a_change_to_its_source_in_flight(engine, agent, store, dsn):
+    """The fork reads its source and history under a share lock: while another transaction
+    holds the source's row lock (a retry moving it back to work), the fork waits, then sees
+    the source working and is refused instead of copying a state that no longer holds."""
+    agent.script("POST", "/forge_voice", Reply(400, {"error": "bad voice"}))
+    source = engine.start_workflow("podcast", VOICED)
+    assert drive(engine, source) == "failed"
+    outcome: list = []
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT 1 FROM workflow_instances WHERE workflow_id = %s FOR UPDATE",
+                      (source,))
+        thread = threading.Thread(target=lambda: outcome.append(
+            _attempt(lambda: engine.fork(source, "synthesizing"))))
+        thread.start()
+        wait_until(lambda: other.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()").fetchone()[0] == 1, timeout=10)
+        other.execute("UPDATE workflow_instances SET state = 'synthesizing', "
+                      "failed_from_state = NULL, error_message = NULL WHERE workflow_id = %s",
+                      (source,))
+        other.commit()
+        thread.join(10)
+    assert isinstance(outcome[0], errors.InvalidTransition), outcome
+
+
+def _attempt(call):
+    try:
+        return call()
+    except errors.CPOAError as exc:
+        return exc

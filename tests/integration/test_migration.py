@@ -118,12 +118,13 @@ def test_worker__refuses_a_database_with_another_machine(store, db, engine):
     assert store.get_workflow(workflow_id).state == "fetching"
 
 
-def test_cli_worker__exits_1_naming_the_difference(dsn, db, agent):
-    """`cpoa worker` on a database with another machine prints the difference and exits 1;
+def test_cli_worker__exits_2_naming_the_difference(dsn, db, agent):
+    """`cpoa worker` on a database with another machine prints the difference and exits 2
+    (a configuration problem, like a bad variable);
     after `cpoa db init` the fingerprint matches again."""
     db.execute("UPDATE cpoa_machine SET fingerprint = 'someone-else'")
     db.execute("INSERT INTO workflow_transitions VALUES ('podcast', 'imaging', 'scripting')")
     run = run_cli(cli_env(dsn, agent.url, CPOA_WORKER_UNTIL_IDLE="1"), "worker")
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 2, run.stderr
     assert "allows podcast imaging -> scripting" in run.stderr
     assert "upgrade" in run.stderr

@@ -90,6 +90,25 @@ def test_review__rejection_sends_notes_under_a_new_key(engine, agent, store):
     assert agent.duplicates() == {}
 
 
+def test_review__stale_revision_refused_under_the_lock(engine, agent, store):
+    """A reviewer who saw revision 1 cannot approve (nor reject) revision 2, which PSWA wrote
+    after another reviewer's rejection: refused naming both revisions, nothing stored;
+    the revision seen now is accepted."""
+    workflow_id = to_review(engine)
+    assert engine.review(workflow_id, approve=False, notes="Shorter.",
+                         expected_revision=1) == "scripting"
+    wait_until(lambda: engine.advance(workflow_id) == "awaiting_review", interval=0.01)
+    before = store.get_workflow(workflow_id)
+    for approve, notes in ((True, None), (False, "Longer.")):
+        with pytest.raises(errors.InvalidTransition, match="revision 2, not 1"):
+            engine.review(workflow_id, approve=approve, notes=notes, expected_revision=1)
+    assert store.get_workflow(workflow_id) == before
+    with pytest.raises(errors.InvalidInput, match="expected_revision"):
+        engine.review(workflow_id, approve=True, expected_revision=0)
+    assert engine.review(workflow_id, approve=True, expected_revision=2) == "synthesizing"
+    assert engine.get_workflow(workflow_id)["outputs"]["review"]["revision"] == 2
+
+
 def test_review__rejection_with_the_reference_pswa_drops_the_named_segment(store, agent,
                                                                            tmp_path):
     """The reference PSWA reads the notes: a segment they ask to drop is gone from the

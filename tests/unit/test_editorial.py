@@ -95,3 +95,79 @@ def test_fork_plan__copies_only_the_steps_before_and_checks_params():
     with pytest.raises(errors.InvalidInput) as info:
         editorial.fork_plan(source, history[:2], "synthesizing", None)
     assert info.value.field == "from_state"
+
+
+def _completed(params: dict) -> tuple[models.Workflow, list[dict]]:
+    source = models.Workflow(uuid.UUID(int=4), "podcast", "completed",
+                             {"topic": "t", **params},
+                             {"content": "c", "source_urls": [], "topics": [],
+                              "script": SCRIPT, "audio": {"url": "a"}}, [])
+    return source, [{"to_state": s} for s in ("fetching", "analyzing", "scripting",
+                                              "synthesizing", "imaging", "finalizing")]
+
+
+@pytest.mark.parametrize(("from_state", "changes", "field"), [
+    ("synthesizing", {"persona": "a pirate"}, "persona"),
+    ("synthesizing", {"format": "panel"}, "format"),
+    ("synthesizing", {"urls": ["https://example.org/a"]}, "urls"),
+    ("synthesizing", {"target_minutes": 9}, "target_minutes"),
+    ("synthesizing", {"review": True}, "review"),
+    ("imaging", {"voice_params": {"voice_name": "en+f4"}}, "voice_params"),
+    ("finalizing", {"topic": "other"}, "topic"),
+    ("finalizing", {"cover_prompt": "a boat"}, "cover_prompt"),
+])
+def test_fork_plan__a_change_no_later_step_reads_is_refused(from_state, changes, field):
+    """A parameter only the steps before from_state read would change nothing: refused,
+    named."""
+    source, history = _completed({"persona": "a sailor"})
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.fork_plan(source, history, from_state, changes)
+    assert info.value.field == field
+    assert f"no step from {from_state} on reads it" in str(info.value)
+
+
+def test_fork_plan__effective_changes_allowed_and_voice_params_merged():
+    """voice_params, cover_prompt (and topic, the default cover prompt) are read from
+    synthesizing on; voice_params is merged into the source's; an unchanged value of an
+    earlier step's parameter is no change."""
+    source, history = _completed({"persona": "a sailor",
+                                  "voice_params": {"voice_name": "en", "speaking_rate": 1.2}})
+    params, _ = editorial.fork_plan(source, history, "synthesizing", {
+        "voice_params": {"voice_name": "en+f4"}, "cover_prompt": "a boat",
+        "persona": "a sailor"})
+    assert params["voice_params"] == {"voice_name": "en+f4", "speaking_rate": 1.2}
+    assert params["cover_prompt"] == "a boat"
+    params, _ = editorial.fork_plan(source, history, "scripting", {"persona": "a pirate"})
+    assert params["persona"] == "a pirate"
+
+
+def test_edited_script__longer_than_the_limit_refused_naming_script():
+    """An edited script whose JSON is longer than REVIEW_SCRIPT_MAX_CHARS is refused naming
+    `script` (before its lines are checked); one just under it is checked as usual."""
+    from cpoa import defaults
+
+    line = {"speaker": "Host", "text": "x" * 1000}
+    lines = [line] * (defaults.REVIEW_SCRIPT_MAX_CHARS // 1000 + 1)
+    huge = {**SCRIPT, "segments": [{"segment_title": "Intro", "lines": lines}]}
+    with pytest.raises(errors.InvalidInput) as info:
+        editorial.Decision.checked(True, huge)
+    assert info.value.field == "script"
+    assert f"more than the {defaults.REVIEW_SCRIPT_MAX_CHARS}" in str(info.value)
+    editorial.Decision.checked(True, {**huge, "segments": [
+        {"segment_title": "Intro", "lines": lines[:len(lines) // 2]}]})
+
+
+def test_decision_outcome__rejection_of_the_last_revision_allowed_refused():
+    """At REVIEW_MAX_REVISIONS a rejection is refused naming the revision count; an
+    approval still goes on."""
+    from cpoa import defaults
+
+    last = waiting(script_revision=defaults.REVIEW_MAX_REVISIONS)
+    with pytest.raises(errors.InvalidTransition) as info:
+        editorial.decision_outcome(last, editorial.Decision.checked(False, notes="Again."))
+    assert f"revision {defaults.REVIEW_MAX_REVISIONS}, the most allowed" in str(info.value)
+    assert editorial.decision_outcome(last, editorial.Decision.checked(True)).dest == (
+        "synthesizing")
+    below = waiting(script_revision=defaults.REVIEW_MAX_REVISIONS - 1)
+    assert editorial.decision_outcome(
+        below, editorial.Decision.checked(False, notes="Again.")).dest == "scripting"

@@ -231,3 +231,32 @@ def test_from_env__callback_secret_is_a_secret_and_must_be_long_enough():
     with pytest.raises(errors.ConfigError, match="CPOA_CALLBACK_SECRET") as caught:
         settings.from_env({"CPOA_CALLBACK_SECRET": "tooshort"})
     assert "tooshort" not in str(caught.value)
+
+
+def test_review_timeout__above_a_year_refused_naming_the_variable():
+    """A review deadline beyond a year (e.g. 1e12 s: "timestamp out of range" at every
+    scripting -> awaiting_review) is refused naming CPOA_REVIEW_TIMEOUT_SECONDS; a year is
+    accepted."""
+    from cpoa import defaults
+
+    year = str(int(defaults.REVIEW_TIMEOUT_MAX_S))
+    assert settings.from_env({"CPOA_REVIEW_TIMEOUT_SECONDS": year}).review_timeout_s == float(
+        year)
+    for value in (str(int(defaults.REVIEW_TIMEOUT_MAX_S) + 1), "1e12"):
+        with pytest.raises(errors.ConfigError) as info:
+            settings.from_env({"CPOA_REVIEW_TIMEOUT_SECONDS": value})
+        assert info.value.variable == "CPOA_REVIEW_TIMEOUT_SECONDS"
+        assert str(info.value).startswith("CPOA_REVIEW_TIMEOUT_SECONDS")
+
+
+def test_bulk_batch_size__parsed_once_and_bad_values_name_the_variable():
+    """CPOA_BULK_BATCH_SIZE is read by settings (not by the CLI from os.environ): a whole
+    number from 1 to BULK_BATCH_MAX, refused naming the variable otherwise."""
+    from cpoa import defaults
+
+    assert settings.from_env({}).bulk_batch_size == defaults.BULK_BATCH_SIZE
+    assert settings.from_env({"CPOA_BULK_BATCH_SIZE": "25"}).bulk_batch_size == 25
+    for value in ("0", "many", str(defaults.BULK_BATCH_MAX + 1)):
+        with pytest.raises(errors.ConfigError) as info:
+            settings.from_env({"CPOA_BULK_BATCH_SIZE": value})
+        assert info.value.variable == "CPOA_BULK_BATCH_SIZE"

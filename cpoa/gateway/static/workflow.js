@@ -107,7 +107,8 @@ function onSnapshot(view) {
   if (view.workflow_id !== workflowId || typeof view.state !== "string") return;
   setBadge(document.querySelector("[data-testid=state]"), view.state);
   const reviewForm = document.getElementById("review");
-  if (view.state === "awaiting_review" && !reviewForm) {
+  if (view.state === "awaiting_review"
+      && (!reviewForm || Number(reviewForm.dataset.revision) !== view.script_revision)) {
     window.location.reload();  // a (new) script awaits review: the server renders its editor
     return;
   }
@@ -184,11 +185,23 @@ document.getElementById("cancel").addEventListener("click", () => {
 });
 document.getElementById("retry").addEventListener("click", () => act("retry"));
 
-/** The stored script with the reviewer's edits applied by position; null when unchanged. */
+/** The revision of the script the editor shows (sent as expected_revision). */
+function shownRevision() {
+  return Number(document.getElementById("review").dataset.revision);
+}
+
+/** The stored script with the reviewer's edits applied by position; null when unchanged.
+ * Throws when the stored script is another revision than the one shown: the edits were made
+ * on the one shown and must never be laid over a newer script by position. */
 async function editedScript() {
   const answer = await fetch(`/v1/workflows/${encodeURIComponent(workflowId)}`,
     { headers: { Accept: "application/json" } });
-  const script = (await answer.json()).outputs.script;
+  const outputs = (await answer.json()).outputs;
+  const stored = Number(outputs.script_revision || 1);
+  if (stored !== shownRevision()) {
+    throw new Error(`the script is now at revision ${stored}, not ${shownRevision()}`);
+  }
+  const script = outputs.script;
   const original = JSON.stringify(script);
   script.title = document.getElementById("script-title").value;
   for (const field of document.querySelectorAll("#review [data-part]")) {
@@ -208,12 +221,21 @@ const review = document.getElementById("review");
 if (review) {
   const notes = document.getElementById("review-notes");
   document.getElementById("approve").addEventListener("click", async () => {
-    const script = await editedScript();
-    const request = script === null ? { decision: "approve" } : { decision: "approve", script };
+    let script;
+    try {
+      script = await editedScript();
+    } catch (error) {
+      status.textContent = `review refused: ${error.message}; reload the page`;
+      return;
+    }
+    const request = { decision: "approve", expected_revision: shownRevision() };
+    if (script !== null) request.script = script;
     if (await act("review", request)) review.remove();  // a later review reloads the page
   });
   document.getElementById("reject").addEventListener("click", async () => {
-    if (await act("review", { decision: "reject", notes: notes.value })) review.remove();
+    const request = { decision: "reject", notes: notes.value,
+                      expected_revision: shownRevision() };
+    if (await act("review", request)) review.remove();
   });
 }
 
