@@ -109,6 +109,12 @@ def working_states(kind: str) -> list[str]:
     return [s for s in states(kind) if s not in TERMINAL_STATES]
 
 
+def straight_path(kind: str) -> list[str]:
+    """The working states a workflow passes through, in order, when nothing fails and nobody
+    reviews it (the waiting states are left out)."""
+    return [s for s in working_states(kind) if s not in WAITING_STATES]
+
+
 def initial_state(kind: str) -> str:
     """Returns the state a new workflow of this kind starts in."""
     return _definition(kind)[2]

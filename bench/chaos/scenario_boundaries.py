@@ -110,7 +110,7 @@ def _cases(reached: dict[str, dict[tuple[str, str], int]],
                 cases.append((kind, state, point, min(nth or last, last)))
         return cases
     return [(kind, state, point, n)
-            for kind in PARAMS for state in machine.working_states(kind)
+            for kind in PARAMS for state in machine.straight_path(kind)
             for point in FAULT_POINTS for n in range(1, reached[kind][(state, point)] + 1)]
 
 
@@ -135,7 +135,7 @@ def _dry_run(ctx: Context, agent: agents.ChaosAgent, kind: str) -> dict[tuple[st
     if state != "completed":
         raise RuntimeError(f"dry run of {kind} ended {state}")
     return {(state, point): seen[(state, point)]
-            for state in machine.working_states(kind) for point in FAULT_POINTS}
+            for state in machine.straight_path(kind) for point in FAULT_POINTS}
 
 
 def _settings(agent: agents.ChaosAgent) -> settings_module.Settings:
@@ -232,7 +232,7 @@ def _check(store: PostgresStore, db: psycopg.Connection, agent: agents.ChaosAgen
            workflow_id: str, held: list[inflight.Held]) -> dict[str, Any]:
     workflow = store.get_workflow(workflow_id)
     history = [(h["from_state"], h["to_state"]) for h in store.get_history(workflow_id)]
-    chain = [None, *machine.working_states(kind), "completed"]
+    chain = [None, *machine.straight_path(kind), "completed"]
     in_flight = inflight.excused(db, [held])
     work = agents.duplicate_work(agent, [(workflow_id, kind, workflow.context)],
                                  in_flight=in_flight)

@@ -94,7 +94,7 @@ def _storm(procs: worker_proc.Processes, env: dict[str, str], ids: list[str], n_
 
 
 def _check(store: PostgresStore, agent: agents.ChaosAgent, ids: list[str]) -> dict[str, Any]:
-    chain = [None, *machine.working_states("podcast"), "completed"]
+    chain = [None, *machine.straight_path("podcast"), "completed"]
     expected = list(itertools.pairwise(chain))
     wrong = outbox_wrong = transitions = 0
     contexts = []
