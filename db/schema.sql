@@ -82,24 +82,29 @@ CREATE TABLE IF NOT EXISTS cpoa_secrets (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Schema version 9, in place on an older database: the review gate's state awaiting_review
--- (the CHECK is rebuilt only when it lacks it: a rebuild scans the table) and fork lineage.
-DO $$
+-- A CHECK that lists allowed values, rebuilt when its definition lacks p_needs (a rebuild scans
+-- the table, so only then): how a schema version adds a state or an event name in place.
+CREATE OR REPLACE FUNCTION cpoa_ensure_check(p_table regclass, p_name text, p_needs text,
+                                             p_check text) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                   WHERE conrelid = 'workflow_instances'::regclass
-                     AND conname = 'workflow_state_known'
-                     AND pg_get_constraintdef(oid) LIKE '%awaiting_review%') THEN
-        ALTER TABLE workflow_instances DROP CONSTRAINT IF EXISTS workflow_state_known;
-        ALTER TABLE workflow_instances ADD CONSTRAINT workflow_state_known CHECK (
-            (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting',
-                                            'awaiting_review', 'synthesizing', 'imaging',
-                                            'finalizing', 'completed', 'failed', 'cancelled'))
-            OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging',
-                                                'completed', 'failed', 'cancelled')));
+                   WHERE conrelid = p_table AND conname = p_name
+                     AND pg_get_constraintdef(oid) LIKE '%' || p_needs || '%') THEN
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', p_table, p_name);
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s)', p_table, p_name, p_check);
     END IF;
 END
 $$;
+
+-- Schema version 9, in place on an older database: the review gate's state awaiting_review
+-- and fork lineage.
+SELECT cpoa_ensure_check('workflow_instances', 'workflow_state_known', 'awaiting_review', $check$
+    (kind = 'podcast' AND state IN ('fetching', 'analyzing', 'scripting', 'awaiting_review',
+                                    'synthesizing', 'imaging', 'finalizing', 'completed',
+                                    'failed', 'cancelled'))
+    OR (kind = 'snippets' AND state IN ('discovering', 'crafting', 'imaging', 'completed',
+                                        'failed', 'cancelled'))$check$);
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS forked_from uuid;
 
 -- What a worker claims: unleased and due. Terminal rows have next_run_at NULL and stay out.
@@ -536,18 +541,8 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
     last_error       text
 );
 -- Schema version 9, in place: the review gate's UI event review_requested.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                   WHERE conrelid = 'ui_event_outbox'::regclass
-                     AND conname = 'ui_event_outbox_event_name_check'
-                     AND pg_get_constraintdef(oid) LIKE '%review_requested%') THEN
-        ALTER TABLE ui_event_outbox DROP CONSTRAINT IF EXISTS ui_event_outbox_event_name_check;
-        ALTER TABLE ui_event_outbox ADD CONSTRAINT ui_event_outbox_event_name_check
-            CHECK (event_name IN ('generation_status', 'task_error', 'review_requested'));
-    END IF;
-END
-$$;
+SELECT cpoa_ensure_check('ui_event_outbox', 'ui_event_outbox_event_name_check', 'review_requested',
+    $check$event_name IN ('generation_status', 'task_error', 'review_requested')$check$);
 CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
     ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;
 -- Every event of a workflow: the ON DELETE CASCADE from workflow_instances (cpoa prune) looks

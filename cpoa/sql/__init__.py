@@ -7,6 +7,7 @@ import importlib.resources
 import re
 
 _NAME = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+_FRAGMENT = re.compile(r"@([a-z_]+)@")
 _VERSION = re.compile(r"^INSERT INTO cpoa_schema_version \(version\) VALUES \((\d+)\)$",
                       re.MULTILINE)
 
@@ -19,10 +20,14 @@ def read(filename: str) -> str:
 def parse(text: str) -> dict[str, str]:
     """Splits a queries file into {name: statement}; each block starts with ``-- name --``.
 
-    Whole-line comments are dropped: shorter statements stay in psycopg's query cache (4 kB).
+    ``@name@`` in a block stands for the block ``name`` (a fragment written once and used by
+    several statements). Whole-line comments are dropped: shorter statements stay in psycopg's
+    query cache (4 kB).
     """
     parts = _NAME.split(text)
-    return {name: _uncommented(body) for name, body in zip(parts[1::2], parts[2::2])}
+    blocks = {name: _uncommented(body) for name, body in zip(parts[1::2], parts[2::2])}
+    return {name: _FRAGMENT.sub(lambda used: blocks[used.group(1)], body)
+            for name, body in blocks.items()}
 
 
 def _uncommented(body: str) -> str:

@@ -116,6 +116,22 @@ SELECT claimed.*, clock_timestamp() AS db_now,
     cpoa_agent_pauses() AS agent_pauses
 FROM claimed;
 
+-- locked_step --
+-- A fragment, written where @locked_step@ stands (record_progress, make_transition): the
+-- workflow's row, locked first, and the lease the write leaves on it. With %(renew_ttl_s)s and
+-- the lease still live, the holder keeps it; otherwise (not asked, or dead: its session was cut
+-- while the step ran) none, or the sweep would hand the next step to a second worker while
+-- this one runs it. Pasted, not a function: a function with FOR UPDATE is planned on every
+-- call (PostgreSQL CPU per transition 1.3 -> 2.0 ms in a bench/run.py --quick run).
+SELECT workflow_id, CASE WHEN renew THEN lease_owner END AS lease_owner,
+       CASE WHEN renew THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END
+           AS lease_expires_at,
+       CASE WHEN renew THEN lease_liveness_key END AS lease_liveness_key, renew AS renewed
+FROM (SELECT workflow_id, lease_owner, lease_liveness_key,
+             %(renew_ttl_s)s::float8 IS NOT NULL
+             AND cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS renew
+      FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE) l
+
 -- record_progress --
 -- A step that stays in its state: its task row (when it made a request) and when the workflow
 -- is due again (in %(run_in_s)s s), in one statement that locks the row first (SELECT … FOR
@@ -124,20 +140,7 @@ FROM claimed;
 -- (not NULL) the caller keeps the lease for its next step, now, with a new fence; the step's
 -- task rows come back as step_tasks (read before this statement's own writes).
 WITH locked AS (
-    -- The row, locked first, and the lease the write leaves on it: with %(renew_ttl_s)s and
-    -- the lease still live, the holder keeps it; otherwise (not asked, or dead: its session
-    -- was cut while the step ran) none, or the sweep would hand the next step to a second
-    -- worker while this one runs it. Written out here and in make_transition, not as a
-    -- function: a function with FOR UPDATE is planned on every call (PostgreSQL CPU per
-    -- transition 1.3 -> 2.0 ms, bench/run.py --quick, 2026-12-04).
-    SELECT workflow_id, CASE WHEN renew THEN lease_owner END AS lease_owner,
-           CASE WHEN renew THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END
-               AS lease_expires_at,
-           CASE WHEN renew THEN lease_liveness_key END AS lease_liveness_key, renew AS renewed
-    FROM (SELECT workflow_id, lease_owner, lease_liveness_key,
-                 %(renew_ttl_s)s::float8 IS NOT NULL
-                 AND cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS renew
-          FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE) l
+    @locked_step@
 ), moved AS (
     UPDATE workflow_instances w
     -- A callback since the lease was taken (%(leased_at)s), or one whose poll was deferred
@@ -193,20 +196,7 @@ FROM moved;
 -- state is due after %(run_in_s)s (0 but for a waiting state). With %(renew_ttl_s)s the worker
 -- keeps the lease for the next step.
 WITH locked AS (
-    -- The row, locked first, and the lease the write leaves on it: with %(renew_ttl_s)s and
-    -- the lease still live, the holder keeps it; otherwise (not asked, or dead: its session
-    -- was cut while the step ran) none, or the sweep would hand the next step to a second
-    -- worker while this one runs it. Written out here and in make_transition, not as a
-    -- function: a function with FOR UPDATE is planned on every call (PostgreSQL CPU per
-    -- transition 1.3 -> 2.0 ms, bench/run.py --quick, 2026-12-04).
-    SELECT workflow_id, CASE WHEN renew THEN lease_owner END AS lease_owner,
-           CASE WHEN renew THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END
-               AS lease_expires_at,
-           CASE WHEN renew THEN lease_liveness_key END AS lease_liveness_key, renew AS renewed
-    FROM (SELECT workflow_id, lease_owner, lease_liveness_key,
-                 %(renew_ttl_s)s::float8 IS NOT NULL
-                 AND cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS renew
-          FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE) l
+    @locked_step@
 ), moved AS (
     UPDATE workflow_instances w
     SET state = %(dest)s,

@@ -108,6 +108,13 @@ class PostgresStore(Reads, Upkeep):
     def _one(self, conn: psycopg.Connection, name: str, **params: Any) -> dict | None:
         return conn.execute(self.queries[name], params).fetchone()
 
+    def _known(self, conn: psycopg.Connection, name: str, workflow_id: uuid.UUID) -> dict:
+        """The row ``name`` reads for ``workflow_id``; UnknownWorkflow when there is none."""
+        row = self._one(conn, name, workflow_id=workflow_id)
+        if row is None:
+            raise errors.UnknownWorkflow(workflow_id)
+        return row
+
     def _all(self, conn: psycopg.Connection, name: str, **params: Any) -> list[dict]:
         return conn.execute(self.queries[name], params).fetchall()
 
@@ -184,9 +191,7 @@ class PostgresStore(Reads, Upkeep):
             UnknownWorkflow: no such workflow.
         """
         with self._transaction() as conn:
-            row = self._one(conn, "lock_fork_source", workflow_id=workflow_id)
-            if row is None:
-                raise errors.UnknownWorkflow(workflow_id)
+            row = self._known(conn, "lock_fork_source", workflow_id)
             return (models.Workflow.from_row(row),
                     self._all(conn, "select_history", workflow_id=workflow_id))
 
@@ -227,9 +232,7 @@ class PostgresStore(Reads, Upkeep):
             UnknownWorkflow: no such workflow.
         """
         with self._transaction() as conn:
-            row = self._one(conn, "lock_workflow", workflow_id=workflow_id)
-            if row is None:
-                raise errors.UnknownWorkflow(workflow_id)
+            row = self._known(conn, "lock_workflow", workflow_id)
             workflow = models.Workflow.from_row(row)
             not_due = workflow.next_run_at is None or workflow.next_run_at > row["db_now"]
             if workflow.is_terminal or row["lease_live"] or (
@@ -349,9 +352,7 @@ class PostgresStore(Reads, Upkeep):
             InvalidTransition: from ``decide``.
         """
         with self._transaction() as conn:
-            row = self._one(conn, "lock_workflow", workflow_id=workflow_id)
-            if row is None:
-                raise errors.UnknownWorkflow(workflow_id)
+            row = self._known(conn, "lock_workflow", workflow_id)
             workflow = models.Workflow.from_row(row)
             outcome = decide(workflow)
             if outcome is None:
@@ -409,10 +410,7 @@ class PostgresStore(Reads, Upkeep):
 
     def _workflow_row(self, workflow_id: uuid.UUID) -> dict:
         with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "select_workflow", workflow_id=workflow_id)
-        if row is None:
-            raise errors.UnknownWorkflow(workflow_id)
-        return row
+            return self._known(conn, "select_workflow", workflow_id)
 
     def get_tasks(self, workflow_id: uuid.UUID) -> list[models.Task]:
         """Returns every task row of a workflow, oldest first."""
