@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cpoa import defaults, events, machine, models, steps
+from cpoa.settings import AgentSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +96,35 @@ def is_submit(step: steps.Step, task: models.Task) -> bool:
     return not step.notified and not (task.status == "submitted" and task.status_url)
 
 
-def agent_pause_s(task: models.Task | None) -> float | None:
-    """How long every new submit to ``task``'s agent pauses: its submit was answered 429 or
-    503 with a Retry-After (kept in the task's transient error by attempt.settle)."""
-    details = (task.error_details_json if task is not None else None) or {}
-    if task is None or task.status == "submitted" or not details.get("transient"):
+def agent_report(step: steps.Step, before: models.Task, after: models.Task,
+                 failing: Mapping[str, Any]) -> models.AgentReport | None:
+    """What the request that turned ``before`` into ``after`` tells of the step's agent.
+
+    A request with no usable answer (attempt.settle counted a retry) is a failure for the
+    breaker, unless the agent asked for time with Retry-After: on a submit that pauses its new
+    submits (a 429 or 503), on a poll it only delays that poll. An answer is news only from an
+    agent in ``failing`` (the lease's paused or failing agents): it closes the breaker.
+    """
+    if step.notified:
         return None
-    return details.get("retry_after_s") if details.get("status_code") else None
+    if after.retry_count <= before.retry_count:
+        return models.AgentReport(step.agent, ok=True) if step.agent in failing else None
+    details = after.error_details_json or {}
+    if details.get("retry_after_s") is None or not details.get("status_code"):
+        return models.AgentReport(step.agent, ok=False)
+    if not is_submit(step, before):
+        return None
+    return models.AgentReport(step.agent, ok=False, pause_s=details["retry_after_s"],
+                              reason=str(details["status_code"]))
 
 
-def slot_cap(step: steps.Step, call: Call, max_in_flight: int | None) -> int | None:
-    """The agent's in-flight limit when ``call`` is a submit to a capped agent (it must hold
-    one of the agent's slots first); None when no slot is needed (no limit, a poll of a task
-    the agent accepted, or a notification)."""
-    return max_in_flight if max_in_flight is not None and is_submit(step, call.task) else None
+def admission(step: steps.Step, call: Call,
+              agent: AgentSettings) -> AgentSettings | None:
+    """The agent's limits when ``call`` is a submit to an agent with a cap or a rate limit
+    (it must hold one of the agent's slots, then its place in the rate, first); None when it
+    may go at once (no limit, a poll of a task the agent accepted, or a notification)."""
+    limited = agent.max_in_flight is not None or agent.rate_limit is not None
+    return agent if limited and is_submit(step, call.task) else None
 
 
 def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
@@ -127,12 +143,15 @@ def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
 
 
 def outcome(workflow: models.Workflow, action: Wait | Finish,
-            review_timeout_s: float = defaults.REVIEW_TIMEOUT_S) -> models.Outcome:
-    """The write that records ``action``: progress in the state, or a transition."""
+            review_timeout_s: float = defaults.REVIEW_TIMEOUT_S,
+            report: models.AgentReport | None = None) -> models.Outcome:
+    """The write that records ``action``: progress in the state, or a transition, with what
+    the step's request told of its agent (:func:`agent_report`)."""
     if isinstance(action, Wait):
-        return models.Outcome.progress(action.task, action.run_in_s, agent_pause_s(action.task))
-    return verdict_outcome(workflow, action.verdict, action.task,
-                           review_timeout_s=review_timeout_s)
+        return models.Outcome.progress(action.task, action.run_in_s, report)
+    return dataclasses.replace(verdict_outcome(workflow, action.verdict, action.task,
+                                               review_timeout_s=review_timeout_s),
+                               agent_report=report)
 
 
 def due_in(dest: str, review_timeout_s: float) -> float:

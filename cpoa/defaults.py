@@ -24,6 +24,20 @@ and (on a 429 or 503 to a submit) pauses every worker's new submits to that agen
 AGENT_PAUSE_STATUSES = frozenset({429, 503})
 """Answers whose Retry-After pauses the agent's new submits for every workflow."""
 
+BREAKER_FAILURES = 5
+"""Failed requests to one agent in a row (no answer, a 5xx, a timeout; from any workflow and
+worker) that open its breaker: its new submits pause (polls go on, and one answer closes it)."""
+
+BREAKER_FIRST_PAUSE_S, BREAKER_MOST_PAUSE_S = 1.0, 60.0
+"""The breaker's first pause; each further failure doubles it, up to the second figure."""
+
+RATE_BURST = 1
+"""Submits to a rate-limited agent that may go at once after a quiet spell
+(``CPOA_<AGENT>_RATE_BURST``): any window of W seconds holds at most burst + W × rate."""
+
+RATE_LIMIT_MAX, RATE_BURST_MAX = 10_000.0, 10_000
+"""Largest ``CPOA_<AGENT>_RATE_LIMIT`` (submits per second) and ``CPOA_<AGENT>_RATE_BURST``."""
+
 SUBMIT_TIMEOUT_S = 30.0
 """Timeout of one submit request to an agent."""
 

@@ -262,24 +262,41 @@ class Engine:
         tasks = {t.item_key: t for t in lease.tasks}
         action = decide.next_action(workflow, tasks, clock(), self.settings.max_recovery_attempts,
                                     lease.agent_pauses)
+        report = None
         if isinstance(action, decide.Call):
             step = steps.step_for(workflow)
-            cap = decide.slot_cap(step, action, self._max_in_flight(step))
-            if cap is not None and not self.store.take_slot(lease, step.agent, action.item_key,
-                                                            cap):
-                log.info("waiting for a %s slot (%d in flight)", step.agent, cap,
-                         extra={"action": "slot_wait", "agent": step.agent})
+            if not self._admitted(lease, step, action, log):
                 return None
             self._fault("before_call", workflow)
             log = log.bind(task_id=str(action.task.task_id))
             task = attempt.act(self.client, self.settings, step, workflow, action.task,
                                action.item, clock, log,
                                callback_url=self.callback_url(workflow, action.task, log))
+            report = decide.agent_report(step, action.task, task, lease.agent_pauses)
             action = decide.after_call(workflow, tasks, task, clock())
-        return decide.outcome(workflow, action, self.settings.review_timeout_s)
+        return decide.outcome(workflow, action, self.settings.review_timeout_s, report)
 
-    def _max_in_flight(self, step: steps.Step) -> int | None:
-        return None if step.notified else self.settings.agent(step.agent).max_in_flight
+    def _admitted(self, lease: models.Lease, step: steps.Step, call: decide.Call,
+                  log: logs.WorkflowLogger) -> bool:
+        """Whether ``call`` may go now: a submit to a capped agent holds one of its slots,
+        then (rate-limited) its place in the rate. False: the workflow waits for it, its
+        lease released (a freed slot or the time of its place makes it due again)."""
+        limits = None if step.notified else decide.admission(
+            step, call, self.settings.agent(step.agent))
+        if limits is None:
+            return True
+        if limits.max_in_flight is not None and not self.store.take_slot(
+                lease, step.agent, call.item_key, limits.max_in_flight):
+            log.info("waiting for a %s slot (%d in flight)", step.agent, limits.max_in_flight,
+                     extra={"action": "slot_wait", "agent": step.agent})
+            return False
+        wait_s = 0.0 if limits.rate_limit is None else self.store.take_token(
+            lease, step.agent, call.item_key, limits.rate_limit, limits.rate_burst)
+        if wait_s > 0:
+            log.info("waiting %.2f s for its place in %s's rate (%g per second)", wait_s,
+                     step.agent, limits.rate_limit,
+                     extra={"action": "rate_wait", "agent": step.agent})
+        return wait_s <= 0
 
     def callback_key(self) -> bytes:
         """The secret that signs callback URLs (read once; see :mod:`cpoa.callbacks`).

@@ -113,6 +113,24 @@ class Task:
 
 
 @dataclasses.dataclass(frozen=True)
+class AgentReport:
+    """What one request told of its agent, recorded for every workflow and worker.
+
+    Attributes:
+        agent: The agent's short name.
+        ok: It answered (which closes its breaker); False: it failed or asked for a pause.
+        pause_s: It answered a submit 429 or 503 with this Retry-After: every new submit to
+            it waits this long. None with ``ok`` False: a failure, counted by the breaker.
+        reason: Why it is paused (the status code), shown by ``why`` and ``cpoa agents``.
+    """
+
+    agent: str
+    ok: bool
+    pause_s: float | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Lease:
     """A workflow this worker holds, with the step's task rows and the database's clock."""
 
@@ -120,8 +138,10 @@ class Lease:
     tasks: tuple[Task, ...]
     owner: str
     db_now: datetime.datetime
-    agent_pauses: Mapping[str, datetime.datetime] = dataclasses.field(default_factory=dict)
-    """Agents whose new submits are paused, and until when (a 429 or 503 with Retry-After)."""
+    agent_pauses: Mapping[str, datetime.datetime | None] = dataclasses.field(default_factory=dict)
+    """Agents whose new submits are paused, and until when (a 429 or 503 with Retry-After, or
+    an open breaker); and failing agents not paused (None or a past time): an answer from one
+    is reported, to close its breaker."""
 
     @property
     def fence(self) -> int:
@@ -170,8 +190,8 @@ class Outcome:
             waiting state, whose deadline it is).
         detail: Extra data for the history row.
         ui_event: The UI event to queue (when the workflow has a ``client_id``).
-        pause_s: Pause every new submit to ``task``'s agent this long (its 429 or 503 with
-            Retry-After), for every workflow and worker.
+        agent_report: What the step's request told of its agent's health, for every
+            workflow and worker (a pause, a failure, an answer after failures); None: nothing.
     """
 
     task: Task | None = None
@@ -184,14 +204,14 @@ class Outcome:
     run_in_s: float = 0.0
     detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     ui_event: UIEvent | None = None
-    pause_s: float | None = None
+    agent_report: AgentReport | None = None
 
     @classmethod
     def progress(cls, task: Task | None, run_in_s: float,
-                 pause_s: float | None = None) -> Outcome:
+                 agent_report: AgentReport | None = None) -> Outcome:
         """The workflow stays in its state (``task`` updated, if a request was made) and is
-        due again in ``run_in_s`` seconds; ``pause_s`` pauses its agent's new submits."""
-        return cls(task=task, run_in_s=run_in_s, pause_s=pause_s)
+        due again in ``run_in_s`` seconds."""
+        return cls(task=task, run_in_s=run_in_s, agent_report=agent_report)
 
     @classmethod
     def transition(cls, trigger: str, dest: str, **fields: Any) -> Outcome:

@@ -28,6 +28,9 @@ class AgentSettings:
         poll_timeout_s: Longest a step may take, counted from its first submit.
         max_in_flight: Tasks submitted to the agent and not finished, across every worker,
             at most (``CPOA_<AGENT>_MAX_IN_FLIGHT``); None: no limit.
+        rate_limit: Submits per second to the agent, across every worker, at most
+            (``CPOA_<AGENT>_RATE_LIMIT``); None: no limit.
+        rate_burst: Submits that may go at once within that rate (``CPOA_<AGENT>_RATE_BURST``).
     """
 
     name: str
@@ -35,6 +38,8 @@ class AgentSettings:
     poll_interval_s: float
     poll_timeout_s: float
     max_in_flight: int | None = None
+    rate_limit: float | None = None
+    rate_burst: int = defaults.RATE_BURST
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +217,10 @@ def _agent(reader: EnvReader, name: str) -> AgentSettings:
         poll_timeout_s=reader.number(f"CPOA_{name}_POLLING_TIMEOUT_SECONDS", timeout,
                                      positive=True),
         max_in_flight=reader.integer(f"CPOA_{name}_MAX_IN_FLIGHT", 0, minimum=1) or None,
+        rate_limit=reader.number(f"CPOA_{name}_RATE_LIMIT", 0.0, positive=True,
+                                 maximum=defaults.RATE_LIMIT_MAX) or None,
+        rate_burst=reader.integer(f"CPOA_{name}_RATE_BURST", defaults.RATE_BURST, minimum=1,
+                                  maximum=defaults.RATE_BURST_MAX),
     )
 
 

@@ -297,11 +297,108 @@ CREATE TABLE IF NOT EXISTS agent_flow (
     paused_until   timestamptz
 );
 
--- The agents whose new submits are paused now, and until when: what every lease carries.
+-- Schema version 11: an agent's rate limit (CPOA_<AGENT>_RATE_LIMIT), kept as the
+-- theoretical arrival time of the generic cell rate algorithm (rate_tat: when its bucket is
+-- empty again), and its breaker: failed requests in a row, and why its new submits are paused
+-- ('429' or '503' with Retry-After from the agent, 'breaker' after failures).
+ALTER TABLE agent_flow ADD COLUMN IF NOT EXISTS rate_tat timestamptz;
+ALTER TABLE agent_flow ADD COLUMN IF NOT EXISTS failures integer NOT NULL DEFAULT 0;
+ALTER TABLE agent_flow ADD COLUMN IF NOT EXISTS pause_reason text;
+
+-- The agents whose new submits are paused now, until when, and those failing but not paused
+-- (paused_until NULL or past): what every lease carries. A worker whose request to a failing
+-- agent is answered reports it (cpoa_agent_report_v1), which closes the breaker.
 CREATE OR REPLACE FUNCTION cpoa_agent_pauses() RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(jsonb_object_agg(agent, paused_until), '{}'::jsonb) FROM agent_flow
-    WHERE paused_until > now()
+    WHERE paused_until > now() OR failures > 0
+$$;
+
+-- What one request told of its agent: answered (p_ok: one success closes the breaker and
+-- ends its pause), answered 429 or 503 with Retry-After (p_pause_s: every new submit waits
+-- that long), or failed (no answer, 5xx, timeout): the p_threshold-th failure in a row opens
+-- the breaker for p_first_s, each further one doubles the pause, up to p_most_s.
+CREATE OR REPLACE FUNCTION cpoa_agent_report_v1(p_agent text, p_ok boolean, p_pause_s float8,
+                                                p_reason text, p_threshold integer,
+                                                p_first_s float8, p_most_s float8)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_failures integer;
+BEGIN
+    INSERT INTO agent_flow (agent) VALUES (p_agent) ON CONFLICT (agent) DO NOTHING;
+    IF p_ok THEN
+        UPDATE agent_flow SET failures = 0,
+            paused_until = CASE WHEN pause_reason = 'breaker' THEN NULL ELSE paused_until END,
+            pause_reason = CASE WHEN pause_reason = 'breaker' THEN NULL ELSE pause_reason END
+        WHERE agent = p_agent AND (failures > 0 OR pause_reason = 'breaker');
+    ELSIF p_pause_s IS NOT NULL THEN
+        UPDATE agent_flow
+        SET paused_until = greatest(paused_until, now() + make_interval(secs => p_pause_s)),
+            pause_reason = p_reason
+        WHERE agent = p_agent;
+    ELSE
+        UPDATE agent_flow SET failures = failures + 1 WHERE agent = p_agent
+        RETURNING failures INTO v_failures;
+        IF v_failures >= p_threshold THEN
+            UPDATE agent_flow
+            SET paused_until = greatest(paused_until, now() + make_interval(secs => least(
+                    p_most_s, p_first_s * 2 ^ least(v_failures - p_threshold, 30)))),
+                pause_reason = 'breaker'
+            WHERE agent = p_agent;
+        END IF;
+    END IF;
+END
+$$;
+
+-- A place in an agent's rate (CPOA_<AGENT>_RATE_LIMIT) that an item was given for a time to
+-- come: its workflow waits until then with no lease, and submits then.
+CREATE TABLE IF NOT EXISTS agent_tokens (
+    workflow_id  uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
+    agent        text NOT NULL,
+    item_key     text NOT NULL,
+    usable_at    timestamptz NOT NULL,
+    PRIMARY KEY (workflow_id, agent, item_key)
+);
+
+-- A leased workflow's step asks for a submit to p_agent at p_rate per second with bursts of
+-- p_burst (the generic cell rate algorithm: any window of W seconds holds at most
+-- p_burst + W * p_rate submits). 0: submit now. More: the item has its place that many
+-- seconds from now, and the workflow waits for it, lease released. NULL: the lease was lost.
+CREATE OR REPLACE FUNCTION cpoa_take_token_v1(p_workflow_id uuid, p_owner text, p_version bigint,
+                                              p_agent text, p_item_key text, p_rate float8,
+                                              p_burst integer)
+RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    v_emission interval := make_interval(secs => 1.0 / p_rate);
+    v_at timestamptz;
+    v_tat timestamptz;
+BEGIN
+    PERFORM 1 FROM workflow_instances
+    WHERE workflow_id = p_workflow_id AND version = p_version AND lease_owner = p_owner
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM agent_tokens WHERE workflow_id = p_workflow_id AND agent = p_agent
+        AND item_key = p_item_key RETURNING usable_at INTO v_at;
+    IF v_at IS NULL OR v_at < now() - v_emission THEN  -- none, or one it let pass: a new one
+        INSERT INTO agent_flow (agent) VALUES (p_agent) ON CONFLICT (agent) DO NOTHING;
+        SELECT greatest(rate_tat, now()) INTO v_tat FROM agent_flow WHERE agent = p_agent
+        FOR UPDATE;
+        v_at := v_tat - (p_burst - 1) * v_emission;
+        UPDATE agent_flow SET rate_tat = v_tat + v_emission WHERE agent = p_agent;
+    END IF;
+    IF v_at <= now() THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO agent_tokens (workflow_id, agent, item_key, usable_at)
+    VALUES (p_workflow_id, p_agent, p_item_key, v_at);
+    UPDATE workflow_instances
+    SET next_run_at = v_at, lease_owner = NULL, lease_expires_at = NULL,
+        lease_liveness_key = NULL, version = version + 1, last_updated_timestamp = now()
+    WHERE workflow_id = p_workflow_id;
+    RETURN extract(epoch FROM v_at - now());
+END
 $$;
 
 -- A slot of a capped agent held by one item of a workflow's step, from before its submit until
@@ -570,6 +667,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (10)
+INSERT INTO cpoa_schema_version (version) VALUES (11)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

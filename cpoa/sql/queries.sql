@@ -132,6 +132,16 @@ FROM (SELECT workflow_id, lease_owner, lease_liveness_key,
              AND cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS renew
       FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE) l
 
+-- agent_report --
+-- A fragment, written where @agent_report@ stands (record_progress, make_transition): what the
+-- step's request told of its agent (%(report_agent)s; NULL: nothing to tell), for every
+-- workflow and worker: a 429 or 503 with Retry-After pauses its new submits (polls go on),
+-- failures in a row open its breaker, an answer from a failing agent closes it.
+SELECT cpoa_agent_report_v1(%(report_agent)s, %(report_ok)s, %(report_pause_s)s,
+                            %(report_reason)s, %(breaker_failures)s, %(breaker_first_s)s,
+                            %(breaker_most_s)s)
+FROM moved WHERE %(report_agent)s::text IS NOT NULL
+
 -- record_progress --
 -- A step that stays in its state: its task row (when it made a request) and when the workflow
 -- is due again (in %(run_in_s)s s), in one statement that locks the row first (SELECT … FOR
@@ -167,21 +177,15 @@ WITH locked AS (
             (%(task)s::jsonb ->> 'next_poll_at')::timestamptz)))
         ELSE %(task)s::jsonb END)
     FROM moved WHERE %(task)s::jsonb IS NOT NULL
-), paused AS (
-    -- Its agent answered the submit 429 or 503 with Retry-After: every new submit to it
-    -- waits until then, from every workflow and worker (polls go on).
-    INSERT INTO agent_flow AS f (agent, paused_until)
-    SELECT %(pause_agent)s, now() + make_interval(secs => %(pause_s)s::float8) FROM moved
-    WHERE %(pause_agent)s::text IS NOT NULL
-    ON CONFLICT (agent) DO UPDATE
-        SET paused_until = greatest(f.paused_until, EXCLUDED.paused_until)
+), reported AS (
+    @agent_report@
 ), freed AS (
     -- A finished item gives its agent slot (if it held one) to the next waiter.
     SELECT cpoa_release_slots_v1(moved.workflow_id, %(task)s::jsonb ->> 'item_key') FROM moved
     WHERE %(task)s::jsonb ->> 'status' IN ('succeeded', 'failed')
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
-    (SELECT count(*) FROM freed) AS slots_freed,
+    (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
@@ -244,12 +248,14 @@ WITH locked AS (
                              WHEN %(trigger)s = 'retry' THEN 'processing' END AS status) s
     WHERE s.status IS NOT NULL AND k.workflow_id = moved.workflow_id
       AND k.task_name = %(task_name)s
+), reported AS (
+    @agent_report@
 ), freed AS (
     -- Leaving the state gives back every agent slot its items held (to the next waiters).
     SELECT cpoa_release_slots_v1(moved.workflow_id, NULL) FROM moved
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
-    (SELECT count(*) FROM freed) AS slots_freed,
+    (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
@@ -263,6 +269,15 @@ SELECT granted FROM (
     SELECT cpoa_take_slot_v1(%(workflow_id)s, %(owner)s, %(version)s, %(agent)s, %(item_key)s,
                              %(max_in_flight)s, %(recheck_s)s) AS granted) t
 WHERE granted IS NOT NULL;
+
+-- take_agent_token --
+-- Before a submit to an agent with CPOA_<AGENT>_RATE_LIMIT: 0 when the item may submit now;
+-- else the seconds until its place in the agent's rate, which the workflow waits for with
+-- its lease released. No row: the lease was lost.
+SELECT wait_s FROM (
+    SELECT cpoa_take_token_v1(%(workflow_id)s, %(owner)s, %(version)s, %(agent)s, %(item_key)s,
+                              %(rate)s, %(burst)s) AS wait_s) t
+WHERE wait_s IS NOT NULL;
 
 -- insert_history --
 INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)

@@ -330,6 +330,24 @@ class PostgresStore(Reads, Upkeep):
                                     workflow_id=lease.workflow.workflow_id)
         return row["granted"]
 
+    def take_token(self, lease: models.Lease, agent: str, item_key: str, rate: float,
+                   burst: int) -> float:
+        """Takes the item's place in ``agent``'s rate (``rate`` submits per second, bursts of
+        ``burst``; one statement). 0: submit now. More: the seconds until its place, which the
+        workflow waits for with its lease released.
+
+        Raises:
+            StaleState: the lease was lost; nothing was written.
+        """
+        with self._errors(), self.pool.connection() as conn:
+            row = self._one(conn, "take_agent_token", workflow_id=lease.workflow.workflow_id,
+                            owner=lease.owner, version=lease.fence, agent=agent,
+                            item_key=item_key, rate=rate, burst=burst)
+        if row is None:
+            raise errors.StaleState(f"workflow {lease.workflow.workflow_id}: lease lost",
+                                    workflow_id=lease.workflow.workflow_id)
+        return row["wait_s"]
+
     def _write(self, name: str, params: Mapping[str, Any],
                before_commit: Callable[[], None] | None) -> dict | None:
         if before_commit is None:  # one statement in autocommit mode: its own transaction

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from cpoa import machine, models
+from cpoa import defaults, machine, models
 
 TASK_NAMES = {"podcast": "cpoa_orchestrate_podcast_task",
               "snippets": "cpoa_orchestrate_snippets_task"}
@@ -51,7 +51,7 @@ _TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
 
 def lease_from_row(row: Mapping[str, Any], owner: str) -> models.Lease:
     """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``."""
-    pauses = {agent: datetime.datetime.fromisoformat(until)
+    pauses = {agent: until and datetime.datetime.fromisoformat(until)
               for agent, until in (row.get("agent_pauses") or {}).items()}
     return models.Lease(models.Workflow.from_row(row),
                         tuple(task_from_json(t) for t in row["step_tasks"]), owner,
@@ -86,9 +86,16 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
             "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
-            "pause_agent": outcome.task.agent_name if outcome.pause_s and outcome.task else None,
-            "pause_s": outcome.pause_s,
-            "leased_at": lease.db_now}
+            "leased_at": lease.db_now, **report_params(outcome.agent_report)}
+
+
+def report_params(report: models.AgentReport | None) -> dict[str, Any]:
+    """The parameters of the ``agent_report`` fragment (report_agent NULL: nothing to tell)."""
+    return {"report_agent": report and report.agent, "report_ok": report and report.ok,
+            "report_pause_s": report and report.pause_s, "report_reason": report and report.reason,
+            "breaker_failures": defaults.BREAKER_FAILURES,
+            "breaker_first_s": defaults.BREAKER_FIRST_PAUSE_S,
+            "breaker_most_s": defaults.BREAKER_MOST_PAUSE_S}
 
 
 def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
@@ -113,4 +120,4 @@ def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
         "task": task_document(outcome.task), "detail": jsonb(detail) if detail else None,
         "event_name": event.event_name if event is not None else None,
         "event_data": jsonb(event.data) if event is not None else None,
-        "task_name": TASK_NAMES[workflow.kind]}
+        "task_name": TASK_NAMES[workflow.kind], **report_params(outcome.agent_report)}

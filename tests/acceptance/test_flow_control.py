@@ -9,12 +9,13 @@ import signal
 import psycopg
 import pytest
 
+from cpoa import defaults
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
 from cpoa.testing.agent import Reply, ScriptedAgent
 from cpoa.testing.cli import cli_env, spawn_cli
-from cpoa.testing.wait import wait_until
+from cpoa.testing.wait import drive, wait_until
 
 VFA = "/forge_voice"
 
@@ -192,3 +193,70 @@ def test_retry_after__one_429_pauses_every_workflows_submits_to_that_agent(dsn, 
     first, *others = agent.requests_to(IGA)
     assert len({r["headers"]["x-workflow-id"] for r in others}) == 4
     assert min(r["at"] for r in others) - first["at"] >= PAUSE_S - 0.05
+
+
+PSWA = "/weave_script"
+RATE, BURST = 5, 1  # CPOA_PSWA_RATE_LIMIT=5 with the default CPOA_PSWA_RATE_BURST
+
+
+def _busiest_second(times: list[float]) -> int:
+    """The most arrivals in any one-second window (each window starts at an arrival)."""
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+
+
+@pytest.mark.slow
+def test_rate_limit__no_second_at_the_agent_holds_more_than_the_rate_plus_the_burst(dsn, db):
+    """3 worker processes, 24 podcasts, CPOA_PSWA_RATE_LIMIT=5: no one-second window of the
+    submits PSWA receives holds more than 5 + 1 (the documented burst), though they arrive
+    at the workers all but together; every podcast completes, no key worked twice, and no
+    place in the rate is left over."""
+    agent = ScriptedAgent()
+    env = cli_env(dsn, agent.url, CPOA_PSWA_RATE_LIMIT=str(RATE))
+    store = PostgresStore(dsn, min_size=1, max_size=2)
+    workers = []
+    try:
+        engine = Engine(store, settings_module.from_env(env))
+        for n in range(24):
+            engine.start_workflow("podcast", {"topic": f"rated {n}"})
+        workers = [spawn_cli(env, "worker") for _ in range(3)]
+        wait_until(lambda: _states(db) == {"completed": 24}, timeout=180, interval=0.2)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.communicate(timeout=60)
+        store.close()
+        agent.close()
+    submits = [r["at"] for r in agent.requests_to(PSWA)]
+    assert len(submits) == 24
+    assert _busiest_second(submits) <= RATE + BURST, sorted(submits)
+    assert agent.duplicates() == {}
+    assert db.execute("SELECT count(*) AS n FROM agent_tokens").fetchone()["n"] == 0
+
+
+def test_breaker__failures_in_a_row_open_it_and_one_answer_closes_it(engine, agent, db):
+    """One podcast's IGA task is accepted; then IGA answers 500 to five other podcasts' submits
+    (each after the client's retries): the fifth failure in a row opens IGA's breaker (new
+    submits paused, reason "breaker"); the accepted task's next poll is answered, which closes
+    it at once (no failures, no pause), and every podcast then completes."""
+    ids = [engine.start_workflow("podcast", {"topic": f"broken {n}"}) for n in range(6)]
+    for workflow_id in ids:
+        wait_until(lambda: engine.advance(workflow_id) == "imaging", interval=0.01)
+    assert engine.advance(ids[0]) == "imaging"  # accepted
+    attempts = defaults.SERVICE_RETRY_COUNT
+    agent.script("POST", IGA, *[Reply(500, {"error": "down"})] * (5 * attempts))
+    for workflow_id in ids[1:]:
+        assert engine.advance(workflow_id) == "imaging"
+    assert len(agent.requests_to(IGA)) == 1 + 5 * attempts
+    assert _breaker(db) == (5, "breaker", True)
+    wait_until(lambda: engine.advance(ids[0]) == "finalizing", timeout=30, interval=0.01)
+    assert _breaker(db) == (0, None, False)
+    for workflow_id in ids[1:]:
+        assert drive(engine, workflow_id, timeout=60) == "completed"
+
+
+def _breaker(db: psycopg.Connection) -> tuple[int, str | None, bool]:
+    row = db.execute("SELECT failures, pause_reason, paused_until IS NOT NULL AS on "
+                     "FROM agent_flow WHERE agent = 'IGA'").fetchone()
+    return row["failures"], row["pause_reason"], row["on"]

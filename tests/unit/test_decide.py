@@ -232,20 +232,24 @@ def test_timing__the_notified_step_has_its_own_pace():
     assert attempt.timing(settings, fetching).honour_retry_after is True
 
 
-def test_slot_cap__only_a_submit_to_a_capped_agent_needs_a_slot():
-    """A submit to an agent with a limit needs a slot; a poll of a task the agent accepted,
-    a notification, or an agent without a limit does not."""
+def test_admission__only_a_submit_to_a_limited_agent_waits_for_its_limits():
+    """A submit to an agent with a cap or a rate limit needs a slot or a place in the rate;
+    a poll of a task the agent accepted, a notification, or an agent without limits does not."""
     wf = workflow("synthesizing")
     step = steps.step_for(wf)
     call = decide.Call("", None, task_of(wf))
-    assert decide.slot_cap(step, call, 2) == 2
-    assert decide.slot_cap(step, call, None) is None
+    free = settings_module.AgentSettings("VFA", "http://vfa", 5.0, 60.0)
+    capped = settings_module.AgentSettings("VFA", "http://vfa", 5.0, 60.0, max_in_flight=2)
+    rated = settings_module.AgentSettings("VFA", "http://vfa", 5.0, 60.0, rate_limit=0.5)
+    assert decide.admission(step, call, capped) is capped
+    assert decide.admission(step, call, rated) is rated
+    assert decide.admission(step, call, free) is None
     polled = task_of(wf, status="submitted", status_url="/v1/tasks/t1")
-    assert decide.slot_cap(step, decide.Call("", None, polled), 2) is None
+    assert decide.admission(step, decide.Call("", None, polled), capped) is None
     final = workflow("finalizing")
     assert steps.step_for(final).notified
-    assert decide.slot_cap(steps.step_for(final), decide.Call("", None, task_of(final)),
-                           2) is None
+    assert decide.admission(steps.step_for(final), decide.Call("", None, task_of(final)),
+                            capped) is None
 
 
 def test_next_action__a_paused_agent_delays_submits_not_polls():
@@ -262,16 +266,39 @@ def test_next_action__a_paused_agent_delays_submits_not_polls():
                                          {"IGA": in_seconds(-1)}), decide.Call)
 
 
-def test_settle__a_429_with_retry_after_on_a_submit_pauses_the_agent():
-    """A submit answered 429 (or 503) with Retry-After records a pause of that length for
-    the agent; without Retry-After, or another status, it does not."""
+def test_agent_report__a_429_with_retry_after_on_a_submit_pauses_the_agent():
+    """A submit answered 429 (or 503) with Retry-After reports a pause of that length for
+    the agent; without Retry-After, or another status, it is a failure for the breaker; on a
+    poll it only delays that poll."""
     wf = workflow("imaging")
     task = task_of(wf)
     step = steps.step_for(wf)
     busy = errors.AgentUnavailable("IGA answered HTTP 429", status_code=429, retry_after=3.0)
-    outcome = decide.outcome(wf, decide.Wait(3.0, attempt.settle(step, task, busy, NOW, PACE)))
-    assert outcome.pause_s == 3.0
+    report = decide.agent_report(step, task, attempt.settle(step, task, busy, NOW, PACE), {})
+    assert report == models.AgentReport("IGA", ok=False, pause_s=3.0, reason="429")
+    assert decide.outcome(wf, decide.Wait(3.0, task), report=report).agent_report == report
     for other in (errors.AgentUnavailable("429", status_code=429),
-                  errors.AgentUnavailable("502", status_code=502, retry_after=3.0)):
+                  errors.AgentUnavailable("502", status_code=502, retry_after=3.0),
+                  errors.AgentUnavailable("connection refused")):
         settled = attempt.settle(step, task, other, NOW, PACE)
-        assert decide.outcome(wf, decide.Wait(1.0, settled)).pause_s is None
+        assert decide.agent_report(step, task, settled, {}) == models.AgentReport("IGA", False)
+    polled = task_of(wf, status="submitted", status_url="/v1/tasks/t1")
+    assert decide.agent_report(step, polled, attempt.settle(step, polled, busy, NOW, PACE),
+                               {}) is None
+
+
+def test_agent_report__an_answer_is_news_only_from_a_failing_agent():
+    """An answer closes the breaker of an agent the lease names as failing or paused; from
+    any other agent it reports nothing (no write on the hot path); a notification never."""
+    wf = workflow("imaging")
+    step = steps.step_for(wf)
+    task = task_of(wf)
+    answered = attempt.settle(step, task, Reply("accepted", task_id="t1",
+                                                status_url="/v1/tasks/t1"), NOW, PACE)
+    assert decide.agent_report(step, task, answered, {}) is None
+    assert decide.agent_report(step, task, answered, {"IGA": None}) == models.AgentReport(
+        "IGA", ok=True)
+    final = workflow("finalizing")
+    failed = attempt.settle(steps.step_for(final), task_of(final),
+                            errors.AgentUnavailable("down"), NOW, PACE)
+    assert decide.agent_report(steps.step_for(final), task_of(final), failed, {}) is None

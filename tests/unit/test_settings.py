@@ -85,6 +85,16 @@ def test_from_env__max_in_flight_unset_is_no_limit():
     assert config.agent("TDA").max_in_flight is None and config.agent("IGA").max_in_flight is None
 
 
+def test_from_env__rate_limit_unset_is_no_limit_and_the_burst_defaults_to_one():
+    """CPOA_<AGENT>_RATE_LIMIT: unset is no limit; a positive number of submits per second
+    (a fraction too: 0.5 is 30 a minute) is read; CPOA_<AGENT>_RATE_BURST defaults to 1."""
+    config = settings.from_env({"CPOA_PSWA_RATE_LIMIT": "0.5", "CPOA_VFA_RATE_LIMIT": "5",
+                                "CPOA_VFA_RATE_BURST": "3"})
+    assert (config.agent("PSWA").rate_limit, config.agent("PSWA").rate_burst) == (0.5, 1)
+    assert (config.agent("VFA").rate_limit, config.agent("VFA").rate_burst) == (5.0, 3)
+    assert config.agent("IGA").rate_limit is None
+
+
 def test_from_env__blank_value_means_default():
     """An empty or blank variable counts as unset."""
     config = settings.from_env({"CPOA_SERVICE_RETRY_COUNT": "  ", "TDA_SERVICE_URL": ""})
@@ -130,6 +140,14 @@ BAD_VALUES = [
     ("CPOA_VFA_MAX_IN_FLIGHT", "0"),
     ("CPOA_PSWA_MAX_IN_FLIGHT", "-1"),
     ("CPOA_IGA_MAX_IN_FLIGHT", "1.5"),
+    ("CPOA_PSWA_RATE_LIMIT", "five"),
+    ("CPOA_PSWA_RATE_LIMIT", "0"),
+    ("CPOA_PSWA_RATE_LIMIT", "-2"),
+    ("CPOA_PSWA_RATE_LIMIT", "nan"),
+    ("CPOA_PSWA_RATE_LIMIT", "1e9"),
+    ("CPOA_VFA_RATE_BURST", "0"),
+    ("CPOA_VFA_RATE_BURST", "2.5"),
+    ("CPOA_VFA_RATE_BURST", "100000"),
 ]
 
 
