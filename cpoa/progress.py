@@ -7,10 +7,13 @@ bar per state entered with :class:`Bars`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from cpoa import defaults, errors, events, machine, models
@@ -39,15 +42,41 @@ def drive(engine: Engine, workflow_id: uuid.UUID, *, timeout_s: float | None = N
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        workflow = engine.advance_workflow(workflow_id)
-        if after_step is not None:
-            after_step(workflow)
+        with interrupt_after_step():
+            workflow = engine.advance_workflow(workflow_id)
+            if after_step is not None:
+                after_step(workflow)
         if workflow.is_terminal or workflow.state in machine.WAITING_STATES:
             return workflow  # a reviewer acts next, not this loop
         if deadline is not None and time.monotonic() > deadline:
             raise errors.CPOAError(
                 f"workflow {workflow_id} still {workflow.state} after {timeout_s:g} s")
         time.sleep(pause(workflow))
+
+
+@contextlib.contextmanager
+def interrupt_after_step() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during a step takes effect when the step ends, so that no write to the
+    database is cut in half (psycopg would log a failed rollback); a second Ctrl-C stops at
+    once, as the first does while the loop sleeps. Only the main thread handles signals: on
+    any other thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[bool] = []
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def pause(workflow: models.Workflow) -> float:

@@ -89,6 +89,26 @@ def test_worker__prints_one_start_line_without_the_password(dsn, agent):
         assert f"{name} {agent.url}" in line, line
 
 
+def test_start__wait_interrupted_inside_a_step_lets_the_step_record_first(dsn, agent, store):
+    """Ctrl-C while `start --wait` is inside a step (its WCHA submit held by the agent) takes
+    effect once the step ends: the submit's answer is recorded (no write cut in half, no
+    psycopg warning), then it exits 130 with the usual sentence and nothing else."""
+    released = agent.hold_next("/harvest")
+    process = spawn_cli(cli_env(dsn, agent.url), "start", "podcast", "--topic", "tides",
+                        "--wait")
+    try:
+        wait_until(lambda: agent.requests_to("/harvest"), timeout=30)
+        process.send_signal(signal.SIGINT)
+        released.set()
+    finally:
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().startswith("interrupted: workflow "), err[-2000:]
+    [workflow] = store.list_workflows()
+    [task] = store.get_tasks(workflow.workflow_id)
+    assert task.status == "submitted" and task.external_task_id, task
+
+
 def test_start__wait_interrupted_says_how_the_workflow_goes_on(dsn, agent, store):
     """Ctrl-C during `start --wait` exits 130 and says the workflow is left for a worker,
     or how to cancel it: nothing is silently half-done."""
