@@ -84,10 +84,18 @@ def next_action(workflow: models.Workflow, tasks: Mapping[str, models.Task],
     calls = [Call(k, it, tasks.get(k) or new_task(workflow, step, k)) for k, it in due]
     until = (paused or {}).get(step.agent)
     if until is not None and until > now:  # its new submits wait; its polls go on
-        calls = [c for c in calls if not is_submit(step, c.task)]
-        if not calls:
-            return Wait((until - now).total_seconds())
+        held = [c for c in calls if is_submit(step, c.task) and not _past_deadline(c.task, now)]
+        calls = [c for c in calls if c not in held]
+        if not calls:  # until the pause ends, or an item's deadline comes first
+            ends = [until, *(c.task.poll_deadline_at for c in held if c.task.poll_deadline_at)]
+            return Wait((min(ends) - now).total_seconds())
     return calls[0]
+
+
+def _past_deadline(task: models.Task, now: datetime.datetime) -> bool:
+    """An item at its polling deadline makes its last request even to a paused agent: the
+    answer decides it (a failure fails it on time, not after the pause)."""
+    return task.poll_deadline_at is not None and task.poll_deadline_at <= now
 
 
 def is_submit(step: steps.Step, task: models.Task) -> bool:

@@ -29,7 +29,8 @@ BREAKER_FAILURES = 5
 worker) that open its breaker: its new submits pause (polls go on, and one answer closes it)."""
 
 BREAKER_FIRST_PAUSE_S, BREAKER_MOST_PAUSE_S = 1.0, 60.0
-"""The breaker's first pause; each further failure doubles it, up to the second figure."""
+"""The breaker's first pause; a failure after a pause ran out opens it again for twice the
+last pause, up to the second figure."""
 
 RATE_BURST = 1
 """Submits to a rate-limited agent that may go at once after a quiet spell

@@ -280,12 +280,16 @@ LANGUAGE sql STABLE AS $$
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 $$;
 
--- Is a lease still held? Unexpired, and its holder's session (when it named one) alive.
+-- Is a lease still held? Unexpired, and its holder's session (when it named one) alive: that
+-- session's advisory lock cannot be taken. Trying it costs a lookup in the lock manager, where
+-- reading pg_locks copies the whole lock table (about 1 ms: it was most of the PostgreSQL CPU
+-- of a transition, which asks this of its own lease). When the session is gone the caller
+-- holds the key until its transaction ends, which changes no answer: the lease is dead anyway.
 CREATE OR REPLACE FUNCTION cpoa_lease_live(p_owner text, p_expires_at timestamptz,
                                            p_liveness_key bigint) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT p_owner IS NOT NULL AND p_expires_at > now()
-       AND (p_liveness_key IS NULL OR p_liveness_key IN (SELECT cpoa_live_session_keys()))
+       AND (p_liveness_key IS NULL OR NOT pg_try_advisory_xact_lock(p_liveness_key))
 $$;
 
 -- An agent's limit, as the workers were configured when they last took a slot (its row is
@@ -314,20 +318,26 @@ LANGUAGE sql STABLE AS $$
     WHERE paused_until > now() OR failures > 0
 $$;
 
+ALTER TABLE agent_flow ADD COLUMN IF NOT EXISTS breaker_pause_s float8;
+
 -- What one request told of its agent: answered (p_ok: one success closes the breaker and
 -- ends its pause), answered 429 or 503 with Retry-After (p_pause_s: every new submit waits
 -- that long), or failed (no answer, 5xx, timeout): the p_threshold-th failure in a row opens
--- the breaker for p_first_s, each further one doubles the pause, up to p_most_s.
+-- the breaker for p_first_s; a failure after that pause (the agent still down) opens it again
+-- for twice the last pause (breaker_pause_s), up to p_most_s. Failures while it is open (polls
+-- go on) are counted but do not lengthen it.
 CREATE OR REPLACE FUNCTION cpoa_agent_report_v1(p_agent text, p_ok boolean, p_pause_s float8,
                                                 p_reason text, p_threshold integer,
                                                 p_first_s float8, p_most_s float8)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_failures integer;
+    v_open boolean;
+    v_last float8;
 BEGIN
     INSERT INTO agent_flow (agent) VALUES (p_agent) ON CONFLICT (agent) DO NOTHING;
     IF p_ok THEN
-        UPDATE agent_flow SET failures = 0,
+        UPDATE agent_flow SET failures = 0, breaker_pause_s = NULL,
             paused_until = CASE WHEN pause_reason = 'breaker' THEN NULL ELSE paused_until END,
             pause_reason = CASE WHEN pause_reason = 'breaker' THEN NULL ELSE pause_reason END
         WHERE agent = p_agent AND (failures > 0 OR pause_reason = 'breaker');
@@ -338,12 +348,14 @@ BEGIN
         WHERE agent = p_agent;
     ELSE
         UPDATE agent_flow SET failures = failures + 1 WHERE agent = p_agent
-        RETURNING failures INTO v_failures;
-        IF v_failures >= p_threshold THEN
+        RETURNING failures, coalesce(pause_reason = 'breaker' AND paused_until > now(), false),
+                  breaker_pause_s
+        INTO v_failures, v_open, v_last;
+        IF v_failures >= p_threshold AND NOT v_open THEN
+            v_last := least(p_most_s, coalesce(v_last * 2, p_first_s));
             UPDATE agent_flow
-            SET paused_until = greatest(paused_until, now() + make_interval(secs => least(
-                    p_most_s, p_first_s * 2 ^ least(v_failures - p_threshold, 30)))),
-                pause_reason = 'breaker'
+            SET paused_until = greatest(paused_until, now() + make_interval(secs => v_last)),
+                pause_reason = 'breaker', breaker_pause_s = v_last
             WHERE agent = p_agent;
         END IF;
     END IF;

@@ -24,19 +24,37 @@ def _report(db: psycopg.Connection, ok: bool, pause_s: float | None = None,
                       "FROM agent_flow WHERE agent = 'VFA'").fetchone()
 
 
+def _pause_over(db: psycopg.Connection) -> None:
+    """The breaker's pause has run out (as if its time had passed)."""
+    db.execute("UPDATE agent_flow SET paused_until = now() - interval '1 ms' "
+               "WHERE agent = 'VFA'")
+
+
 def test_breaker__opens_at_the_threshold_doubles_its_pause_to_the_most_and_closes_on_an_answer(db):
     """Failures below the threshold pause nothing; the threshold's failure pauses new submits
-    for the first pause, each further one doubles it up to the most; one answer closes it."""
+    for the first pause; failures while it is open do not lengthen it; each failure after a
+    pause ran out opens it again for twice as long, up to the most; one answer closes it."""
     for _ in range(defaults.BREAKER_FAILURES - 1):
         row = _report(db, ok=False)
     assert (row["failures"], row["pause_reason"], row["left_s"]) == (
         defaults.BREAKER_FAILURES - 1, None, None)
-    pauses = [_report(db, ok=False)["left_s"] for _ in range(9)]
-    expected = [min(MOST, FIRST * 2 ** n) for n in range(9)]
-    assert pauses == pytest.approx(expected, abs=0.5), pauses
-    assert pauses[-1] <= MOST
+    row = _report(db, ok=False)
+    assert row["pause_reason"] == "breaker" and row["left_s"] == pytest.approx(FIRST, abs=0.3)
+    row = _report(db, ok=False)  # a poll failing while it is open
+    assert row["left_s"] == pytest.approx(FIRST, abs=0.3)
+    assert row["failures"] == defaults.BREAKER_FAILURES + 1
+    pauses = []
+    for _ in range(9):
+        _pause_over(db)
+        pauses.append(_report(db, ok=False)["left_s"])
+    expected = [min(MOST, FIRST * 2 ** n) for n in range(1, 10)]
+    assert pauses == pytest.approx(expected, abs=0.3), pauses
     row = _report(db, ok=True)
     assert (row["failures"], row["pause_reason"], row["left_s"]) == (0, None, None)
+    _pause_over(db)
+    for _ in range(defaults.BREAKER_FAILURES):  # closed means closed: it starts again short
+        row = _report(db, ok=False)
+    assert row["left_s"] == pytest.approx(FIRST, abs=0.3)
 
 
 def test_breaker__an_answer_keeps_the_agents_own_retry_after_pause(db):

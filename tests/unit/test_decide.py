@@ -232,6 +232,18 @@ def test_timing__the_notified_step_has_its_own_pace():
     assert attempt.timing(settings, fetching).honour_retry_after is True
 
 
+def test_next_action__a_paused_agent_holds_a_submit_until_the_pause_or_its_deadline():
+    """A resubmit held by a pause waits until the pause ends or the item's deadline, whichever
+    comes first; at its deadline it makes its last request, so the timeout is kept."""
+    wf = workflow("imaging")
+    paused = {"IGA": in_seconds(30)}
+    retrying = task_of(wf, status="pending", next_poll_at=NOW, poll_deadline_at=in_seconds(2))
+    action = decide.next_action(wf, {"": retrying}, NOW, MAX_RECOVERIES, paused)
+    assert isinstance(action, decide.Wait) and action.run_in_s == 2
+    due = retrying.evolve(poll_deadline_at=NOW)
+    assert isinstance(decide.next_action(wf, {"": due}, NOW, MAX_RECOVERIES, paused), decide.Call)
+
+
 def test_admission__only_a_submit_to_a_limited_agent_waits_for_its_limits():
     """A submit to an agent with a cap or a rate limit needs a slot or a place in the rate;
     a poll of a task the agent accepted, a notification, or an agent without limits does not."""
