@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input)
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 from cpoa import (api, bulk, defaults, diagram, embedded, errors, inputs, logs, machine, metrics,
                   options)
-from cpoa import progress, prune, recovery
+from cpoa import progress, prune, queues, recovery
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.presentation import describe
@@ -311,6 +312,13 @@ def command_serve(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def command_agents_status(engine: Engine, args: argparse.Namespace) -> int:
+    agents = queues.every_agent(engine.store.agent_queues())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    _print(args, [queues.as_json(q) for q in agents], queues.table(agents, now))
+    return 0
+
+
 def command_agents_serve(args: argparse.Namespace) -> int:
     from cpoa_agents import demo, serve
 
@@ -405,8 +413,13 @@ def configure_list_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
-    agents = _add(sub, "agents", help="the reference agents (needs the [agents] extra)")
+    agents = _add(sub, "agents", help="the agents: their queues (status), the reference "
+                                      "agents (serve, needs the [agents] extra)")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    status = _add(agents_sub, "status", help="each agent's queue: slots held of its cap, "
+                                             "workflows waiting, pause, breaker failures")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=command_agents_status)
     serve = _add(agents_sub, "serve", help="serve all seven agents until stopped")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-dir", help="where the agents keep tasks, audio and images "
