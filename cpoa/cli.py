@@ -1,12 +1,13 @@
 """The ``cpoa`` command line: one small function per subcommand, one error handler.
 
-Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input).
+Exit codes: 0 ok, 1 the operation failed, 2 usage error (bad arguments or input). The
+editorial commands (review, fork, bulk) are in :mod:`cpoa.commands.editorial`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
 import logging
 import os
 import signal
@@ -16,10 +17,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import (api, bulk, defaults, diagram, embedded, errors, inputs, logs, machine, metrics,
-                  options)
-from cpoa import progress, prune, recovery
+from cpoa import (api, commands, defaults, diagram, embedded, errors, inputs, logs, machine,
+                  metrics, options)
+from cpoa import progress, prune, queues, recovery
 from cpoa import settings as settings_module
+from cpoa.commands import editorial
 from cpoa.engine import Engine
 from cpoa.presentation import describe
 from cpoa.worker import Worker
@@ -63,10 +65,6 @@ def _fail(exc: BaseException, code: int, verbose: int, secrets: Sequence[str] = 
     if verbose >= 2:
         logger.debug("traceback", exc_info=exc)
     return code
-
-
-def _print(args: argparse.Namespace, document: Any, text: str) -> None:
-    print(json.dumps(document, default=str, indent=2) if getattr(args, "json", False) else text)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -116,7 +114,7 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
                                         client_id=args.client_id, user_id=args.user_id,
                                         priority=args.priority)
     if not args.wait:
-        _print(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
+        commands.output(args, {"workflow_id": str(workflow_id)}, str(workflow_id))
         return 0
     bars = progress.Bars(engine, workflow_id, sys.stdout)
     show = sys.stdout.isatty() and not args.json  # a terminal: the states as they pass
@@ -130,17 +128,18 @@ def command_start(engine: Engine, args: argparse.Namespace) -> int:
         return 130
     status = engine.get_workflow(workflow_id)
     if state in machine.WAITING_STATES:
-        _print(args, status, f"{workflow_id} {state}: read the script with `cpoa status "
-                             f"{workflow_id} --json`, then `cpoa review {workflow_id} --approve`")
+        commands.output(args, status,
+                        f"{workflow_id} {state}: read the script with `cpoa status "
+                        f"{workflow_id} --json`, then `cpoa review {workflow_id} --approve`")
         return 0
-    _print(args, status, f"{workflow_id} {state}" + (f": {status['error']}"
-                                                      if status["error"] else ""))
+    commands.output(args, status, f"{workflow_id} {state}"
+                    + (f": {status['error']}" if status["error"] else ""))
     return 0 if state == "completed" else 1
 
 
 def command_advance(engine: Engine, args: argparse.Namespace) -> int:
     state = engine.advance(args.workflow_id)
-    _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
+    commands.output(args, {"workflow_id": args.workflow_id, "state": state}, state)
     return 0
 
 
@@ -157,7 +156,7 @@ def command_status(engine: Engine, args: argparse.Namespace) -> int:
     text += [f"warning: {w}" for w in status["warnings"]]
     text += [f"  {t['step']:<13} {t['agent']:<5} {t['status']:<10} {t['item_key']}"
              for t in status["tasks"]]
-    _print(args, status, "\n".join(text))
+    commands.output(args, status, "\n".join(text))
     return 0
 
 
@@ -169,7 +168,7 @@ def command_list(engine: Engine, args: argparse.Namespace) -> int:
     text = "\n".join(f"{r['workflow_id']}  {r['kind']:<8} {r['state']:<12} {r['started_at']}  "
                      f"{logs.clip(_subject(r), LIST_SUBJECT_CHARS)!r}"
                      + (f"  {_audio_url(r)}" if _audio_url(r) else "") for r in rows)
-    _print(args, rows, text or "(no workflows)")
+    commands.output(args, rows, text or "(no workflows)")
     return 0
 
 
@@ -219,13 +218,13 @@ def command_prune(engine: Engine, args: argparse.Namespace) -> int:
     verb = "would delete" if report.dry_run else f"deleted in {report.batches} batch(es)"
     text = [f"{verb}: finished workflows last changed before {report.cutoff.isoformat()}"]
     text += [f"  {table:<20} {count}" for table, count in report.counts.items()]
-    _print(args, report.as_json(), "\n".join(text))
+    commands.output(args, report.as_json(), "\n".join(text))
     return 0
 
 
 def command_sweep(engine: Engine, args: argparse.Namespace) -> int:
     count = len(recovery.sweep(engine.store).requeued)
-    _print(args, {"requeued": count}, f"requeued {count} workflow(s)")
+    commands.output(args, {"requeued": count}, f"requeued {count} workflow(s)")
     return 0
 
 
@@ -239,75 +238,18 @@ def command_retry(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def command_review(engine: Engine, args: argparse.Namespace) -> int:
-    script = _read_script(args.script) if args.script else None
-    state = engine.review(args.workflow_id, approve=args.approve, script=script, notes=args.notes,
-                          expected_revision=args.revision)
-    _print(args, {"workflow_id": args.workflow_id, "state": state}, state)
-    return 0
-
-
-def _read_script(path: str) -> Any:
-    """The edited script of ``cpoa review --script FILE`` (JSON; ``-`` is stdin)."""
-    try:
-        with (sys.stdin if path == "-" else open(path, encoding="utf-8")) as file:
-            document = json.load(file)
-    except (OSError, ValueError) as exc:
-        raise errors.InvalidInput(f"script: cannot read {path} as JSON: {exc}",
-                                  field="script") from None
-    if isinstance(document, dict) and isinstance(document.get("script_data"), dict):
-        return document["script_data"]  # a whole PSWA result is fine too
-    return document
-
-
-def command_fork(engine: Engine, args: argparse.Namespace) -> int:
-    changes: dict[str, Any] = {}
-    source = engine.store.get_workflow(inputs.workflow_id(args.workflow_id))
-    voice = {k: v for k, v in (("voice_name", args.voice), ("speaking_rate", args.speaking_rate))
-             if v is not None}
-    if voice:  # merged into the source's by the fork itself
-        changes["voice_params"] = voice
-    for name in ("persona", "cover_prompt"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    new_id = engine.fork(source.workflow_id, args.from_state, changes,
-                         idempotency_key=args.idempotency_key)
-    _print(args, {"workflow_id": str(new_id), "forked_from": str(source.workflow_id)},
-           str(new_id))
-    return 0
-
-
-def command_bulk(engine: Engine, args: argparse.Namespace) -> int:
-    where = bulk.Filter.checked(
-        state=args.state, kind=args.kind, failed_step=args.failed_step,
-        started_after=inputs.instant(args.started_after, "started_after"),
-        started_before=inputs.instant(args.started_before, "started_before"),
-        all_workflows=args.all_workflows, include_forks=args.include_forks)
-    changes: dict[str, Any] = {}
-    if args.voice:
-        changes["voice_params"] = {"voice_name": args.voice}
-    for name in ("persona", "cover_prompt"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    report = bulk.run(engine, args.action, where, dry_run=args.dry_run,
-                      batch_size=args.batch_size or engine.settings.bulk_batch_size,
-                      from_state=args.from_state,
-                      params=changes or None)
-    verb = f"would {args.action}" if report.dry_run else f"{args.action}"
-    text = [f"{verb}: {len(report.changed)} of {report.matched} matching workflow(s)"]
-    text += [f"  {c['workflow_id']}  {c['from']} -> {c['to']}"
-             + (f"  new {c['new_workflow_id']}" if c.get("new_workflow_id") else "")
-             for c in report.changed]
-    text += [f"  refused {r['workflow_id']}: {r['error']}" for r in report.refused]
-    _print(args, report.as_json(), "\n".join(text))
-    return 0
-
-
 def command_serve(engine: Engine, args: argparse.Namespace) -> int:
     from cpoa.gateway import server  # FastAPI and uvicorn load for this command only
 
     server.run(engine, args.host, args.port,
                ready=lambda url: print(f"serving on {url}", flush=True))
+    return 0
+
+
+def command_agents_status(engine: Engine, args: argparse.Namespace) -> int:
+    agents = queues.every_agent(engine.store.agent_queues())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    commands.output(args, [queues.as_json(q) for q in agents], queues.table(agents, now))
     return 0
 
 
@@ -347,16 +289,6 @@ def command_diagram(args: argparse.Namespace) -> int:
 
 # -- the parser ------------------------------------------------------------------------------
 
-_COMMON = argparse.ArgumentParser(add_help=False)
-_COMMON.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                     help="more logs (-v info, -vv debug); logs are JSON on stderr")
-
-
-def _add(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """Adds a subcommand that also accepts -v after its name."""
-    return sub.add_parser(name, parents=[_COMMON], **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cpoa", description=(
@@ -367,27 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(standalone=False, configured=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_db_parser(sub)
-    _add(sub, "healthcheck", help="check the database and the tables").set_defaults(
+    commands.add(sub, "healthcheck", help="check the database and the tables").set_defaults(
         handler=command_healthcheck)
     configure_start_parser(sub)
     for name, handler, text in (("advance", command_advance, "make at most one transition"),
                                 ("status", command_status, "show a workflow"),
                                 ("cancel", command_cancel, "cancel a workflow"),
                                 ("retry", command_retry, "resume a failed workflow")):
-        one = _add(sub, name, help=text)
+        one = commands.add(sub, name, help=text)
         one.add_argument("workflow_id")
         one.add_argument("--json", action="store_true", help="print one JSON document")
         one.set_defaults(handler=handler)
-    configure_review_parsers(sub)
-    configure_bulk_parser(sub)
+    editorial.configure_review_parsers(sub)
+    editorial.configure_bulk_parser(sub)
     configure_list_parser(sub)
     configure_worker_parser(sub)
     configure_prune_parser(sub)
     configure_serve_parser(sub)
-    sweep = _add(sub, "sweep", help="one recovery pass over expired leases")
+    sweep = commands.add(sub, "sweep", help="one recovery pass over expired leases")
     sweep.add_argument("--json", action="store_true")
     sweep.set_defaults(handler=command_sweep)
-    drawing = _add(sub, "diagram", help="print the state machines as Mermaid")
+    drawing = commands.add(sub, "diagram", help="print the state machines as Mermaid")
     drawing.add_argument("--kind", choices=sorted(machine.KINDS))
     drawing.set_defaults(handler=command_diagram, standalone=True, configured=False)
     configure_agents_parser(sub)
@@ -395,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_list_parser(sub: argparse._SubParsersAction) -> None:
-    listing = _add(sub, "list", help="list workflows, newest first")
+    listing = commands.add(sub, "list", help="list workflows, newest first")
     listing.add_argument("--state", choices=sorted({s for k in machine.KINDS
                                                     for s in machine.states(k)}))
     listing.add_argument("--kind", choices=sorted(machine.KINDS))
@@ -405,9 +337,15 @@ def configure_list_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
-    agents = _add(sub, "agents", help="the reference agents (needs the [agents] extra)")
+    agents = commands.add(sub, "agents", help="the agents: their queues (status), the "
+                                              "reference agents (serve, needs the [agents] extra)")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
-    serve = _add(agents_sub, "serve", help="serve all seven agents until stopped")
+    status = commands.add(agents_sub, "status",
+                          help="each agent's queue: slots held of its cap, workflows waiting, "
+                               "pause, breaker failures")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=command_agents_status)
+    serve = commands.add(agents_sub, "serve", help="serve all seven agents until stopped")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-dir", help="where the agents keep tasks, audio and images "
                                           "[per-user data folder]")
@@ -425,7 +363,7 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(wcha_hosts_env=options.env_default("WCHA_ALLOWED_HOSTS", [],
                                                           options.host_list))
     serve.set_defaults(handler=command_agents_serve, standalone=True, configured=False)
-    demo = _add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
+    demo = commands.add(sub, "demo", help="topic -> finished episode in ./output/<workflow_id>/")
     demo.add_argument("topic")
     demo.add_argument("--url", action="append", help="a web page to harvest (repeatable)")
     demo.add_argument("--file", action="append", help="your own document: Markdown, text, "
@@ -440,81 +378,20 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=command_demo, standalone=True)
 
 
-def configure_bulk_parser(sub: argparse._SubParsersAction) -> None:
-    states = sorted({s for k in machine.KINDS for s in machine.states(k)})
-    bulking = _add(sub, "bulk", help="retry, cancel or fork every workflow matching a filter, "
-                                     "in batches")
-    bulking.add_argument("action", choices=bulk.ACTIONS)
-    bulking.add_argument("--state", choices=states)
-    bulking.add_argument("--kind", choices=sorted(machine.KINDS))
-    bulking.add_argument("--failed-step", choices=states, help="the state they failed in")
-    bulking.add_argument("--started-after", metavar="TIME",
-                         help="ISO 8601 with its UTC offset, e.g. 2026-12-01T00:00:00+00:00")
-    bulking.add_argument("--started-before", metavar="TIME")
-    bulking.add_argument("--all", dest="all_workflows", action="store_true",
-                         help="every workflow: required when no filter is given (exit 2)")
-    bulking.add_argument("--include-forks", action="store_true",
-                         help="fork only: fork forks too (skipped by default)")
-    bulking.add_argument("--from", dest="from_state", metavar="STATE",
-                         help="fork only: where the forks start")
-    bulking.add_argument("--voice", help="fork only: voice_params.voice_name")
-    bulking.add_argument("--persona", help="fork only")
-    bulking.add_argument("--cover-prompt", help="fork only")
-    bulking.add_argument("--dry-run", action="store_true",
-                         help="list what would change and change nothing")
-    bulking.add_argument(
-        "--batch-size", type=options.positive_int, metavar="N",
-        help="workflows per batch "
-             f"[env CPOA_BULK_BATCH_SIZE, default {defaults.BULK_BATCH_SIZE}]")
-    bulking.add_argument("--json", action="store_true", help="print one JSON document")
-    bulking.set_defaults(handler=command_bulk)
-
-
-def configure_review_parsers(sub: argparse._SubParsersAction) -> None:
-    review = _add(sub, "review", help="approve or reject the script of a workflow awaiting "
-                                      "review (exit 1 if another reviewer acted first)")
-    review.add_argument("workflow_id")
-    decision = review.add_mutually_exclusive_group(required=True)
-    decision.add_argument("--approve", action="store_true", help="go on to the voices")
-    decision.add_argument("--reject", dest="approve", action="store_false",
-                          help="PSWA writes a new script from --notes")
-    review.add_argument("--script", metavar="FILE", help="with --approve: the edited script "
-                        "(JSON, as in `cpoa status ID --json` outputs.script; - for stdin)")
-    review.add_argument("--notes", help="what to change (required with --reject)")
-    review.add_argument("--revision", type=int, metavar="N",
-                        help="the script revision reviewed (`cpoa status --json`: "
-                             "outputs.script_revision, 1 when absent); refused (exit 1) when "
-                             "the script has changed since")
-    review.add_argument("--json", action="store_true", help="print one JSON document")
-    review.set_defaults(handler=command_review)
-    fork = _add(sub, "fork", help="a new workflow from a finished one, from a state on")
-    fork.add_argument("workflow_id")
-    fork.add_argument("--from", dest="from_state", required=True, metavar="STATE",
-                      help="where the fork starts, e.g. synthesizing (the context before it "
-                           "is copied; those steps are not run again)")
-    fork.add_argument("--voice", help="voice_params.voice_name, e.g. en+f4")
-    fork.add_argument("--speaking-rate", type=float)
-    fork.add_argument("--persona")
-    fork.add_argument("--cover-prompt", help="IGA's prompt for the cover art")
-    fork.add_argument("--idempotency-key", metavar="KEY",
-                      help="the same key again prints the same fork instead of a new one")
-    fork.add_argument("--json", action="store_true", help="print one JSON document")
-    fork.set_defaults(handler=command_fork)
-
-
 def configure_db_parser(sub: argparse._SubParsersAction) -> None:
-    db = _add(sub, "db", help="database administration")
+    db = commands.add(sub, "db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    _add(db_sub, "init", help="apply the schema (safe to repeat)").set_defaults(
+    commands.add(db_sub, "init", help="apply the schema (safe to repeat)").set_defaults(
         handler=command_db_init)
-    _add(db_sub, "stop", help="stop the embedded PostgreSQL (CPOA_EMBEDDED_DATA_DIR)").set_defaults(
-        handler=command_db_stop, standalone=True)
+    stop = commands.add(db_sub, "stop",
+                        help="stop the embedded PostgreSQL (CPOA_EMBEDDED_DATA_DIR)")
+    stop.set_defaults(handler=command_db_stop, standalone=True)
 
 
 def configure_start_parser(sub: argparse._SubParsersAction) -> None:
-    start = _add(sub, "start", help="start a workflow")
+    start = commands.add(sub, "start", help="start a workflow")
     kinds = start.add_subparsers(dest="kind", required=True, metavar="KIND")
-    podcast = _add(kinds, "podcast", help="a podcast episode about a topic")
+    podcast = commands.add(kinds, "podcast", help="a podcast episode about a topic")
     podcast.add_argument("--topic", required=True)
     podcast.add_argument("--url", action="append", help="a source URL (repeatable)")
     podcast.add_argument("--voice-name")
@@ -523,7 +400,7 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
     podcast.add_argument("--review", action="store_true", default=None,
                          help="wait for a reviewer after the script (`cpoa review`) "
                               "[env CPOA_REVIEW_SCRIPTS, default off]")
-    snippets = _add(kinds, "snippets", help="short snippets about discovered topics")
+    snippets = commands.add(kinds, "snippets", help="short snippets about discovered topics")
     snippets.add_argument("--query", required=True)
     snippets.add_argument("--limit", type=int, default=5)
     for one in (podcast, snippets):
@@ -546,7 +423,7 @@ def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
     # The env twins are passed as strings: argparse checks them with the option's type only
     # when `prune` runs, so a bad one is a usage error naming the option, not of every command.
     older = os.environ.get("CPOA_PRUNE_OLDER_THAN") or None
-    pruning = _add(sub, "prune", help="delete finished workflows older than a duration")
+    pruning = commands.add(sub, "prune", help="delete finished workflows older than a duration")
     pruning.add_argument(
         "--older-than", type=options.duration, default=older, required=older is None,
         metavar="DURATION",
@@ -572,8 +449,8 @@ def _minutes(text: str) -> int:
 
 
 def configure_serve_parser(sub: argparse._SubParsersAction) -> None:
-    serve = _add(sub, "serve", help="serve the JSON API (/v1, /healthz, /metrics) and the "
-                                    "dashboard over HTTP until SIGTERM")
+    serve = commands.add(sub, "serve", help="serve the JSON API (/v1, /healthz, /metrics) and "
+                                            "the dashboard over HTTP until SIGTERM")
     serve.add_argument("--host", default=options.env_default("CPOA_API_HOST", defaults.API_HOST),
                        help="address to listen on "
                             f"[env CPOA_API_HOST, default {defaults.API_HOST}]")
@@ -586,7 +463,7 @@ def configure_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def configure_worker_parser(sub: argparse._SubParsersAction) -> None:
-    worker = _add(sub, "worker", help="claim and advance due workflows until stopped")
+    worker = commands.add(sub, "worker", help="claim and advance due workflows until stopped")
     worker.add_argument(
         "--concurrency", type=options.positive_int, metavar="N",
         help="workflows advanced at once, at least 1 "

@@ -2,8 +2,8 @@
 
 Counters and histograms live in :data:`REGISTRY`, one per process (never prometheus-client's
 global registry); each costs one in-memory increment on the hot path and no SQL. The gauges that
-describe the database (workflows by state, age of the oldest due workflow, UI-event backlog)
-and the connection pool are read when scraped, by a :class:`StoreCollector` bound to a store:
+describe the database (workflows by state, age of the oldest due workflow, UI-event backlog,
+each agent's flow control) and the connection pool are read when scraped, by a :class:`StoreCollector` bound to a store:
 :func:`exposition` answers the gateway's GET /metrics, :func:`serve` runs the endpoint of
 ``cpoa worker --metrics-port``. Every name starts with ``cpoa_``; docs/metrics.md lists them.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cpoa import defaults, errors, machine, models
+from cpoa import defaults, errors, machine, models, queues
 
 if TYPE_CHECKING:  # the store is psycopg's only user; this module never imports it
     from cpoa.store import PostgresStore
@@ -128,6 +128,7 @@ class StoreCollector(Collector):
         yield from (gauges[name] for name in ("pool_in_use", "pool_waiting", "pool_max"))
         try:
             snapshot = self.store.metrics_snapshot()
+            agents = queues.every_agent(self.store.agent_queues())
         except errors.StoreError as exc:
             logger.warning("metrics snapshot failed: %s", exc, extra={"action": "metrics_failed"})
             gauges["up"].add_metric([], 0)
@@ -140,6 +141,23 @@ class StoreCollector(Collector):
         gauges["oldest_due"].add_metric([], snapshot["oldest_due_s"])
         gauges["outbox"].add_metric([], snapshot["outbox_backlog"])
         yield from (gauges[name] for name in ("up", "workflows", "oldest_due", "outbox"))
+        yield from _agent_gauges(gauges, agents)
+
+
+def _agent_gauges(gauges: dict[str, GaugeMetricFamily],
+                  agents: list[models.AgentQueue]) -> Iterator[GaugeMetricFamily]:
+    """The flow-control gauges, one series per agent (the cap only where one is set)."""
+    for queue in agents:
+        labels = [queue.agent]
+        gauges["agent_in_flight"].add_metric(labels, queue.in_flight)
+        if queue.max_in_flight is not None:
+            gauges["agent_limit"].add_metric(labels, queue.max_in_flight)
+        gauges["agent_waiting"].add_metric(labels, queue.waiting)
+        gauges["agent_rate_waiting"].add_metric(labels, queue.rate_waiting)
+        gauges["agent_paused_until"].add_metric(
+            labels, queue.paused_until.timestamp() if queue.paused_until else 0)
+        gauges["agent_failures"].add_metric(labels, queue.failures)
+    yield from (gauges[name] for name in AGENT_GAUGES)
 
 
 def _gauges() -> dict[str, GaugeMetricFamily]:
@@ -162,6 +180,36 @@ def _gauges() -> dict[str, GaugeMetricFamily]:
                             "(0 when none is)."),
         "outbox": gauge("cpoa_outbox_backlog",
                         "UI events queued in the outbox and not delivered yet."),
+        **_agent_families(gauge),
+    }
+
+
+AGENT_GAUGES = ("agent_in_flight", "agent_limit", "agent_waiting", "agent_rate_waiting",
+                "agent_paused_until", "agent_failures")
+"""The keys of the per-agent flow-control gauges in :func:`_gauges`."""
+
+
+def _agent_families(gauge: Any) -> dict[str, GaugeMetricFamily]:
+    agent = ("agent",)
+    return {
+        "agent_in_flight": gauge("cpoa_agent_in_flight",
+                                 "Slots of the agent held now: tasks submitted and not finished "
+                                 "(counted for capped agents), every worker.", agent),
+        "agent_limit": gauge("cpoa_agent_max_in_flight",
+                             "The agent's cap (CPOA_<AGENT>_MAX_IN_FLIGHT) as the workers last "
+                             "set it; only agents that have one.", agent),
+        "agent_waiting": gauge("cpoa_agent_waiting",
+                               "Workflows waiting for a slot of the agent.", agent),
+        "agent_rate_waiting": gauge("cpoa_agent_rate_waiting",
+                                    "Workflows waiting for their place in the agent's rate "
+                                    "(CPOA_<AGENT>_RATE_LIMIT).", agent),
+        "agent_paused_until": gauge("cpoa_agent_paused_until_timestamp_seconds",
+                                    "Until when new submits to the agent are paused (after a "
+                                    "429/503 with Retry-After, or its breaker), Unix seconds; "
+                                    "0 when not paused.", agent),
+        "agent_failures": gauge("cpoa_agent_breaker_failures",
+                                "The agent's failed requests in a row, every worker (its "
+                                "breaker opens at BREAKER_FAILURES).", agent),
     }
 
 

@@ -131,6 +131,56 @@ class AgentReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class AgentQueue:
+    """One agent's flow control now, as every worker shares it (a row of ``agent_queues``).
+
+    Attributes:
+        agent: The agent's short name.
+        in_flight: Its slots held: tasks submitted and not finished (0 without a cap).
+        max_in_flight: Its cap as the workers last set it (None: never capped).
+        waiting: Workflows waiting for one of its slots.
+        rate_waiting: Workflows waiting for their place in its rate.
+        paused_until: Until when its new submits are paused (None: not paused now).
+        pause_reason: Why: ``429`` or ``503`` (the agent's Retry-After), or ``breaker``.
+        failures: Its failed requests in a row (the breaker opens at BREAKER_FAILURES).
+    """
+
+    agent: str
+    in_flight: int = 0
+    max_in_flight: int | None = None
+    waiting: int = 0
+    rate_waiting: int = 0
+    paused_until: datetime.datetime | None = None
+    pause_reason: str | None = None
+    failures: int = 0
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> AgentQueue:
+        return cls(**_fields(cls, row))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowPosition:
+    """Where one workflow stands in flow control (a row of ``flow_position``).
+
+    Attributes:
+        waiting_agent: The agent whose slot it waits for (None: it waits for none).
+        ahead: The waiters the fair share serves before it (see ``flow_position``).
+        rate_agent: The agent whose rate it has its next place in (None: no place to come).
+        rate_place_at: When that place comes.
+    """
+
+    waiting_agent: str | None = None
+    ahead: int = 0
+    rate_agent: str | None = None
+    rate_place_at: datetime.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any] | None) -> FlowPosition:
+        return cls(**_fields(cls, row)) if row else cls()
+
+
+@dataclasses.dataclass(frozen=True)
 class Lease:
     """A workflow this worker holds, with the step's task rows and the database's clock."""
 

@@ -3,13 +3,14 @@ their scripts and stylesheet, and (from :mod:`cpoa.gateway.live`) the event stre
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from cpoa import errors, inputs
+from cpoa import errors, inputs, queues
 from cpoa.gateway import live, pages, views
 
 STATIC_DIR = pathlib.Path(__file__).with_name("static")
@@ -39,7 +40,8 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
 @router.get("/", response_class=HTMLResponse)
 def workflow_list(request: Request, state: str | None = None,
                   kind: str | None = None) -> HTMLResponse:
-    """``GET /[?state=…][&kind=…]``: counts per state and the newest workflows."""
+    """``GET /[?state=…][&kind=…]``: counts per state, the newest workflows and the agent
+    queues."""
     state, kind = state or None, kind or None
     if state is not None and state not in pages.STATE_ORDER:
         return _html(pages.not_found(f"There is no state {state!r}."), 400)
@@ -49,7 +51,10 @@ def workflow_list(request: Request, state: str | None = None,
     # Counts and the stream's starting id first: rows read after them are at least as new.
     counts, last_event_id = store.state_counts(kind)
     rows = store.list_workflows(state=state, kind=kind, limit=LIST_LIMIT)
-    return _html(pages.list_page(rows, counts, last_event_id, state=state, kind=kind))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    agents = [queues.cells(q, now) for q in queues.every_agent(store.agent_queues())]
+    return _html(pages.list_page(rows, counts, last_event_id, state=state, kind=kind,
+                                 agents=agents))
 
 
 @router.get("/workflows/{workflow_id}", response_class=HTMLResponse)

@@ -11,7 +11,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import diagram, machine, presentation
+from cpoa import diagram, machine, presentation, queues
 from cpoa.gateway import statechart, views
 from cpoa.gateway.markup import Markup, attributes, el, escape
 
@@ -53,10 +53,12 @@ def layout(title: str, script: str, main: Markup, body: Mapping[str, Any]) -> st
 
 
 def list_page(workflows: Sequence[Any], counts: Mapping[str, int], last_event_id: int, *,
-              state: str | None, kind: str | None) -> str:
-    """Returns the workflow list: counts per state (links), the filter and the newest rows."""
+              state: str | None, kind: str | None,
+              agents: Sequence[tuple[str, ...]] = ()) -> str:
+    """Returns the workflow list: counts per state (links), the filter, the newest rows and
+    the agent queues (``agents``: rows of :data:`cpoa.queues.COLUMNS` cells)."""
     main = [el("h1", {}, "Workflows"), _counts(counts, kind), _filter(state, kind),
-            _table(workflows, state)]
+            _table(workflows, state), _agent_queues(agents)]
     return layout("Workflows", "list.js", Markup("\n".join(main)), {
         "data-page": "list", "data-last-event-id": last_event_id,
         "data-state-filter": state or "", "data-kind-filter": kind or ""})
@@ -103,6 +105,17 @@ def _table(workflows: Sequence[Any], state: str | None) -> Markup:
     return Markup(_scrolling(el("table", {"class_": "workflows"}, head,
                                 el("tbody", {"id": "rows", "data-testid": "rows"}, rows)))
                   + empty)
+
+
+def _agent_queues(agents: Sequence[tuple[str, ...]]) -> Markup:
+    """Each agent's flow control as the page was read (reload for news): slots held of its
+    cap, workflows waiting for a slot and for their place in its rate, its pause."""
+    head = el("thead", {}, el("tr", {}, [el("th", {}, h.capitalize()) for h in queues.COLUMNS]))
+    rows = [el("tr", {"data-agent": row[0]}, [el("td", {}, cell) for cell in row])
+            for row in agents]
+    return el("section", {}, el("h2", {}, "Agent queues"),
+              _scrolling(el("table", {"class_": "agents"}, head,
+                            el("tbody", {"data-testid": "agent-queues"}, rows))))
 
 
 def _scrolling(wide: Markup) -> Markup:

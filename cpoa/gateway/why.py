@@ -1,8 +1,8 @@
 """Why is this workflow not moving? The answer of `GET /v1/workflows/{id}/why`.
 
 Pure functions over a workflow row, its task rows and the database's clock: the lease, the
-schedule, the current step's agent tasks, and one human sentence that says which of them
-holds the workflow where it is.
+schedule, the current step's agent tasks, the agents' limits (:mod:`cpoa.queues`), and one
+human sentence that says which of them holds the workflow where it is.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from cpoa import models
+from cpoa import models, queues
 from cpoa.settings import Settings
 
 DUE_GRACE_S = 1.0
@@ -19,7 +19,8 @@ DUE_GRACE_S = 1.0
 
 
 def explain(workflow: models.Workflow, tasks: Sequence[models.Task], now: datetime.datetime,
-            settings: Settings) -> dict[str, Any]:
+            settings: Settings, agents: Sequence[models.AgentQueue] = (),
+            position: models.FlowPosition | None = None) -> dict[str, Any]:
     """Returns the diagnosis of one workflow (the ``Why`` schema).
 
     Args:
@@ -27,11 +28,15 @@ def explain(workflow: models.Workflow, tasks: Sequence[models.Task], now: dateti
         tasks: Every task row of the workflow (the current step's are picked here).
         now: The database's clock, which lease and schedule times are relative to.
         settings: For the retry count and the recovery limit.
+        agents: The agent queues (``agent_queues``): caps, slots held, pauses.
+        position: Where the workflow stands in flow control (``flow_position``).
     """
     current = current_tasks(workflow, tasks)
+    held = queues.held_by(workflow, current, {q.agent: q for q in agents},
+                          position or models.FlowPosition(), now)
     return {
         "workflow_id": workflow.workflow_id, "kind": workflow.kind, "state": workflow.state,
-        "reason": reason(workflow, current, now), "now": now,
+        "reason": reason(workflow, current, now, held), "now": now,
         "due": _due(workflow, now),
         "lease_owner": workflow.lease_owner, "lease_expires_at": workflow.lease_expires_at,
         "lease_expires_in_s": _seconds(now, workflow.lease_expires_at),
@@ -53,8 +58,9 @@ def current_tasks(workflow: models.Workflow,
 
 
 def reason(workflow: models.Workflow, tasks: Sequence[models.Task],
-           now: datetime.datetime) -> str:
-    """One line saying what the workflow waits for (or how it ended)."""
+           now: datetime.datetime, held: str | None = None) -> str:
+    """One line saying what the workflow waits for (or how it ended); ``held``: what an
+    agent's limits say of it (:func:`cpoa.queues.held_by`), told when it is not due."""
     if workflow.is_terminal:
         return _ended(workflow)
     if workflow.lease_owner is not None:
@@ -65,6 +71,8 @@ def reason(workflow: models.Workflow, tasks: Sequence[models.Task],
         waited = (now - workflow.next_run_at).total_seconds()
         late = f" (due for {waited:.1f} s: is a worker running?)" if waited > DUE_GRACE_S else ""
         return f"due now, waiting for a worker{late}"
+    if held is not None:
+        return held
     waiting = [t for t in tasks if not t.is_finished and t.next_poll_at is not None]
     if waiting:
         return _waiting(min(waiting, key=lambda t: t.next_poll_at), now)

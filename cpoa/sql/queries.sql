@@ -582,6 +582,54 @@ SELECT
              0.0) AS oldest_due_s,
     (SELECT count(*) FROM ui_event_outbox WHERE delivered_at IS NULL) AS outbox_backlog;
 
+-- agent_queues --
+-- Each agent flow control knows of, as every worker sees it (what `cpoa agents status`, the
+-- dashboard, /metrics and `why` show): its slots held now (tasks submitted, not finished),
+-- its cap as the workers last set it, the workflows waiting for a slot and for their place in
+-- its rate, its pause while it lasts and why, and its failed requests in a row. Cheap: the
+-- slots are as many as the caps, the waiters are the partial index workflow_instances_waiting.
+WITH held AS (SELECT agent, count(*) AS n FROM agent_slots GROUP BY agent),
+     queued AS (SELECT waiting_agent AS agent, count(*) AS n FROM workflow_instances
+                WHERE waiting_agent IS NOT NULL GROUP BY waiting_agent),
+     placed AS (SELECT agent, count(*) AS n FROM agent_tokens WHERE usable_at > now()
+                GROUP BY agent)
+SELECT agent, coalesce(held.n, 0) AS in_flight, f.max_in_flight,
+    coalesce(queued.n, 0) AS waiting, coalesce(placed.n, 0) AS rate_waiting,
+    CASE WHEN f.paused_until > now() THEN f.paused_until END AS paused_until,
+    CASE WHEN f.paused_until > now() THEN f.pause_reason END AS pause_reason,
+    coalesce(f.failures, 0) AS failures
+FROM agent_flow f
+FULL JOIN held USING (agent) FULL JOIN queued USING (agent) FULL JOIN placed USING (agent)
+ORDER BY agent;
+
+-- flow_position --
+-- Where one workflow stands in flow control (`why`): the agent whose slot it waits for and
+-- how many waiters go first, and its next place in an agent's rate. "Ahead" plays
+-- cpoa_release_slots_v1 forward with no new waiter: a tenant's k-th waiter (0 first, by
+-- priority then wait) is served once its tenant has had granted + k slots, and the release
+-- serves the least granted first, then priority, then the longest wait: so the waiters go
+-- in the order of (granted + k, priority DESC, waiting_since), and that order is counted.
+WITH me AS (SELECT workflow_id, waiting_agent FROM workflow_instances
+            WHERE workflow_id = %(workflow_id)s),
+queue AS (
+    SELECT w.workflow_id, -w.priority AS rank, w.waiting_since,
+        coalesce(u.granted, 0) + row_number() OVER (
+            PARTITION BY coalesce(w.user_id, '')
+            ORDER BY w.priority DESC, w.waiting_since, w.workflow_id) - 1 AS turn
+    FROM workflow_instances w
+    LEFT JOIN agent_tenants u ON u.agent = w.waiting_agent
+        AND u.tenant = coalesce(w.user_id, '')
+    WHERE w.waiting_agent = (SELECT waiting_agent FROM me)),
+place AS (SELECT agent, usable_at FROM agent_tokens
+          WHERE workflow_id = %(workflow_id)s AND usable_at > now()
+          ORDER BY usable_at LIMIT 1)
+SELECT me.waiting_agent,
+    (SELECT count(*) FROM queue q, queue mine WHERE mine.workflow_id = me.workflow_id
+        AND (q.turn, q.rank, q.waiting_since, q.workflow_id)
+            < (mine.turn, mine.rank, mine.waiting_since, mine.workflow_id)) AS ahead,
+    (SELECT agent FROM place) AS rate_agent, (SELECT usable_at FROM place) AS rate_place_at
+FROM me;
+
 -- gateway reads --
 
 -- list_workflows_page --

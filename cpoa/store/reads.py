@@ -50,6 +50,21 @@ class Reads:
         return {"workflows_by_state": dict(row["workflows_by_state"]),
                 "oldest_due_s": row["oldest_due_s"], "outbox_backlog": row["outbox_backlog"]}
 
+    def agent_queues(self) -> list[models.AgentQueue]:
+        """Returns every agent flow control knows of, by name: slots held, cap, waiters,
+        pause and breaker (one statement; what `cpoa agents status`, the dashboard and
+        /metrics show)."""
+        with self._errors(), self.pool.connection() as conn:
+            rows = self._all(conn, "agent_queues")
+        return [models.AgentQueue.from_row(r) for r in rows]
+
+    def flow_position(self, workflow_id: uuid.UUID) -> models.FlowPosition:
+        """Returns where a workflow stands in flow control: the agent slot it waits for and
+        how many waiters go first, its next place in an agent's rate (all empty when none)."""
+        with self._errors(), self.pool.connection() as conn:
+            return models.FlowPosition.from_row(
+                self._one(conn, "flow_position", workflow_id=workflow_id))
+
     # -- dashboard reads ---------------------------------------------------------------------
 
     def events_after(self, event_id: int, workflow_id: uuid.UUID | None = None,
