@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 
-from bench.scenarios import backlog, common, pgbench
+from bench.scenarios import backlog, common, pgbench, waiters
 from bench.scenarios.common import Agent, run_module
 from bench.scenarios import profile as profiling
 
@@ -413,6 +413,8 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
                    po["polls_per_task_max"], f"<= {2 * po['polls_per_task_fixed_interval']}",
                    po["polls_per_task_max"] is not None
                    and po["polls_per_task_max"] <= 2 * po["polls_per_task_fixed_interval"])]})
+    if r.get("waiters"):
+        docs.append(waiters.judge(r["waiters"]))
     return docs
 
 
@@ -578,6 +580,8 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                           f"{run['gateway_cpu_s']} s, worker CPU {run['worker_cpu_s']} s."
                           if run.get("storm_sent") else "")),
                       ""]
+    if r.get("waiters"):
+        lines += waiters.table_lines(r["waiters"], fmt)
     lines += ["| target | value | bound | result |", "|---|---:|---:|---|"]
     for doc in docs:
         for t in doc.get("targets", []):
@@ -616,7 +620,7 @@ def r_slots(r: dict[str, Any]) -> list[int]:
 # -- main ------------------------------------------------------------------------------------
 
 SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency",
-             "callbacks", "recovery")
+             "callbacks", "recovery", "waiters")
 
 
 def main() -> int:
@@ -704,6 +708,8 @@ def main() -> int:
             results["callbacks"] = callback_runs(args)
         if "recovery" in chosen:
             results["recovery"] = recovery_run(args)
+        if "waiters" in chosen:
+            results["waiters"] = waiters.run(args.dsn, quick=quick, log=log)
     finally:
         if template:
             common.drop_db(args.dsn, template)

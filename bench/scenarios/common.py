@@ -313,11 +313,15 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -
 # -- processes -------------------------------------------------------------------------------
 
 def run_module(module: str, *argv: str, python: str = sys.executable, env: dict | None = None,
-               prefix: list[str] | None = None, timeout: float = 900) -> dict[str, Any]:
-    """Runs ``python -m module argv…`` (optionally under a profiler) and returns its RESULT."""
+               prefix: list[str] | None = None, timeout: float = 900,
+               inherit: bool = True) -> dict[str, Any]:
+    """Runs ``python -m module argv…`` (optionally under a profiler) and returns its RESULT.
+
+    ``env`` is added to this process's environment, or with ``inherit=False`` is the whole
+    environment (a run whose settings must be exactly those given)."""
     cmd = [*(prefix or []), python, "-m", module, *argv]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})}, check=False)
+                         env={**(os.environ if inherit else {}), **(env or {})}, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     result = read_result(out.stdout)
