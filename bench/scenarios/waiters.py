@@ -49,6 +49,7 @@ import psycopg
 import requests
 
 from bench.scenarios import backlog, common
+from bench.scenarios.engine import TimedEngine
 
 SIZES = {
     "full": {"waiters": 10_000, "cap": 4, "work_s": (0.5, 2.0), "window_s": (30.0, 30.0),
@@ -385,7 +386,7 @@ def workload_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     common.install_counting()
-    from bench.scenarios.engine import TimedEngine, TimedStore
+    from bench.scenarios.engine import TimedStore
     from cpoa import settings as settings_module
     from cpoa.worker import Worker
     settings = settings_module.from_env()
@@ -393,8 +394,9 @@ def workload_main(argv: list[str]) -> None:
     dbname = common.dbname_of(args.dsn)
     pool = args.slots + 3
     store = TimedStore(args.dsn, min_size=pool, max_size=pool)
-    engine = TimedEngine(store, settings, client=common.InstantClient())
+    engine = _UntilCompleted(store, settings, client=common.InstantClient(), completed=args.n)
     worker = Worker(engine, concurrency=args.slots)
+    engine.worker = worker
     first_event = _scalar(args.dsn, "SELECT coalesce(max(event_id), 0) FROM workflow_events")
     common.wait_no_backends_except(args.admin_dsn, dbname, pool)
     counts_before = common.COUNTERS.snapshot()
@@ -402,7 +404,6 @@ def workload_main(argv: list[str]) -> None:
     pg_cpu_before = common.pids_cpu_s(pg_pids)
     cpu_before = time.process_time()
     started = time.perf_counter()
-    threading.Thread(target=_stop_when_done, args=(args.dsn, worker), daemon=True).start()
     worker.run()
     elapsed = (engine.last_end or time.perf_counter()) - started
     cpu = time.process_time() - cpu_before
@@ -439,14 +440,20 @@ def _start_snippets(dsn: str, settings: Any, n: int, threads: int = 4) -> None:
     store.close()
 
 
-def _stop_when_done(dsn: str, worker: Any) -> None:
-    """Stops the worker once every snippets workflow is finished (it cannot run until idle:
-    the waiters are unfinished work)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while conn.execute("SELECT count(*) FROM workflow_instances WHERE kind = 'snippets' "
-                           "AND next_run_at IS NOT NULL").fetchone()[0]:
-            time.sleep(0.05)
-    worker.stop()
+class _UntilCompleted(TimedEngine):
+    """Stops its worker once its steps completed ``completed`` workflows: the worker cannot
+    run until idle (the waiters are unfinished work), and watching the table from another
+    session would cost the server more on the database with the waiters."""
+
+    def __init__(self, *args: Any, completed: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.completed = completed
+
+    def step(self, lease: Any, **kwargs: Any) -> Any:
+        result = super().step(lease, **kwargs)
+        if len(self.store.completing) >= self.completed and self.worker is not None:
+            self.worker.stop()
+        return result
 
 
 if __name__ == "__main__":
