@@ -1,8 +1,8 @@
 """Workflows waiting on a saturated, capped agent (issue 14): throughput at the cap, the cost of
 waiting, and whether claiming and CPU stay flat with the waiters present.
 
-    python -m bench.run --only waiters            # 10 000 waiters, about 3 minutes
-    python -m bench.run --only waiters --quick    # 1 000 waiters, under a minute
+    python -m bench.run --only waiters            # 10 000 waiters, 4-7 minutes on 2 cores
+    python -m bench.run --only waiters --quick    # 1 000 waiters, about 1.5 minutes
 
 ``run()`` is called by bench/run.py; ``python -m bench.scenarios.waiters workload …`` is its
 measured worker (a subprocess, so that its CPU is its own). Every CPOA process runs with the
@@ -27,7 +27,8 @@ poll comes when the task is done and the polling schedule does not set the pace.
 3. **Flat with waiters.** ``workload`` snippets workflows (TDA, SCA, IGA: no VFA step, so the
    cap does not change their work) started and drained by a 4-slot worker with the instant
    in-process client: ``claim_due`` p50/p99 and worker CPU per transition with the waiters
-   present, against the same on a database with neither cap nor waiters (same run). Every
+   present, against the same on a database with neither cap nor waiters (same run; in the
+   order reference, waiting, waiting, reference, means compared, so that drift cancels). Every
    waiter's row version is compared before the idle window and after the workload: a waiter
    claimed even once shows.
 """
