@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -27,7 +28,8 @@ import time
 from typing import Any
 
 
-from bench.scenarios import backlog, common, pgbench
+from bench.scenarios import backlog, common, pgbench, waiters
+from bench.scenarios.common import Agent, run_module
 from bench.scenarios import profile as profiling
 
 REPO = common.REPO
@@ -59,11 +61,7 @@ def ensure_tools(args: argparse.Namespace) -> None:
                            check=True)
     args.peer_python = str(peer_python)
     args.py_spy = shutil.which("py-spy") or str(pathlib.Path(PY).parent / "py-spy")
-    try:
-        import psutil  # noqa: F401
-        has_psutil = True
-    except ImportError:
-        has_psutil = False
+    has_psutil = importlib.util.find_spec("psutil") is not None
     if not os.path.exists(args.py_spy) or not has_psutil:
         if args.no_install:
             if not has_psutil:
@@ -73,41 +71,6 @@ def ensure_tools(args: argparse.Namespace) -> None:
         log("installing py-spy and psutil into this virtualenv")
         subprocess.run([PY, "-m", "pip", "install", "-q", "py-spy", "psutil"], check=True)
         args.py_spy = str(pathlib.Path(PY).parent / "py-spy")
-
-
-def run_module(module: str, *argv: str, python: str = PY, env: dict | None = None,
-               prefix: list[str] | None = None, timeout: float = 900) -> dict[str, Any]:
-    """Runs ``python -m module argv…`` (optionally under a profiler) and returns its RESULT."""
-    cmd = [*(prefix or []), python, "-m", module, *argv]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})}, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    result = common.read_result(out.stdout)
-    result["load_1min_after"] = round(os.getloadavg()[0], 2)
-    return result
-
-
-class Agent:
-    """A local agent in its own process (``bench.scenarios.agent``)."""
-
-    def __init__(self, mode: str) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "bench.scenarios.agent", "--mode", mode],
-                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("URL "):
-            raise RuntimeError(f"agent did not start: {line!r}")
-        self.url = line.split()[1]
-        self.pid = self.proc.pid
-
-    def close(self) -> None:
-        self.proc.stdin.close()  # the agent exits when its stdin closes
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -450,6 +413,8 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
                    po["polls_per_task_max"], f"<= {2 * po['polls_per_task_fixed_interval']}",
                    po["polls_per_task_max"] is not None
                    and po["polls_per_task_max"] <= 2 * po["polls_per_task_fixed_interval"])]})
+    if r.get("waiters"):
+        docs.append(waiters.judge(r["waiters"]))
     return docs
 
 
@@ -615,6 +580,8 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                           f"{run['gateway_cpu_s']} s, worker CPU {run['worker_cpu_s']} s."
                           if run.get("storm_sent") else "")),
                       ""]
+    if r.get("waiters"):
+        lines += waiters.table_lines(r["waiters"], fmt)
     lines += ["| target | value | bound | result |", "|---|---:|---:|---|"]
     for doc in docs:
         for t in doc.get("targets", []):
@@ -653,7 +620,7 @@ def r_slots(r: dict[str, Any]) -> list[int]:
 # -- main ------------------------------------------------------------------------------------
 
 SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency",
-             "callbacks", "recovery")
+             "callbacks", "recovery", "waiters")
 
 
 def main() -> int:
@@ -741,6 +708,8 @@ def main() -> int:
             results["callbacks"] = callback_runs(args)
         if "recovery" in chosen:
             results["recovery"] = recovery_run(args)
+        if "waiters" in chosen:
+            results["waiters"] = waiters.run(args.dsn, quick=quick, log=log)
     finally:
         if template:
             common.drop_db(args.dsn, template)

@@ -96,24 +96,27 @@ def insert_finished(dsn: str, count: int, context: dict[str, Any]) -> None:
                 ('finalizing', 'completed', 'step_done')) AS e(from_state, to_state, trigger)""")
 
 
-def insert_due(dsn: str, count: int, context: dict[str, Any]) -> None:
+def insert_due(dsn: str, count: int, context: dict[str, Any],
+               states: list[str] | None = None) -> None:
     """``count`` podcast workflows due now (oldest first) with their keys, spread evenly over
-    the six working states (so a sixth of the step actions complete a workflow), each with
-    the sample context so that every state's request can be built."""
+    ``states`` (by default the six working states, so that a sixth of the step actions
+    complete a workflow), each with the sample context so that every state's request can be
+    built (``fetching`` needs none)."""
     if count <= 0:
         return
-    states = [s for s, _ in STEPS]
+    states = states or [s for s, _ in STEPS]
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         _new_ids(conn, count)
         conn.execute("""
             INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_json,
                 context_data_json, next_run_at)
-            SELECT workflow_id, 'podcast', (%(states)s::text[])[1 + g %% 6],
+            SELECT workflow_id, 'podcast', state,
                    jsonb_build_object('topic', 'due ' || g,
                                       'urls', jsonb_build_array('https://example.org/' || g)),
-                   CASE WHEN g %% 6 = 0 THEN '{}'::jsonb ELSE %(ctx)s END,
+                   CASE WHEN state = 'fetching' THEN '{}'::jsonb ELSE %(ctx)s END,
                    now() - interval '1 hour' + g * interval '1 ms'
-            FROM new_ids""", {"states": states, "ctx": Jsonb(context)})
+            FROM (SELECT *, (%(states)s::text[])[1 + g %% %(n)s] AS state FROM new_ids) n""",
+                     {"states": states, "n": len(states), "ctx": Jsonb(context)})
         conn.execute("""
             INSERT INTO idempotency_keys (idempotency_key, task_name, status, workflow_id)
             SELECT workflow_id::text, %(task)s, 'processing', workflow_id FROM new_ids""",

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -306,6 +308,47 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.05) -
         if time.monotonic() >= deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+def run_module(module: str, *argv: str, python: str = sys.executable, env: dict | None = None,
+               prefix: list[str] | None = None, timeout: float = 900,
+               inherit: bool = True) -> dict[str, Any]:
+    """Runs ``python -m module argv…`` (optionally under a profiler) and returns its RESULT.
+
+    ``env`` is added to this process's environment, or with ``inherit=False`` is the whole
+    environment (a run whose settings must be exactly those given)."""
+    cmd = [*(prefix or []), python, "-m", module, *argv]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env={**(os.environ if inherit else {}), **(env or {})}, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = read_result(out.stdout)
+    result["load_1min_after"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+class Agent:
+    """A local agent in its own process (``bench.scenarios.agent --mode MODE ARGV…``)."""
+
+    def __init__(self, mode: str, *argv: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.scenarios.agent", "--mode", mode, *argv],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("URL "):
+            raise RuntimeError(f"agent did not start: {line!r}")
+        self.url = line.split()[1]
+        self.pid = self.proc.pid
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # the agent exits when its stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # -- statistics and output -------------------------------------------------------------------
