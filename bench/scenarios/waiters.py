@@ -2,7 +2,7 @@
 waiting, and whether claiming and CPU stay flat with the waiters present.
 
     python -m bench.run --only waiters            # 10 000 waiters, 4-7 minutes on 2 cores
-    python -m bench.run --only waiters --quick    # 1 000 waiters, about 1.5 minutes
+    python -m bench.run --only waiters --quick    # 500 waiters, under a minute
 
 ``run()`` is called by bench/run.py; ``python -m bench.scenarios.waiters workload …`` is its
 measured worker (a subprocess, so that its CPU is its own). Every CPOA process runs with the
@@ -55,8 +55,8 @@ from bench.scenarios.engine import TimedEngine
 SIZES = {
     "full": {"waiters": 10_000, "cap": 4, "work_s": (0.5, 2.0), "window_s": (30.0, 30.0),
              "workload": 2000, "idle_settle": 11.0, "idle_window": 20.0},
-    "quick": {"waiters": 1000, "cap": 4, "work_s": (0.5, 2.0), "window_s": (8.0, 10.0),
-              "workload": 300, "idle_settle": 3.0, "idle_window": 8.0},
+    "quick": {"waiters": 500, "cap": 4, "work_s": (2.0,), "window_s": (8.0,),
+              "workload": 200, "idle_settle": 2.0, "idle_window": 5.0},
 }
 """Per variant: workflows queued on VFA, its cap, a task's time at the agent (two runs: the
 fixed cost of a hand-off weighs 4 times more on the shorter), the throughput window of each,
