@@ -183,6 +183,7 @@ WITH locked AS (
     -- A finished item gives its agent slot (if it held one) to the next waiter.
     SELECT cpoa_release_slots_v1(moved.workflow_id, %(task)s::jsonb ->> 'item_key') FROM moved
     WHERE %(task)s::jsonb ->> 'status' IN ('succeeded', 'failed')
+      AND EXISTS (SELECT 1 FROM agent_slots s WHERE s.workflow_id = moved.workflow_id)
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
@@ -253,6 +254,7 @@ WITH locked AS (
 ), freed AS (
     -- Leaving the state gives back every agent slot its items held (to the next waiters).
     SELECT cpoa_release_slots_v1(moved.workflow_id, NULL) FROM moved
+    WHERE EXISTS (SELECT 1 FROM agent_slots s WHERE s.workflow_id = moved.workflow_id)
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
