@@ -98,6 +98,8 @@ class Task:
     completed_at: datetime.datetime | None = None
     next_poll_at: datetime.datetime | None = None
     poll_deadline_at: datetime.datetime | None = None
+    progress_json: dict[str, Any] | None = None
+    """The agent's latest live progress (:mod:`cpoa.reports`); None: it reported none."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -187,11 +189,12 @@ class Outcome:
     pause_s: float | None = None
 
     @classmethod
-    def progress(cls, task: Task | None, run_in_s: float,
-                 pause_s: float | None = None) -> Outcome:
+    def progress(cls, task: Task | None, run_in_s: float, pause_s: float | None = None,
+                 ui_event: UIEvent | None = None) -> Outcome:
         """The workflow stays in its state (``task`` updated, if a request was made) and is
-        due again in ``run_in_s`` seconds; ``pause_s`` pauses its agent's new submits."""
-        return cls(task=task, run_in_s=run_in_s, pause_s=pause_s)
+        due again in ``run_in_s`` seconds; ``pause_s`` pauses its agent's new submits;
+        ``ui_event`` forwards the agent's live progress."""
+        return cls(task=task, run_in_s=run_in_s, pause_s=pause_s, ui_event=ui_event)
 
     @classmethod
     def transition(cls, trigger: str, dest: str, **fields: Any) -> Outcome:
