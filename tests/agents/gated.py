@@ -15,7 +15,8 @@ GATE_MAX_S = 120.0
 
 
 class GatedVoiceAgent(VoiceAgent):
-    """VFA (espeak-ng voices) that speaks ``open_turns`` turns, then waits for :meth:`go_on`.
+    """VFA (espeak-ng voices) that speaks ``open_turns`` turns, then waits for :meth:`allow`
+    or :meth:`go_on`.
 
     Attributes:
         spoken: Turns synthesised so far (cache misses).
@@ -25,18 +26,25 @@ class GatedVoiceAgent(VoiceAgent):
         super().__init__(data_dir, neural_host=False)
         self.open_turns = open_turns
         self.spoken = 0
-        self.gate = threading.Event()
+        self.gate = threading.Condition()
 
     def synthesise(self, turn: Turn) -> np.ndarray:
-        if self.spoken >= self.open_turns:
-            self.gate.wait(GATE_MAX_S)
+        with self.gate:
+            self.gate.wait_for(lambda: self.spoken < self.open_turns, GATE_MAX_S)
         samples = super().synthesise(turn)
-        self.spoken += 1
+        with self.gate:
+            self.spoken += 1
         return samples
+
+    def allow(self, turns: int) -> None:
+        """Lets ``turns`` more turns be spoken."""
+        with self.gate:
+            self.open_turns += turns
+            self.gate.notify_all()
 
     def go_on(self) -> None:
         """Lets the synthesis finish."""
-        self.gate.set()
+        self.allow(10 ** 6)
 
     def stop(self) -> None:
         self.go_on()
