@@ -278,6 +278,7 @@ class MediaServer(Service):
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [("GET", r"/tiny\.wav", lambda _: Response(200, tiny_wav(), "audio/wav")),
+                ("GET", r"/long\.wav", lambda _: Response(200, tiny_wav(3.0), "audio/wav")),
                 ("GET", r"/cover\.png", lambda _: Response(200, PNG_1PX, "image/png"))]
 
 
@@ -402,12 +403,14 @@ def test_send_ui_update__progress_folds_into_the_summary(asf: FrontendAgent) -> 
 def test_page__live_player_plays_finished_parts_in_order(
         asf: FrontendAgent, page: Any, tmp_path: pathlib.Path) -> None:
     """Progress events show the step's bar; their http(s) parts queue on a live player in
-    order (a javascript: URL and a non-URL are skipped, the agent's markup stays text); a
-    click on play plays the first, and when it ends the second, reported meanwhile."""
+    order (a javascript: URL and a non-URL are skipped, the agent's markup stays text). A
+    click on play plays the first; it ends before the second is reported, which then plays at
+    once; the third, reported while the second (3 s) plays, follows when it ends."""
     media = MediaServer(tmp_path / "media")
     media.start("127.0.0.1", 0)
     try:
-        first, second = media.base_url + "/tiny.wav?part=0", media.base_url + "/tiny.wav?part=1"
+        first, second = media.base_url + "/tiny.wav?part=0", media.base_url + "/long.wav"
+        third = media.base_url + "/tiny.wav?part=2"
         post(asf, UI, ui_event("wf-live", "synthesizing", progress=0.5))
         post(asf, UI, progress_event("wf-live", 0.25, [
             {"audio_url": "javascript:alert(1)"}, "<b>x</b>", {"audio_url": first}],
@@ -420,14 +423,19 @@ def test_page__live_player_plays_finished_parts_in_order(
         expect(card.get_by_test_id("live-caption")).to_have_text("part 1 of 1 ready")
         box = player.bounding_box()
         page.mouse.click(box["x"] + 20, box["y"] + box["height"] / 2)  # the play button
-        page.wait_for_function("a => !a.paused || a.ended", arg=player.element_handle(),
-                               timeout=10_000)
+        page.wait_for_function("a => a.ended", arg=player.element_handle(), timeout=10_000)
         post(asf, UI, progress_event("wf-live", 0.5, [{"audio_url": first},
                                                       {"audio_url": second}]))
         expect(player).to_have_attribute("data-part", "1", timeout=10_000)
         expect(player).to_have_attribute("src", second)
-        page.wait_for_function("a => !a.paused || a.ended", arg=player.element_handle(),
-                               timeout=10_000)
+        page.wait_for_function("a => !a.paused && a.currentTime > 0",
+                               arg=player.element_handle(), timeout=10_000)
+        post(asf, UI, progress_event("wf-live", 0.75, [{"audio_url": u}
+                                                       for u in (first, second, third)]))
+        expect(card.get_by_test_id("live-caption")).to_have_text("part 2 of 3 ready")
+        assert player.evaluate("a => !a.ended")  # the third waits for the second to end
+        expect(player).to_have_attribute("data-part", "2", timeout=10_000)
+        expect(player).to_have_attribute("src", third)
         assert card.locator("script, img, b").count() == 0
     finally:
         media.stop()
