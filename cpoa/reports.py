@@ -123,6 +123,14 @@ def _quiet(sent_at: str | None, now: datetime.datetime, every_s: float) -> bool:
     return (now - datetime.datetime.fromisoformat(sent_at)).total_seconds() >= every_s
 
 
+def shown(task: models.Task) -> dict[str, Any] | None:
+    """What the API shows of a task's live progress: ``{progress, partial, reported_at}``."""
+    kept = task.progress_json
+    if not kept:
+        return None
+    return {field: kept.get(field) for field in ("progress", "partial", "reported_at")}
+
+
 def sends(before: models.Task | None, after: models.Task) -> bool:
     """Whether the poll that turned ``before`` into ``after`` forwards its progress."""
     sent = (after.progress_json or {}).get("sent_at")

@@ -69,6 +69,9 @@ def test_progress__stored_on_the_task_and_forwarded_in_order(store, agent, vfa):
     assert run(engine, store, workflow_id) == "completed"
     kept = step_task(store, workflow_id, "synthesizing").progress_json
     assert (kept["progress"], kept["partial"]) == (1.0, turns(3))
+    [shown] = [t["progress"] for t in engine.get_workflow(workflow_id)["tasks"]
+               if t["agent"] == "VFA"]
+    assert (shown["progress"], shown["partial"]) == (1.0, turns(3)) and shown["reported_at"]
     delivered = [e for e in agent.ui_events if e["workflow_id"] == str(workflow_id)]
     states = [(e["event_name"], e["data"]["state"]) for e in delivered]
     at = states.index(("generation_status", "synthesizing"))
