@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cpoa import defaults, errors, logs, metrics, models
+from cpoa import defaults, errors, logs, metrics, models, reports
 from cpoa.agents import client as agents
 from cpoa.agents import results
 from cpoa.settings import Settings
@@ -38,12 +38,15 @@ class Timing:
         honour_retry_after: A transient failure's Retry-After sets the next try.
         adaptive: Polls of a submitted task follow :func:`poll_pause` (short first, growing
             to ``interval_s``); otherwise every pause is ``interval_s``.
+        progress_every_s: Least time between two live-progress events of the item
+            (:func:`cpoa.reports.fold`).
     """
 
     interval_s: float
     timeout_s: float
     honour_retry_after: bool
     adaptive: bool = False
+    progress_every_s: float = defaults.PROGRESS_EVENT_INTERVAL_S
 
 
 def timing(settings: Settings, step: Step) -> Timing:
@@ -51,7 +54,8 @@ def timing(settings: Settings, step: Step) -> Timing:
     if step.notified:  # no polling: transient failures are retried this long, at our pace
         return Timing(defaults.NOTIFY_RETRY_S, settings.asf_notify_timeout_s, False)
     agent = settings.agent(step.agent)
-    return Timing(agent.poll_interval_s, agent.poll_timeout_s, True, adaptive=True)
+    return Timing(agent.poll_interval_s, agent.poll_timeout_s, True, adaptive=True,
+                  progress_every_s=settings.progress_event_interval_s)
 
 
 def poll_pause(age_s: float, interval_s: float) -> float:
@@ -93,7 +97,20 @@ def act(client: agents.AgentClient, settings: Settings, step: Step, workflow: mo
     pace = timing(settings, step)
     task, answer = call(client, settings, step, workflow, begin(task, now(), pace), item, log,
                         callback_url)
-    return settle(step, task, answer, now(), pace)
+    return settle(step, task, answer, now(), pace, report(answer, log))
+
+
+def report(answer: Answer, log: logging.LoggerAdapter) -> reports.Report | None:
+    """The live progress of a pending reply, checked; what is ignored is logged (a warning:
+    a bad ``progress`` or ``partial`` never fails the step)."""
+    if not isinstance(answer, agents.Reply) or (answer.progress is None
+                                                and answer.partial is None):
+        return None
+    checked, problems = reports.read(answer.progress, answer.partial)
+    for problem in problems:
+        log.warning("agent progress ignored: %s", problem,
+                    extra={"action": "progress_ignored", "problem": problem})
+    return checked
 
 
 def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: models.Workflow,
@@ -133,8 +150,9 @@ def call(client: agents.AgentClient, settings: Settings, step: Step, workflow: m
 
 
 def settle(step: Step, task: models.Task, answer: Answer, now: datetime.datetime,
-           pace: Timing) -> models.Task:
-    """The task row after ``answer``: succeeded, failed, or open with its next poll time."""
+           pace: Timing, progress: reports.Report | None = None) -> models.Task:
+    """The task row after ``answer``: succeeded, failed, or open with its next poll time (and
+    the agent's live ``progress`` folded in, :func:`cpoa.reports.fold`)."""
     if isinstance(answer, errors.AgentUnavailable):  # tried again later, until the deadline
         honour = pace.honour_retry_after and answer.retry_after is not None
         details = {"reason": str(answer), "transient": True}
@@ -151,7 +169,9 @@ def settle(step: Step, task: models.Task, answer: Answer, now: datetime.datetime
             answer.outcome == "busy" and (answer.status_url or task.status_url)):
         task = task.evolve(status="submitted",
                            external_task_id=answer.task_id or task.external_task_id,
-                           status_url=answer.status_url or task.status_url)
+                           status_url=answer.status_url or task.status_url,
+                           progress_json=reports.fold(task.progress_json, progress, now,
+                                                      pace.progress_every_s))
         return _open(task, now, _next_poll_in(task, answer, now, pace), step)
     if answer.outcome == "busy":  # 409 with no task to poll: submit the key again later
         return _open(task, now, _next_poll_in(task, answer, now, pace), step)

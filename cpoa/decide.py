@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cpoa import defaults, events, machine, models, steps
+from cpoa import defaults, events, machine, models, reports, steps
 from cpoa.settings import AgentSettings
 
 
@@ -32,10 +32,12 @@ class Call:
 
 @dataclasses.dataclass(frozen=True)
 class Wait:
-    """Nothing to do before ``run_in_s`` (a poll is not due yet); ``task`` was just updated."""
+    """Nothing to do before ``run_in_s`` (a poll is not due yet); ``task`` was just updated,
+    and ``ui_event`` forwards the agent's live progress (:mod:`cpoa.reports`)."""
 
     run_in_s: float
     task: models.Task | None = None
+    ui_event: models.UIEvent | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +142,12 @@ def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],
     """What the step records once the call for ``task``'s item came back as ``task``."""
     step = steps.step_for(workflow)
     items = step.items(workflow)
+    progress = reports.for_step(workflow, tasks.get(task.item_key), task)
     tasks = {**tasks, task.item_key: task}
     if any(k not in tasks for k, _ in items):
-        return Wait(0.0, task)  # untouched items are due now
+        return Wait(0.0, task, progress)  # untouched items are due now
     if any(not tasks[k].is_finished for k, _ in items):
-        return Wait(_seconds_until(tasks.values(), now), task)
+        return Wait(_seconds_until(tasks.values(), now), task, progress)
     if len(items) == 1 and not task.item_key:  # the result itself is in the context
         task = task.evolve(output_result_summary_json=summary(task.output_result_summary_json))
     return Finish(step.conclude(workflow, [tasks[k] for k, _ in items]), task)
@@ -156,7 +159,7 @@ def outcome(workflow: models.Workflow, action: Wait | Finish,
     """The write that records ``action``: progress in the state, or a transition, with what
     the step's request told of its agent (:func:`agent_report`)."""
     if isinstance(action, Wait):
-        return models.Outcome.progress(action.task, action.run_in_s, report)
+        return models.Outcome.progress(action.task, action.run_in_s, report, action.ui_event)
     return dataclasses.replace(verdict_outcome(workflow, action.verdict, action.task,
                                                review_timeout_s=review_timeout_s),
                                agent_report=report)

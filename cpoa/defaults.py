@@ -264,3 +264,14 @@ DRIVE_RECHECK_MAX_S = 1.0
 
 DRIVE_HELD_RECHECK_S = 0.05
 """How soon they look again at a workflow whose lease another process holds."""
+
+PROGRESS_EVENT_INTERVAL_S = 1.0
+"""Least time between two generation_progress UI events of one task
+(CPOA_PROGRESS_EVENT_INTERVAL_SECONDS): an agent's progress that changes faster is forwarded
+at this pace (its latest value, never lost: held back and sent at a later poll)."""
+
+PROGRESS_PARTIAL_MAX_ITEMS = 200
+"""Most items of an agent's ``partial`` list kept; a longer list is ignored (with a warning)."""
+
+PROGRESS_PARTIAL_MAX_CHARS = 32_000
+"""Largest ``partial`` list kept, as JSON characters; a larger one is ignored (a warning)."""

@@ -98,6 +98,8 @@ class Task:
     completed_at: datetime.datetime | None = None
     next_poll_at: datetime.datetime | None = None
     poll_deadline_at: datetime.datetime | None = None
+    progress_json: dict[str, Any] | None = None
+    """The agent's latest live progress (:mod:`cpoa.reports`); None: it reported none."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Task:
@@ -258,10 +260,11 @@ class Outcome:
 
     @classmethod
     def progress(cls, task: Task | None, run_in_s: float,
-                 agent_report: AgentReport | None = None) -> Outcome:
+                 agent_report: AgentReport | None = None,
+                 ui_event: UIEvent | None = None) -> Outcome:
         """The workflow stays in its state (``task`` updated, if a request was made) and is
-        due again in ``run_in_s`` seconds."""
-        return cls(task=task, run_in_s=run_in_s, agent_report=agent_report)
+        due again in ``run_in_s`` seconds; ``ui_event`` forwards the agent's live progress."""
+        return cls(task=task, run_in_s=run_in_s, agent_report=agent_report, ui_event=ui_event)
 
     @classmethod
     def transition(cls, trigger: str, dest: str, **fields: Any) -> Outcome:

@@ -1,7 +1,9 @@
 """Delivery of queued UI events to ASF: after commit, in order per workflow, until delivered.
 
 A failed delivery never touches the workflow: the event stays queued and is tried again with a
-growing pause; later events of the same workflow wait behind it so the order holds.
+growing pause; later events of the same workflow wait behind it so the order holds. Only a
+live-progress event (``generation_progress``) that the receiver refuses for good (a 4xx, say
+an ASF that predates it) is dropped instead: it is worth less than the events behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from cpoa.store import PostgresStore
 
 logger = logging.getLogger(__name__)
 BATCH = 20
+PROGRESS_EVENT = "generation_progress"
 FIRST_RETRY_S = 0.5
 
 
@@ -44,9 +47,15 @@ def deliver_workflow(store: PostgresStore, client: AgentClient, url: str,
     return delivered
 
 
+def gives_up(event: models.OutboxEvent, exc: errors.AgentError) -> bool:
+    """Whether a failed delivery drops the event: a progress event refused for good."""
+    return event.event_name == PROGRESS_EVENT and isinstance(exc, errors.AgentRejected)
+
+
 def _send(store: PostgresStore, client: AgentClient, url: str,
           event: models.OutboxEvent) -> bool:
-    """Sends one event and records the outcome; True when it was delivered."""
+    """Sends one event and records the outcome; True when it left the queue (delivered,
+    or dropped by :func:`gives_up`)."""
     log = logs.for_workflow(logger, event.workflow_id)
     body = {"client_id": event.client_id, "event_name": event.event_name,
             "data": event.data, "event_id": str(event.event_id),
@@ -56,6 +65,11 @@ def _send(store: PostgresStore, client: AgentClient, url: str,
                       idempotency_key=str(event.event_id), log=log, once=True,
                       timeout_s=defaults.UI_TIMEOUT_S)
     except errors.AgentError as exc:
+        if gives_up(event, exc):
+            log.warning("ui event refused; dropped", extra={
+                "action": "ui_event_dropped", "seq": event.seq, "event_name": event.event_name})
+            store.drop_ui_event(event.seq, str(exc))
+            return True
         retry_in = min(defaults.OUTBOX_RETRY_MAX_S,
                        FIRST_RETRY_S * 2 ** max(event.attempts - 1, 0))
         log.warning("ui event delivery failed; retrying in %.1f s", retry_in,

@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpoa import events, models
+from cpoa import events, models, reports
 
 
 def summary(workflow: models.Workflow) -> dict[str, Any]:
@@ -38,7 +38,8 @@ def describe(workflow: models.Workflow, tasks: Sequence[models.Task],
                    "item_key": t.item_key, "attempt": t.attempt, "status": t.status,
                    "idempotency_key": t.idempotency_key, "external_task_id": t.external_task_id,
                    "retry_count": t.retry_count, "error": t.error_details_json,
-                   "next_poll_at": iso(t.next_poll_at)} for t in tasks],
+                   "next_poll_at": iso(t.next_poll_at),
+                   "progress": reports.shown(t)} for t in tasks],
         "history": [{"from": h["from_state"], "to": h["to_state"], "trigger": h["trigger"],
                      "at": iso(h["at"]), "detail": h["detail"]} for h in history],
     }

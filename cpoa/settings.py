@@ -117,6 +117,9 @@ class Settings:
     callback_secret: str = dataclasses.field(default="", repr=False)
     """CPOA_CALLBACK_SECRET: signs the callback URLs; empty: one generated and stored in the
     database on first use (table cpoa_secrets)."""
+    progress_event_interval_s: float = defaults.PROGRESS_EVENT_INTERVAL_S
+    """CPOA_PROGRESS_EVENT_INTERVAL_SECONDS: least time between two generation_progress UI
+    events of one task (0: one per change)."""
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -183,6 +186,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         **_review(reader),
         callback_base_url=reader.optional_url("CPOA_CALLBACK_BASE_URL").rstrip("/"),
         callback_secret=_callback_secret(reader),
+        progress_event_interval_s=reader.number("CPOA_PROGRESS_EVENT_INTERVAL_SECONDS",
+                                                defaults.PROGRESS_EVENT_INTERVAL_S),
     )
 
 

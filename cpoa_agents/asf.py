@@ -7,7 +7,9 @@ record gets a per-server sequence number, is kept in memory (the last :data:`MAX
 appended to ``<data_dir>/asf-events.jsonl``, so a restarted ASF keeps its sequence, its dedupe
 memory and every workflow's state. ``GET /events`` streams the records as Server-Sent Events
 (``id:`` is the sequence number; ``Last-Event-ID`` resumes); ``GET /`` is the page rendering
-them, where everything that came from an agent is treated as text, never as markup.
+them, where everything that came from an agent is treated as text, never as markup. A
+``generation_progress`` event shows the step's own progress bar, and the audio URLs in its
+``partial`` list (VFA's finished turns) play in order on the page before the episode is done.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from cpoa_agents.service import BadRequest, Handler, Request, Response, Service,
 
 logger = logging.getLogger(__name__)
 
-# contract §4 (review_requested: issue 15's review gate); also the SSE event names
-UI_EVENT_NAMES = ("generation_status", "task_error", "review_requested")
+# contract §4 (review_requested: issue 15's review gate; generation_progress: an agent's live
+# progress, issue 13); also the SSE event names
+PROGRESS_EVENT = "generation_progress"
+UI_EVENT_NAMES = ("generation_status", "task_error", "review_requested", PROGRESS_EVENT)
 AUDIO_EVENT = "new_audio"  # the SSE event name of a finished-episode notification
 MAX_EVENTS = 10_000  # records kept in memory and replayed to a new page
 # Dedupe keys outlive their records, so a late retry of an evicted event is still dropped.
@@ -215,7 +219,8 @@ def new_summary(workflow_id: str) -> dict[str, Any]:
     return {"workflow_id": workflow_id, "client_id": None, "state": None, "stage": None,
             "message": "", "progress": 0.0, "warnings": [], "is_terminal": False,
             "final_status": None, "error": None, "audio_url": None, "stream_id": None,
-            "image_url": None, "event_count": 0, "updated_seq": 0}
+            "image_url": None, "event_count": 0, "updated_seq": 0, "step_progress": None,
+            "partial_count": 0}
 
 
 def fold(summary: dict[str, Any], record: Record) -> dict[str, Any]:
@@ -233,6 +238,9 @@ def fold(summary: dict[str, Any], record: Record) -> dict[str, Any]:
         return summary
     data = payload["data"]
     summary["client_id"] = payload["client_id"]
+    if record.kind == PROGRESS_EVENT:
+        return _fold_progress(summary, data)
+    summary["step_progress"], summary["partial_count"] = None, 0  # a new state: a new step
     for field in ("state", "stage", "message", "error"):
         if isinstance(data.get(field), str):
             summary[field] = data[field]
@@ -248,6 +256,20 @@ def fold(summary: dict[str, Any], record: Record) -> dict[str, Any]:
     for field in ("image_url", "audio_url"):
         if is_web_url(data.get(field)):
             summary[field] = data[field]
+    return summary
+
+
+def _fold_progress(summary: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """A generation_progress event: the step's progress, the workflow's, the message and how
+    many partial results there are (the page plays them; the summary only counts them)."""
+    if isinstance(data.get("message"), str):
+        summary["message"] = data["message"]
+    for field, key in (("step_progress", "progress"), ("progress", "workflow_progress")):
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            summary[field] = float(min(1.0, max(0.0, value)))
+    if isinstance(data.get("partial"), list):
+        summary["partial_count"] = len(data["partial"])
     return summary
 
 

@@ -6,6 +6,11 @@ the default), a ``bulletin`` (one voice) or a ``panel`` (host and two guests) of
 per discovered topic whose guest lines quote the sources, and a wrap-up. An optional LLM
 backend (:mod:`cpoa_agents.llm`) writes the script instead and falls back to the template when
 its answer is not a valid script.
+
+Live progress (contract §2): the segments written so far, as ``partial`` (``segment_index``,
+``segment_title``, ``lines``) with ``progress`` = segments written / segments, reported as each
+segment of the finished script is checked. Both backends write the whole script in one go (the
+template in milliseconds), so a poll sees this only for a long script or a slow model.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ logger = logging.getLogger(__name__)
 TOPIC_MAX_CHARS, PERSONA_MAX_CHARS, CONTENT_MAX_CHARS, MAX_TOPICS = 1000, 1000, 50_000, 50
 """Request limits: characters of topic, persona and content (contract §3); number of topics."""
 MAX_SOURCES = 50
+SEGMENT_TITLE_CHARS = 100
+"""Characters of a segment's title in a progress report."""
 NOTES_MAX_CHARS = defaults.REVIEW_NOTES_MAX_CHARS
 """Longest ``revision_notes`` (a reviewer's notes on a rejected script, as CPOA accepts)."""
 _DROP_WORDS = re.compile(r"\b(drop|remove|cut|skip|delete)\b", re.IGNORECASE)
@@ -75,6 +82,22 @@ class ScriptAgent(service.TaskAgent):
                                                 max_chars=NOTES_MAX_CHARS, required=False)}
 
     def run(self, request: dict[str, Any], task_id: str) -> dict[str, Any]:
+        """Writes the script (:meth:`write`) and reports its segments as written.
+
+        Raises:
+            llm.LLMError: The LLM answer was unusable and fallback is off.
+        """
+        result = self.write(request, task_id)
+        segments = result["script_data"]["segments"]
+        written = []
+        for i, segment in enumerate(segments):
+            written.append({"segment_index": i,
+                            "segment_title": segment["segment_title"][:SEGMENT_TITLE_CHARS],
+                            "lines": len(segment["lines"])})
+            self.report_progress(task_id, (i + 1) / len(segments), written)
+        return result
+
+    def write(self, request: dict[str, Any], task_id: str) -> dict[str, Any]:
         """Writes the script with the LLM when configured, else (or as fallback) the template.
 
         Raises:

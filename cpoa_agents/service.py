@@ -5,7 +5,9 @@ keeps every task in SQLite (same ``X-Idempotency-Key`` → same task and result,
 and answers ``GET /v1/tasks/<id>`` and ``GET /health``. Unfinished tasks found at start are run
 again, so an agent killed mid-task finishes it after a restart. When a submit carried an
 ``X-Callback-URL``, the agent POSTs ``{task_id, status}`` to it once the task has finished
-(best effort: on a thread of its own, bounded, never retried; CPOA polls anyway).
+(best effort: on a thread of its own, bounded, never retried; CPOA polls anyway). A running
+task may :meth:`TaskAgent.report_progress`: its pending poll replies then carry ``progress``
+and ``partial`` (contract §2; kept in memory only: a resumed task reports afresh).
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class TaskAgent(Service):
         self.callback_urls: dict[str, str] = {}
         """X-Callback-URL of each unfinished task (the latest submit's), kept in memory."""
         self._callback_lock = threading.Lock()
+        self.progress: dict[str, dict[str, Any]] = {}
+        """The latest ``{progress, partial}`` of each unfinished task (:meth:`report_progress`)."""
 
     def validate(self, body: dict[str, Any]) -> dict[str, Any]:
         """Returns the cleaned request or raises BadRequest naming the field."""
@@ -213,6 +217,16 @@ class TaskAgent(Service):
         super().stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def report_progress(self, task_id: str, progress: float,
+                        partial: list[Any] | None = None) -> None:
+        """Called by :meth:`run` as the work goes: the task's pending poll replies carry
+        ``progress`` (0 to 1) and ``partial`` (what is finished so far) until it ends."""
+        report: dict[str, Any] = {"progress": round(min(1.0, max(0.0, progress)), 4)}
+        if partial is not None:
+            report["partial"] = list(partial)
+        with self._callback_lock:
+            self.progress[task_id] = report
+
     def _execute(self, task_id: str, cleaned: dict[str, Any]) -> None:
         self.tasks.update(task_id, "STARTED")
         try:
@@ -239,6 +253,7 @@ class TaskAgent(Service):
         of its own: a slow or absent receiver never holds the agent's work."""
         with self._callback_lock:
             url = self.callback_urls.pop(task_id, None)
+            self.progress.pop(task_id, None)
         if url is not None:
             threading.Thread(target=_post_callback, args=(url, task_id, status, self.name),
                              name=f"{self.name}-callback", daemon=True).start()
@@ -253,6 +268,9 @@ class TaskAgent(Service):
             report["result"] = task["result"]
         if task["status"] == "FAILURE":
             report["error"] = task["error"]
+        if task["status"] in ("PENDING", "STARTED"):
+            with self._callback_lock:
+                report.update(self.progress.get(task["task_id"], {}))
         return report
 
 

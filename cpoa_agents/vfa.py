@@ -5,6 +5,12 @@ under a hash of everything that shapes its sound, so a synthesis interrupted by 
 where it stopped: the framework re-runs the unfinished task at start and finished turns come from
 the cache. The episode is served by this agent at ``GET /audio/<stream_id>.(mp3|wav)``.
 
+Live progress (contract §2): while it synthesises, the task's pending poll replies carry
+``progress`` (turns done / turns) and ``partial``, the finished turns in script order (the first
+:data:`PARTIAL_MAX_TURNS`), each with the URL of its audio, ``GET /turns/<key>.wav`` (the cached
+turn as spoken, before the episode's levelling): a player can start on them before the episode
+is done.
+
 Voice parameters (all optional):
 
 - ``voice_name``: the host's espeak-ng voice, ``<language>[+<variant>]`` (e.g. ``en-us+m3``).
@@ -46,6 +52,12 @@ MAX_LINES = 2_000
 MAX_SPEAKER_CHARS = 100
 CACHE_VERSION = 1
 """Part of every turn's cache key: bump it when a change alters the synthesised samples."""
+PARTIAL_MAX_TURNS = 150
+"""Finished turns listed in a progress report at most (CPOA keeps a partial list of up to 200
+items and 32 000 characters: 150 turns of at most ~200 characters each stay within both)."""
+PARTIAL_SPEAKER_CHARS = 40
+TURN_NAME = r"[0-9a-f]{64}\.wav"
+"""The only file names ``/turns/`` serves (a turn's cache key)."""
 AUDIO_NAME = r"stream-[0-9a-f]{32}\.(?:mp3|wav)"
 """The only file names ``/audio/`` serves: no dots, slashes or escapes can reach another file."""
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
@@ -237,7 +249,7 @@ class VoiceAgent(TaskAgent):
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [*super().routes(), ("GET", rf"/audio/{AUDIO_NAME}", self.serve_audio),
-                ("GET", r"/stats", self.stats)]
+                ("GET", rf"/turns/{TURN_NAME}", self.serve_turn), ("GET", r"/stats", self.stats)]
 
     def validate(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"script": check_script(body), "voice_params": check_voice_params(body)}
@@ -247,8 +259,7 @@ class VoiceAgent(TaskAgent):
         if not turns:
             return {"status": "skipped", "message": "the script has no speakable text"}
         rate = speech.sample_rate()
-        clips = [audio.prepare_turn(self.turn_samples(turn, rate, task_id, i, len(turns)), rate)
-                 for i, turn in enumerate(turns)]
+        clips = self.speak_all(turns, rate, task_id)
         segments = [t.segment_index for t in turns]
         stretch = audio.pause_scale(clips, segments, rate, request["script"]["target_s"])
         episode, spans = audio.assemble(clips, segments, rate, stretch)
@@ -262,6 +273,19 @@ class VoiceAgent(TaskAgent):
         result["tts_settings_used"].update(pause_scale=round(stretch, 3),
                                            loudness_lufs=finish.TARGET_LUFS)
         return result
+
+    def speak_all(self, turns: list[Turn], rate: int, task_id: str) -> list[np.ndarray]:
+        """Every turn's prepared samples, in order, reporting progress after each one."""
+        clips, done = [], []
+        for i, turn in enumerate(turns):
+            clips.append(audio.prepare_turn(self.turn_samples(turn, rate, task_id, i,
+                                                              len(turns)), rate))
+            if len(done) < PARTIAL_MAX_TURNS:
+                done.append({"turn": i, "segment_index": turn.segment_index,
+                             "speaker": turn.speaker[:PARTIAL_SPEAKER_CHARS],
+                             "audio_url": f"{self.base_url}/turns/{turn_key(turn, rate)}.wav"})
+            self.report_progress(task_id, (i + 1) / len(turns), done)
+        return clips
 
     def turn_samples(self, turn: Turn, rate: int, task_id: str, index: int,
                      count: int) -> np.ndarray:
@@ -296,6 +320,14 @@ class VoiceAgent(TaskAgent):
         if not path.is_file():
             return error(404, "no such audio")
         return Response(200, path.read_bytes(), CONTENT_TYPES[name.rsplit(".", 1)[1]])
+
+    def serve_turn(self, request: Request) -> Response:
+        """``GET /turns/<key>.wav``: one finished turn (what a progress report links to)."""
+        name = request.path.rsplit("/", 1)[-1]
+        path = self.turns_dir / name
+        if not re.fullmatch(TURN_NAME, name) or not path.is_file():
+            return error(404, "no such turn")
+        return Response(200, path.read_bytes(), CONTENT_TYPES["wav"])
 
     def stats(self, request: Request) -> Response:
         with self._counter_lock:

@@ -235,6 +235,12 @@ CREATE TABLE IF NOT EXISTS task_instances (
     poll_deadline_at            timestamptz,
     UNIQUE (workflow_id, step, item_key, attempt)
 );
+-- Schema version 12: the live progress an agent last reported in a pending poll reply (agent
+-- contract §2), as cpoa/reports.py keeps it: {"progress": 0-1 or null, "partial": [...] or
+-- null, "reported_at", "sent_at" (when a generation_progress UI event last went out),
+-- "unsent" (a change the throttle held back)}. NULL: the agent never reported any. Written
+-- by the step's own record_progress / make_transition (no statement of its own).
+ALTER TABLE task_instances ADD COLUMN IF NOT EXISTS progress_json jsonb;
 
 -- A step's task row, inserted or brought up to date: the engine's one writer of task_instances,
 -- called from record_progress and make_transition (queries.sql) with the row as JSON
@@ -248,11 +254,12 @@ BEGIN
     INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
         status, idempotency_key, external_task_id, status_url, input_params_json,
         output_result_summary_json, error_details_json, retry_count, first_submitted_at,
-        completed_at, next_poll_at, poll_deadline_at)
+        completed_at, next_poll_at, poll_deadline_at, progress_json)
     SELECT t.task_id, t.workflow_id, t.agent_name, t.step, t.item_key, t.attempt, t.status,
         t.idempotency_key, t.external_task_id, t.status_url, t.input_params_json,
         t.output_result_summary_json, t.error_details_json, t.retry_count,
-        t.first_submitted_at, t.completed_at, t.next_poll_at, t.poll_deadline_at
+        t.first_submitted_at, t.completed_at, t.next_poll_at, t.poll_deadline_at,
+        t.progress_json
     FROM jsonb_populate_record(NULL::task_instances, p_task) t
     ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
         status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
@@ -261,7 +268,7 @@ BEGIN
         error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
         first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
         next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
-        updated_at = now();
+        progress_json = EXCLUDED.progress_json, updated_at = now();
 END
 $$;
 
@@ -652,7 +659,8 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
     workflow_id      uuid NOT NULL REFERENCES workflow_instances ON DELETE CASCADE,
     client_id        text NOT NULL,
     event_name       text NOT NULL CONSTRAINT ui_event_outbox_event_name_check
-        CHECK (event_name IN ('generation_status', 'task_error', 'review_requested')),
+        CHECK (event_name IN ('generation_status', 'task_error', 'review_requested',
+                              'generation_progress')),
     data             jsonb NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz,
@@ -662,8 +670,11 @@ CREATE TABLE IF NOT EXISTS ui_event_outbox (
     last_error       text
 );
 -- Schema version 9, in place: the review gate's UI event review_requested.
-SELECT cpoa_ensure_check('ui_event_outbox', 'ui_event_outbox_event_name_check', 'review_requested',
-    $check$event_name IN ('generation_status', 'task_error', 'review_requested')$check$);
+-- Schema version 12, in place: generation_progress, an agent's live progress (the throttled
+-- events record_progress queues).
+SELECT cpoa_ensure_check('ui_event_outbox', 'ui_event_outbox_event_name_check',
+    'generation_progress', $check$event_name IN ('generation_status', 'task_error',
+                                                 'review_requested', 'generation_progress')$check$);
 CREATE INDEX IF NOT EXISTS ui_event_outbox_pending
     ON ui_event_outbox (workflow_id, seq) WHERE delivered_at IS NULL;
 -- Every event of a workflow: the ON DELETE CASCADE from workflow_instances (cpoa prune) looks
@@ -691,6 +702,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (11)
+INSERT INTO cpoa_schema_version (version) VALUES (12)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

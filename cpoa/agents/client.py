@@ -49,6 +49,9 @@ class Reply:
         http_status: The HTTP status code of the answer.
         retry_after: The answer's Retry-After in seconds, when it had one (an open task is
             polled again after that long).
+        progress: A pending reply's ``progress``, as the agent sent it (unchecked: see
+            :func:`cpoa.reports.read`); None when absent.
+        partial: A pending reply's ``partial``, as sent (unchecked); None when absent.
     """
 
     outcome: str
@@ -57,6 +60,8 @@ class Reply:
     result: Any = None
     http_status: int = 0
     retry_after: float | None = None
+    progress: Any = None
+    partial: Any = None
 
 
 def _session() -> requests.Session:
@@ -281,7 +286,8 @@ class AgentClient:
             status_url = payload.get("status_url")
             absolute = (_absolute(base_url, status_url, service)
                         if isinstance(status_url, str) else None)
-            return Reply("pending", task_id, absolute, None, status)
+            return Reply("pending", task_id, absolute, None, status,
+                         progress=payload.get("progress"), partial=payload.get("partial"))
         raise errors.InvalidAgentResult(
             f"{service} reply: field 'status' has unknown value {logs.clip(str(task_status), 80)!r}",
             service=service, field="status", status_code=status, url=url)

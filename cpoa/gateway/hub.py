@@ -5,12 +5,15 @@ each COMMIT, in commit order. The :class:`Hub` thread listens, reads each new hi
 and pushes it to every :class:`Subscription` that wants it (an asyncio queue per stream, fed
 across threads). Whenever the listener (re)connects it pushes :data:`RESYNC` instead: anything
 committed while nobody listened was never notified, so each stream re-reads the table.
+A step that forwards an agent's live progress notifies ``<workflow_id>:progress`` (no history
+row): the streams of that workflow get a :class:`Progressed` and send a fresh snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -32,6 +35,15 @@ RESYNC = "resync"
 """Queued instead of rows: events may have been missed; read the table from the cursor."""
 CLOSED = "closed"
 """Queued when the hub closes: the stream ends."""
+PROGRESS_TAG = "progress"
+"""The payload's tail (``<workflow_id>:progress``) of a live-progress notification."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Progressed:
+    """Queued to a workflow's streams: its agent reported progress (send a snapshot)."""
+
+    workflow_id: str
 
 
 class Subscription:
@@ -172,6 +184,7 @@ class Hub:
     def _dispatch(self, payloads: list[str]) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
+        self._progressed(payloads, subscribers)
         order = [event_id for event_id in map(_event_id, payloads) if event_id is not None]
         if not subscribers or not order:
             return
@@ -187,6 +200,17 @@ class Hub:
             for subscription in subscribers if row else ():
                 if subscription.wants(row):
                     subscription.push(row)
+
+
+    @staticmethod
+    def _progressed(payloads: list[str], subscribers: list[Subscription]) -> None:
+        """Pushes a :class:`Progressed` to the streams of each workflow that reported
+        progress (once per batch of notifications)."""
+        workflows = {head for head, _, tail in (p.rpartition(":") for p in payloads)
+                     if tail == PROGRESS_TAG}
+        for subscription in subscribers:
+            if subscription.workflow_id in workflows:
+                subscription.push(Progressed(subscription.workflow_id))
 
 
 def _event_id(payload: str) -> int | None:

@@ -5,7 +5,8 @@
 - ``transition`` frames (``id:`` = ``workflow_events.event_id``, so a reconnecting browser's
   ``Last-Event-ID`` resumes after it: the rows after it are replayed from the table first);
 - per-workflow streams (``?workflow_id=``) a ``snapshot`` after each batch: the workflow page's
-  data (:func:`views.workflow_view`); the all-workflows stream a ``counts`` frame instead;
+  data (:func:`views.workflow_view`), and after an agent's live progress (no history row);
+  the all-workflows stream a ``counts`` frame instead;
 - a ``: heartbeat`` comment after :data:`HEARTBEAT_S` of silence.
 
 A stream ends when its client goes away and when the server stops: uvicorn waits for open
@@ -120,7 +121,8 @@ class Stream:
                     return
                 resync = resync or hubs.RESYNC in items
                 rows = [i for i in items if isinstance(i, dict)]
-                for text in await self._batch(rows, sent):
+                progressed = any(isinstance(i, hubs.Progressed) for i in items)
+                for text in await self._batch(rows, sent, summarize=progressed or None):
                     yield text
         except errors.UnknownWorkflow:
             return  # pruned meanwhile

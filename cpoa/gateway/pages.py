@@ -183,6 +183,7 @@ def _summary(view: Mapping[str, Any]) -> Markup:
     facts = [("State", "state", _badge(view["state"], "state")),
              ("Progress", "progress", el("progress", {"max": 1, "value": view["progress"],
                                                       "data-testid": "progress"})),
+             ("Step progress", "step_progress", _step_progress(view["step_progress"])),
              ("Failed in", "failed_from_state", view["failed_from_state"] or "–"),
              ("Started", "started_at", _time(view["started_at"])),
              ("Updated", "updated_at", _time(view["updated_at"])),
@@ -200,6 +201,14 @@ def _summary(view: Mapping[str, Any]) -> Markup:
         + el("p", {"class_": "error", "data-testid": "error", "hidden": not view["error"]},
              view["error"] or "")
         + el("ul", {"class_": "warnings", "data-testid": "warnings"}, warnings))
+
+
+def _step_progress(value: float | None) -> Markup:
+    """The current step's own bar (an agent's live progress); hidden while none is known."""
+    return Markup(el("progress", {"max": 1, "value": value if value is not None else 0,
+                                  "data-testid": "step-progress", "hidden": value is None})
+                  + el("span", {"data-testid": "step-percent"},
+                       f"{value:.0%}" if value is not None else "–"))
 
 
 def _review(script: Mapping[str, Any] | None, revision: int) -> Markup:
@@ -330,8 +339,8 @@ def timeline_row(row: Mapping[str, Any]) -> Markup:
 
 def _tasks(tasks: Sequence[Mapping[str, Any]]) -> Markup:
     head = el("thead", {}, el("tr", {}, [el("th", {}, h) for h in (
-        "Step", "Item", "Attempt", "Agent", "Status", "Agent task id", "Started", "Duration",
-        "Retries", "Error")]))
+        "Step", "Item", "Attempt", "Agent", "Status", "Progress", "Agent task id", "Started",
+        "Duration", "Retries", "Error")]))
     return el("section", {}, el("h2", {}, "Task attempts"),
               _scrolling(el("table", {"class_": "tasks"}, head,
                             el("tbody", {"id": "tasks", "data-testid": "tasks"},
@@ -344,11 +353,18 @@ def task_row(task: Mapping[str, Any]) -> Markup:
     return el("tr", {"data-task-id": task["task_id"], "data-status": task["status"]},
               el("td", {}, task["step"]), el("td", {}, task["item_key"]),
               el("td", {}, task["attempt"]), el("td", {}, task["agent"]),
-              el("td", {}, task["status"]), el("td", {}, el("code", {}, task["agent_task_id"])),
+              el("td", {}, task["status"]), el("td", {}, _task_progress(task["progress"])),
+              el("td", {}, el("code", {}, task["agent_task_id"])),
               el("td", {}, _time(task["started_at"])),
               el("td", {}, duration + (" (running)" if task["running"] else
                                        " (abandoned)" if task["abandoned"] else "")),
               el("td", {}, task["retries"]), el("td", {"class_": "error"}, task["error"] or ""))
+
+
+def _task_progress(value: float | None) -> Markup | str:
+    if value is None:
+        return "–"
+    return el("progress", {"max": 1, "value": value, "data-testid": "task-progress"})
 
 
 def not_found(message: str) -> str:

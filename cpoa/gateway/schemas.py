@@ -166,6 +166,9 @@ class TaskView(BaseModel):
     retry_count: int
     error: Any = None
     next_poll_at: datetime.datetime | None = None
+    progress: dict[str, Any] | None = Field(
+        None, description="the agent's latest live progress (contract §2): progress (0-1 or "
+                          "null), partial (list or null), reported_at")
 
 
 class HistoryEntry(BaseModel):

@@ -98,7 +98,28 @@ def task_view(task: models.Task, now: datetime.datetime,
         "running": unfinished and ended is None,
         "abandoned": unfinished and ended is not None,
         "error": error_text(task.error_details_json),
+        "progress": task_progress(task),
     }
+
+
+def task_progress(task: models.Task) -> float | None:
+    """How far the agent says the task is (0 to 1; 1 once succeeded), None when unknown."""
+    if task.status == "succeeded":
+        return 1.0
+    value = (task.progress_json or {}).get("progress")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def step_progress(workflow: models.Workflow, tasks: Sequence[models.Task]) -> float | None:
+    """The current step's progress: the mean of its task items' (an item not reported yet
+    counts 0), None when no item of the step reported any (nothing to show)."""
+    current = [t for t in tasks if t.step == workflow.state and t.attempt == workflow.retry_count]
+    known = [task_progress(t) for t in current]
+    if workflow.is_terminal or all(p is None or t.status == "succeeded"
+                                   for p, t in zip(known, current)):
+        return None
+    return round(sum(p or 0.0 for p in known) / len(known), 3)
 
 
 def event_view(row: Mapping[str, Any], previous_at: datetime.datetime | None = None
@@ -158,6 +179,7 @@ def workflow_view(workflow: models.Workflow, tasks: Sequence[models.Task],
         "can_retry": state == "failed",
         "tasks": [task_view(t, now, workflow.end_timestamp if workflow.is_terminal else None)
                   for t in tasks],
+        "step_progress": step_progress(workflow, tasks),
         "media": media(workflow),
         # The script a reviewer edits (awaiting_review only); rendered escaped, never as HTML.
         "review_script": (workflow.context.get("script")

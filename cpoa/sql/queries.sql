@@ -148,7 +148,9 @@ FROM moved WHERE %(report_agent)s::text IS NOT NULL
 -- UPDATE) and writes only while the lease is still the caller's: same state, same fencing
 -- version, same owner. A lost race writes nothing (no row comes back). With %(renew_ttl_s)s
 -- (not NULL) the caller keeps the lease for its next step, now, with a new fence; the step's
--- task rows come back as step_tasks (read before this statement's own writes).
+-- task rows come back as step_tasks (read before this statement's own writes). The agent's live
+-- progress rides in the task row; with %(event_name)s (a generation_progress event, throttled
+-- by cpoa/reports.py) it is also queued for the UI and announced to live dashboards.
 WITH locked AS (
     @locked_step@
 ), moved AS (
@@ -184,9 +186,20 @@ WITH locked AS (
     SELECT cpoa_release_slots_v1(moved.workflow_id, %(task)s::jsonb ->> 'item_key') FROM moved
     WHERE %(task)s::jsonb ->> 'status' IN ('succeeded', 'failed')
       AND EXISTS (SELECT 1 FROM agent_slots s WHERE s.workflow_id = moved.workflow_id)
+), ui AS (
+    -- The progress event, after the workflow's earlier events (outbox order), for its client.
+    INSERT INTO ui_event_outbox (workflow_id, client_id, event_name, data)
+    SELECT workflow_id, client_id, %(event_name)s::text, %(event_data)s::jsonb FROM moved
+    WHERE %(event_name)s::text IS NOT NULL AND client_id IS NOT NULL
+), shown AS (
+    -- Live dashboards (cpoa/gateway/hub.py) hear '<workflow_id>:progress' at commit, with or
+    -- without a client. A plain SELECT: it runs because the result below counts it.
+    SELECT pg_notify('cpoa_events', moved.workflow_id::text || ':progress') FROM moved
+    WHERE %(event_name)s::text IS NOT NULL
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
+    (SELECT count(*) FROM shown) AS progress_shown,
     cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
@@ -440,6 +453,13 @@ RETURNING o.*;
 
 -- mark_ui_event_delivered --
 UPDATE ui_event_outbox SET delivered_at = now(), locked_until = NULL, last_error = NULL
+WHERE seq = %(seq)s;
+
+-- drop_ui_event --
+-- A live-progress event the receiver refused for good (4xx): it leaves the queue undelivered,
+-- with the reason, so the workflow's later events are not held behind it (delivered_at: when
+-- it left the queue).
+UPDATE ui_event_outbox SET delivered_at = now(), locked_until = NULL, last_error = %(error)s
 WHERE seq = %(seq)s;
 
 -- mark_ui_event_failed --

@@ -82,11 +82,16 @@ def task_document(task: models.Task | None) -> Jsonb | None:
 
 def progress_params(lease: models.Lease, outcome: models.Outcome,
                     renew_ttl_s: float | None) -> dict[str, Any]:
-    """The parameters of ``record_progress``: the fence, the task row, the next run."""
+    """The parameters of ``record_progress``: the fence, the task row, the next run, and the
+    live-progress event (None: none to send)."""
+    event = outcome.ui_event
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
             "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
-            "leased_at": lease.db_now, **report_params(outcome.agent_report)}
+            "leased_at": lease.db_now,
+            "event_name": event.event_name if event is not None else None,
+            "event_data": jsonb(event.data) if event is not None else None,
+            **report_params(outcome.agent_report)}
 
 
 def report_params(report: models.AgentReport | None) -> dict[str, Any]:

@@ -29,6 +29,12 @@ class Upkeep:
         with self._transaction() as conn:
             conn.execute(self.queries["mark_ui_event_delivered"], {"seq": seq})
 
+    def drop_ui_event(self, seq: int, error: str) -> None:
+        """Takes an event the receiver refused for good out of the queue, with the reason."""
+        with self._transaction() as conn:
+            conn.execute(self.queries["drop_ui_event"],
+                         {"seq": seq, "error": storable_text(error[:500])})
+
     def mark_ui_event_failed(self, seq: int, error: str, retry_in_s: float) -> None:
         """Records a failed delivery and when to try again."""
         with self._transaction() as conn:

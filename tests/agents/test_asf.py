@@ -278,6 +278,7 @@ class MediaServer(Service):
 
     def routes(self) -> list[tuple[str, str, Any]]:
         return [("GET", r"/tiny\.wav", lambda _: Response(200, tiny_wav(), "audio/wav")),
+                ("GET", r"/long\.wav", lambda _: Response(200, tiny_wav(3.0), "audio/wav")),
                 ("GET", r"/cover\.png", lambda _: Response(200, PNG_1PX, "image/png"))]
 
 
@@ -370,3 +371,71 @@ def test_page__reconnects_to_a_restarted_server(asf: FrontendAgent, page: Any) -
     post(asf, UI, ui_event("wf-r", "analyzing"))
     expect(card.get_by_test_id("state")).to_have_text("analyzing", timeout=15_000)
     expect(card.get_by_test_id("history").locator("li")).to_have_count(2)
+
+
+def progress_event(workflow_id: str, progress: float, partial: list[Any],
+                   **data: Any) -> dict[str, Any]:
+    """A generation_progress event as CPOA's outbox posts it (an agent's live progress)."""
+    event = ui_event(workflow_id, "synthesizing", **{
+        "progress": progress, "partial": partial, "agent": "VFA",
+        "workflow_progress": 0.5 + progress / 7, **data})
+    return {**event, "event_name": "generation_progress"}
+
+
+def test_send_ui_update__progress_folds_into_the_summary(asf: FrontendAgent) -> None:
+    """generation_progress is accepted; the summary keeps the workflow's progress, the step's
+    and how many parts are finished; the next state starts the step afresh."""
+    parts = [{"turn": 0, "audio_url": "http://vfa/turns/a.wav"}]
+    assert post(asf, UI, ui_event("wf-p", "synthesizing", progress=0.5)).status_code == 200
+    assert post(asf, UI, progress_event("wf-p", 0.25, parts)).status_code == 200
+    summary = workflows(asf)["wf-p"]
+    assert (summary["state"], summary["step_progress"], summary["partial_count"]) == (
+        "synthesizing", 0.25, 1)
+    assert summary["progress"] == pytest.approx(0.5 + 0.25 / 7)
+    post(asf, UI, ui_event("wf-p", "imaging", progress=0.7))
+    summary = workflows(asf)["wf-p"]
+    assert (summary["step_progress"], summary["partial_count"], summary["progress"]) == (
+        None, 0, 0.7)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page__live_player_plays_finished_parts_in_order(
+        asf: FrontendAgent, page: Any, tmp_path: pathlib.Path) -> None:
+    """Progress events show the step's bar; their http(s) parts queue on a live player in
+    order (a javascript: URL and a non-URL are skipped, the agent's markup stays text). A
+    click on play plays the first; it ends before the second is reported, which then plays at
+    once; the third, reported while the second (3 s) plays, follows when it ends."""
+    media = MediaServer(tmp_path / "media")
+    media.start("127.0.0.1", 0)
+    try:
+        first, second = media.base_url + "/tiny.wav?part=0", media.base_url + "/long.wav"
+        third = media.base_url + "/tiny.wav?part=2"
+        post(asf, UI, ui_event("wf-live", "synthesizing", progress=0.5))
+        post(asf, UI, progress_event("wf-live", 0.25, [
+            {"audio_url": "javascript:alert(1)"}, "<b>x</b>", {"audio_url": first}],
+            agent=HOSTILE))
+        card = page.locator('[data-workflow-id="wf-live"]')
+        expect(card.get_by_test_id("step")).to_be_visible(timeout=10_000)
+        expect(card.get_by_test_id("step-label")).to_have_text(f"{HOSTILE} 25 %")
+        player = card.get_by_test_id("live-audio")
+        expect(player).to_have_attribute("src", first)
+        expect(card.get_by_test_id("live-caption")).to_have_text("part 1 of 1 ready")
+        box = player.bounding_box()
+        page.mouse.click(box["x"] + 20, box["y"] + box["height"] / 2)  # the play button
+        page.wait_for_function("a => a.ended", arg=player.element_handle(), timeout=10_000)
+        post(asf, UI, progress_event("wf-live", 0.5, [{"audio_url": first},
+                                                      {"audio_url": second}]))
+        expect(player).to_have_attribute("data-part", "1", timeout=10_000)
+        expect(player).to_have_attribute("src", second)
+        page.wait_for_function("a => !a.paused && a.currentTime > 0",
+                               arg=player.element_handle(), timeout=10_000)
+        post(asf, UI, progress_event("wf-live", 0.75, [{"audio_url": u}
+                                                       for u in (first, second, third)]))
+        expect(card.get_by_test_id("live-caption")).to_have_text("part 2 of 3 ready")
+        assert player.evaluate("a => !a.ended")  # the third waits for the second to end
+        expect(player).to_have_attribute("data-part", "2", timeout=10_000)
+        expect(player).to_have_attribute("src", third)
+        assert card.locator("script, img, b").count() == 0
+    finally:
+        media.stop()

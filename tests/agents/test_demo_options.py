@@ -7,7 +7,11 @@ from pypdf import PdfReader
 
 from cpoa.testing.cli import cli_env, run_cli
 from tests.agents.audio_checks import median_pitch
-from tests.agents.test_demo import _wav, demo_dsn, run_demo  # noqa: F401 (fixture)
+from tests.agents import test_demo
+from tests.agents.test_demo import _wav, run_demo
+
+demo_dsn = test_demo.demo_dsn
+"""The demo's database fixture, shared with tests.agents.test_demo."""
 
 PDF_LINES = ["Glacier ice records the air of past centuries in tiny trapped bubbles.",
              "Drilling teams in Antarctica have recovered cores that are eight hundred "

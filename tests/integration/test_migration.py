@@ -100,7 +100,12 @@ def test_db_init__migrates_v6_in_place_and_every_workflow_finishes(v6_store, sto
     wait_until(lambda: engine.advance(reviewed) == "awaiting_review", interval=0.01)
     assert v6_store.get_ui_events(reviewed)[-1]["event_name"] == "review_requested"
     engine.review(reviewed, approve=True)
+    agent.script("GET", "/v1/tasks", Reply(202, {"task_id": "t", "status": "PENDING",
+                                                 "progress": 0.5}))  # VFA's first poll
     assert drive(engine, reviewed) == "completed"
+    assert "generation_progress" in [e["event_name"] for e in v6_store.get_ui_events(reviewed)]
+    [vfa] = [t for t in v6_store.get_tasks(reviewed) if t.agent_name == "VFA"]
+    assert vfa.progress_json["progress"] == 0.5  # schema version 12's column, added in place
     v6_store.apply_schema()  # again: nothing changes
     assert machine.difference(*v6_store.enforced_machine()) is None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpoa import errors, settings
+from cpoa import attempt, errors, settings, steps
 
 AGENT_DEFAULTS = {
     "WCHA": ("http://localhost:5003", 10.0, 300.0),
@@ -278,3 +278,16 @@ def test_bulk_batch_size__parsed_once_and_bad_values_name_the_variable():
         with pytest.raises(errors.ConfigError) as info:
             settings.from_env({"CPOA_BULK_BATCH_SIZE": value})
         assert info.value.variable == "CPOA_BULK_BATCH_SIZE"
+
+
+def test_from_env__progress_event_interval_defaults_to_a_second_and_allows_zero():
+    """CPOA_PROGRESS_EVENT_INTERVAL_SECONDS: 1 s by default, 0 allowed (every change), a
+    negative value or a word is an error naming it; the steps' pacing carries it."""
+    assert settings.from_env({}).progress_event_interval_s == 1.0
+    config = settings.from_env({"CPOA_PROGRESS_EVENT_INTERVAL_SECONDS": "0"})
+    assert config.progress_event_interval_s == 0.0
+    podcast = steps.STEPS["podcast"]["synthesizing"]
+    assert attempt.timing(config, podcast).progress_every_s == 0.0
+    for value in ("-1", "soon"):
+        with pytest.raises(errors.ConfigError, match="CPOA_PROGRESS_EVENT_INTERVAL_SECONDS"):
+            settings.from_env({"CPOA_PROGRESS_EVENT_INTERVAL_SECONDS": value})

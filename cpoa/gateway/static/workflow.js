@@ -55,9 +55,15 @@ function taskRow(task) {
     + (task.running ? " (running)" : task.abandoned ? " (abandoned)" : "");
   const agentTask = element("td", {});
   agentTask.append(element("code", {}, task.agent_task_id));
+  const progress = element("td");
+  if (typeof task.progress === "number" && Number.isFinite(task.progress)) {
+    progress.append(element("progress", { max: 1, value: task.progress, "data-testid": "task-progress" }));
+  } else {
+    progress.textContent = "–";
+  }
   row.append(element("td", {}, task.step), element("td", {}, task.item_key),
     element("td", {}, task.attempt), element("td", {}, task.agent),
-    element("td", {}, task.status), agentTask, timeCell(task.started_at),
+    element("td", {}, task.status), progress, agentTask, timeCell(task.started_at),
     element("td", {}, duration), element("td", {}, task.retries),
     element("td", { class: "error" }, task.error));
   return row;
@@ -116,6 +122,12 @@ function onSnapshot(view) {
   body.dataset.state = view.state;
   const progress = document.querySelector("[data-testid=progress]");
   if (typeof view.progress === "number") progress.value = view.progress;
+  const step = document.querySelector("[data-testid=step-progress]");
+  const known = typeof view.step_progress === "number" && Number.isFinite(view.step_progress);
+  step.hidden = !known;
+  if (known) step.value = view.step_progress;
+  document.querySelector("[data-testid=step-percent]").textContent =
+    known ? `${Math.round(view.step_progress * 100)}%` : "–";
   for (const name of ["failed_from_state", "retry_count", "recovery_attempts", "lease_owner"]) {
     setField(name, view[name]);
   }
