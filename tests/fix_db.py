@@ -34,7 +34,17 @@ def template_db(server_dsn: str) -> Iterator[str]:
 def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh database with the schema, dropped after the test."""
     with database(server_dsn, template=template_db) as fresh:
-        yield fresh
+        yield unsynced(fresh)
+
+
+def unsynced(dsn: str) -> str:
+    """``dsn`` with commits that do not wait for the WAL to reach the disk
+    (synchronous_commit off, this database's sessions only): a test's database is thrown
+    away, never recovered after a crash of the server, and the suite spent much of its time
+    waiting on fsync."""
+    params = pg_conninfo.conninfo_to_dict(dsn)
+    params["options"] = "-c synchronous_commit=off"
+    return pg_conninfo.make_conninfo(**params)
 
 
 @pytest.fixture

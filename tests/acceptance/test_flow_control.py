@@ -32,21 +32,19 @@ def _leftovers(db: psycopg.Connection) -> tuple[int, int]:
     return slots, waiting
 
 
-@pytest.mark.slow
-def test_max_in_flight__three_workers_never_exceed_the_cap(dsn, db):
-    """3 worker processes of 4 slots each, 40 podcasts, CPOA_VFA_MAX_IN_FLIGHT=2: the agent
-    never has more than 2 unfinished VFA tasks (it counts them itself: created, not yet
-    reported SUCCESS), reaches 2, and all 40 complete with no key worked twice."""
-    agent = ScriptedAgent(pending_polls=2)  # each task takes a few polls: they overlap
-    env = cli_env(dsn, agent.url, CPOA_VFA_MAX_IN_FLIGHT="2")
+def _three_workers_complete(dsn: str, db: psycopg.Connection, agent: ScriptedAgent,
+                            count: int, **limits: str) -> None:
+    """Starts ``count`` podcasts, runs 3 `cpoa worker` processes with ``limits`` until all
+    complete, stops them (SIGTERM) and the agent."""
+    env = cli_env(dsn, agent.url, **limits)
     store = PostgresStore(dsn, min_size=1, max_size=2)
     workers = []
     try:
         engine = Engine(store, settings_module.from_env(env))
-        for n in range(40):
-            engine.start_workflow("podcast", {"topic": f"capped {n}"})
+        for n in range(count):
+            engine.start_workflow("podcast", {"topic": f"limited {n}"})
         workers = [spawn_cli(env, "worker") for _ in range(3)]
-        wait_until(lambda: _states(db) == {"completed": 40}, timeout=180, interval=0.2)
+        wait_until(lambda: _states(db) == {"completed": count}, timeout=180, interval=0.2)
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -54,6 +52,15 @@ def test_max_in_flight__three_workers_never_exceed_the_cap(dsn, db):
             worker.communicate(timeout=60)
         store.close()
         agent.close()
+
+
+@pytest.mark.slow
+def test_max_in_flight__three_workers_never_exceed_the_cap(dsn, db):
+    """3 worker processes of 4 slots each, 40 podcasts, CPOA_VFA_MAX_IN_FLIGHT=2: the agent
+    never has more than 2 unfinished VFA tasks (it counts them itself: created, not yet
+    reported SUCCESS), reaches 2, and all 40 complete with no key worked twice."""
+    agent = ScriptedAgent(pending_polls=2)  # each task takes a few polls: they overlap
+    _three_workers_complete(dsn, db, agent, 40, CPOA_VFA_MAX_IN_FLIGHT="2")
     assert agent.max_unfinished[VFA] == 2, dict(agent.max_unfinished)
     assert agent.duplicates() == {}
     assert _leftovers(db) == (0, 0)
@@ -212,22 +219,7 @@ def test_rate_limit__no_second_at_the_agent_holds_more_than_the_rate_plus_the_bu
     at the workers all but together; every podcast completes, no key worked twice, and no
     place in the rate is left over."""
     agent = ScriptedAgent()
-    env = cli_env(dsn, agent.url, CPOA_PSWA_RATE_LIMIT=str(RATE))
-    store = PostgresStore(dsn, min_size=1, max_size=2)
-    workers = []
-    try:
-        engine = Engine(store, settings_module.from_env(env))
-        for n in range(24):
-            engine.start_workflow("podcast", {"topic": f"rated {n}"})
-        workers = [spawn_cli(env, "worker") for _ in range(3)]
-        wait_until(lambda: _states(db) == {"completed": 24}, timeout=180, interval=0.2)
-    finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            worker.communicate(timeout=60)
-        store.close()
-        agent.close()
+    _three_workers_complete(dsn, db, agent, 24, CPOA_PSWA_RATE_LIMIT=str(RATE))
     submits = [r["at"] for r in agent.requests_to(PSWA)]
     assert len(submits) == 24
     assert _busiest_second(submits) <= RATE + BURST, sorted(submits)
