@@ -23,6 +23,7 @@ from cpoa import progress, prune, queues, recovery
 from cpoa import settings as settings_module
 from cpoa.commands import editorial
 from cpoa.engine import Engine
+from cpoa.gateway import why
 from cpoa.presentation import describe
 from cpoa.worker import Worker
 
@@ -157,6 +158,16 @@ def command_status(engine: Engine, args: argparse.Namespace) -> int:
     text += [f"  {t['step']:<13} {t['agent']:<5} {t['status']:<10} {t['item_key']}"
              for t in status["tasks"]]
     commands.output(args, status, "\n".join(text))
+    return 0
+
+
+def command_why(engine: Engine, args: argparse.Namespace) -> int:
+    diagnosis = why.diagnose(engine.store, engine.settings, inputs.workflow_id(args.workflow_id))
+    text = [f"{diagnosis['workflow_id']}  {diagnosis['kind']}  {diagnosis['state']}",
+            diagnosis["reason"]]
+    text += [f"  {t['step']:<13} {t['agent']:<5} {t['status']:<10} {t['item_key']}"
+             for t in diagnosis["tasks"]]
+    commands.output(args, diagnosis, "\n".join(text))
     return 0
 
 
@@ -304,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     configure_start_parser(sub)
     for name, handler, text in (("advance", command_advance, "make at most one transition"),
                                 ("status", command_status, "show a workflow"),
+                                ("why", command_why, "why a workflow is where it is: its "
+                                 "lease, schedule, agent tasks and agent limits"),
                                 ("cancel", command_cancel, "cancel a workflow"),
                                 ("retry", command_retry, "resume a failed workflow")):
         one = commands.add(sub, name, help=text)

@@ -121,10 +121,7 @@ def why_not_moving(workflow_id: WorkflowId, engine: EngineDep) -> dict[str, Any]
     """Why is this workflow not moving: lease, schedule, the current step's agent tasks,
     retries and deadlines, the agents' limits (a slot, a place in a rate, a pause), and a
     one-line `reason`."""
-    store = engine.store
-    workflow, now = store.workflow_with_clock(workflow_id)
-    return why.explain(workflow, store.get_tasks(workflow_id), now, engine.settings,
-                       store.agent_queues(), store.flow_position(workflow_id))
+    return why.diagnose(engine.store, engine.settings, workflow_id)
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:

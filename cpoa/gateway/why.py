@@ -8,6 +8,7 @@ human sentence that says which of them holds the workflow where it is.
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,19 @@ def explain(workflow: models.Workflow, tasks: Sequence[models.Task], now: dateti
         "recoveries_left": max(0, settings.max_recovery_attempts - workflow.recovery_attempts),
         "tasks": [_task(t, now, settings) for t in current],
     }
+
+
+def diagnose(store: Any, settings: Settings, workflow_id: uuid.UUID) -> dict[str, Any]:
+    """:func:`explain` of a stored workflow (`GET /v1/workflows/{id}/why`, `cpoa why`): the
+    workflow with the database's clock, its task rows, the agent queues and its place in them.
+
+    Raises:
+        UnknownWorkflow: no such workflow.
+        StoreError: the database failed.
+    """
+    workflow, now = store.workflow_with_clock(workflow_id)
+    return explain(workflow, store.get_tasks(workflow_id), now, settings,
+                   store.agent_queues(), store.flow_position(workflow_id))
 
 
 def current_tasks(workflow: models.Workflow,

@@ -67,6 +67,27 @@ def status_json(dsn: str, agent: ScriptedAgent) -> dict[str, dict[str, Any]]:
     return {row["agent"]: row for row in json.loads(result.stdout)}
 
 
+def cli_why(dsn: str, agent: ScriptedAgent, workflow_id: uuid.UUID) -> list[str]:
+    """`cpoa why` as a process: its lines, after a check that --json says the same."""
+    env = cli_env(dsn, agent.url)
+    result = run_cli(env, "why", str(workflow_id))
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = run_cli(env, "why", str(workflow_id), "--json")
+    assert json.loads(document.stdout)["reason"] == result.stdout.splitlines()[1]
+    return result.stdout.splitlines()
+
+
+def test_cpoa_why__a_bad_or_unknown_id_is_a_clear_error(dsn, agent):
+    """`cpoa why` with a malformed or unknown id exits 2 (as `cpoa status` does) naming the
+    field and what is wrong; never a traceback."""
+    env = cli_env(dsn, agent.url)
+    bad = run_cli(env, "why", "not-a-uuid")
+    unknown = run_cli(env, "why", str(uuid.uuid4()))
+    assert (bad.returncode, unknown.returncode) == (2, 2), (bad.stderr, unknown.stderr)
+    assert bad.stderr == "error: workflow_id: 'not-a-uuid' is not a UUID\n"
+    assert unknown.stderr.startswith("error: workflow_id: no workflow ")
+
+
 def dashboard_rows(gateway: LiveGateway) -> dict[str, list[str]]:
     """The list page's agent table: {agent: its cells}."""
     text = gateway.client.get("/").text
@@ -95,6 +116,9 @@ def test_agent_queues__a_capped_agents_waiters_on_every_surface(gateway, store, 
     assert agent_gauges(scrape(gateway), "IGA")["max_in_flight"] is None  # never capped
     assert dashboard_rows(gateway)["VFA"] == ["1 / 1", "2", "0", "–", "0"]
     assert status_lines(dsn, agent)["VFA"] == ["1 / 1", "2", "0", "–", "0"]
+    assert cli_why(dsn, agent, ids[2]) == [
+        f"{ids[2]}  podcast  synthesizing",
+        "waiting for a VFA slot (1 of 1 in flight; 1 ahead of it)"]
     assert status_json(dsn, agent)["VFA"] == {
         "agent": "VFA", "in_flight": 1, "max_in_flight": 1, "waiting": 2, "rate_waiting": 0,
         "paused_until": None, "pause_reason": None, "failures": 0}
