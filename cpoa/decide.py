@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cpoa import defaults, events, machine, models, reports, steps
@@ -135,6 +135,18 @@ def admission(step: steps.Step, call: Call,
     may go at once (no limit, a poll of a task the agent accepted, or a notification)."""
     limited = agent.max_in_flight is not None or agent.rate_limit is not None
     return agent if limited and is_submit(step, call.task) else None
+
+
+def hands_over_slot(workflow: models.Workflow, outcome: models.Outcome,
+                    agent_settings: Callable[[str], AgentSettings]) -> bool:
+    """Whether ``outcome`` frees a slot of a capped agent (the step ends, or its item's task
+    finished): its write then gives up the lease (the workflow due at once) rather than keep
+    it, so that the waiter the slot goes to is claimed on this worker's free thread before
+    this workflow's next steps, not after them."""
+    step = steps.STEPS[workflow.kind].get(workflow.state)
+    if step is None or step.notified or agent_settings(step.agent).max_in_flight is None:
+        return False
+    return outcome.is_transition or (outcome.task is not None and outcome.task.is_finished)
 
 
 def after_call(workflow: models.Workflow, tasks: Mapping[str, models.Task],

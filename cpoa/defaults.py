@@ -116,6 +116,12 @@ another worker holds a lease."""
 IDLE_WAIT_MAX_S = 30.0
 """Longest a worker sleeps on LISTEN before it looks at the schedule again."""
 
+WAKE_LATE_S = 0.001
+"""A worker sleeping until the next due workflow or lease expiry wakes this much after it (its
+schedule is read from the database's clock, so the wake is already later by the round trip).
+It was 10 ms: a poll due when an agent's task ends was made 10 ms late, which a capped agent's
+next task waited for too."""
+
 STEPS_PER_CLAIM = 20
 """Most steps a worker slot runs on one claimed workflow in a row: after a transition that
 leaves the workflow due, the slot keeps the lease and goes on (no release and re-claim)."""

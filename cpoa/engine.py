@@ -253,6 +253,8 @@ class Engine:
         if outcome is None:  # queued for an agent slot: the lease is gone, nothing to record
             return self.store.get_workflow(lease.workflow.workflow_id), None
         self._fault("after_call", lease.workflow)
+        keep_lease = keep_lease and not decide.hands_over_slot(lease.workflow, outcome,
+                                                               self.settings.agent)
         return self._record(lease, outcome, keep_lease, log)
 
     def _decide_and_act(self, lease: models.Lease,
@@ -285,7 +287,8 @@ class Engine:
             step, call, self.settings.agent(step.agent))
         if limits is None:
             return True
-        if limits.max_in_flight is not None and not self.store.take_slot(
+        held = (step.agent, call.item_key) in lease.slots
+        if limits.max_in_flight is not None and not held and not self.store.take_slot(
                 lease, step.agent, call.item_key, limits.max_in_flight):
             log.info("waiting for a %s slot (%d in flight)", step.agent, limits.max_in_flight,
                      extra={"action": "slot_wait", "agent": step.agent})

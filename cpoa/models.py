@@ -194,6 +194,8 @@ class Lease:
     """Agents whose new submits are paused, and until when (a 429 or 503 with Retry-After, or
     an open breaker); and failing agents not paused (None or a past time): an answer from one
     is reported, to close its breaker."""
+    slots: frozenset[tuple[str, str]] = frozenset()
+    """The (agent, item key) slots it held when claimed: a waiter handed a slot has it."""
 
     @property
     def fence(self) -> int:

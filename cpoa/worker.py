@@ -223,7 +223,7 @@ class Worker:
         wait_s = min(defaults.IDLE_WAIT_MAX_S, self.settings.sweep_interval_s)
         if schedule.seconds is not None and not solo:  # a solo's end sets `wake`
             # A lease that runs out exactly then is requeued by the sweep after the wait.
-            wait_s = min(wait_s, schedule.seconds + 0.01)
+            wait_s = min(wait_s, schedule.seconds + defaults.WAKE_LATE_S)
         if schedule.watch:
             wait_s = min(wait_s, defaults.RECOVERY_CHECK_S)
         self._due_at = time.monotonic() + (schedule.seconds if schedule.seconds is not None

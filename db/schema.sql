@@ -519,7 +519,9 @@ $$;
 
 -- Frees p_workflow_id's slots (of item p_item_key; NULL: all of them) and hands each freed
 -- agent's slots to its next waiters: the tenant that had the fewest, then the highest
--- priority, then the longest wait. A waiter given a slot is due now, and the workers hear it.
+-- priority, then the longest wait. A waiter given a slot is due now, and the workers hear it:
+-- a microsecond before the releasing workflow (due now too, when its worker gave its thread up
+-- for the waiter: cpoa.decide.hands_over_slot), so that claims take the waiter first.
 CREATE OR REPLACE FUNCTION cpoa_release_slots_v1(p_workflow_id uuid, p_item_key text)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -553,7 +555,7 @@ BEGIN
                                        v_next.tenant);
             UPDATE workflow_instances
             SET waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL,
-                next_run_at = now()
+                next_run_at = now() - interval '1 microsecond'
             WHERE workflow_id = v_next.workflow_id;
             v_granted := v_granted + 1;
         END LOOP;
@@ -562,6 +564,38 @@ BEGIN
         PERFORM pg_notify('cpoa_due', '');
     END IF;
     RETURN v_granted;
+END
+$$;
+
+-- A callback (poke_task in queries.sql): makes open task p_task_id of unfinished workflow
+-- p_workflow_id due for a poll after p_delay_s (0: now) and wakes the workers at commit.
+-- Two statements on purpose: the workflow's UPDATE may wait for the row lock of a step write
+-- that is recording this very task (the agent called back as its submit's answer was being
+-- stored); the task's UPDATE after it then reads with a snapshot taken after that write, so it
+-- finds the row (one statement read it from before the write: the callback went nowhere and
+-- the task waited for its scheduled poll). Schema version 13; it was one statement before.
+CREATE OR REPLACE FUNCTION cpoa_poke_task_v1(p_workflow_id uuid, p_task_id uuid,
+                                             p_delay_s float8)
+RETURNS TABLE (poked integer, tasks integer) LANGUAGE plpgsql AS $$
+DECLARE
+    v_due timestamptz;
+BEGIN
+    UPDATE workflow_instances
+    SET callback_at = clock_timestamp() + make_interval(secs => p_delay_s),
+        next_run_at = LEAST(next_run_at, clock_timestamp() + make_interval(secs => p_delay_s))
+    WHERE workflow_id = p_workflow_id AND next_run_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM task_instances
+                      WHERE task_id = p_task_id AND status IN ('succeeded', 'failed'))
+    RETURNING callback_at INTO v_due;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 0, 0;
+        RETURN;
+    END IF;
+    UPDATE task_instances SET next_poll_at = LEAST(next_poll_at, v_due)
+    WHERE task_id = p_task_id AND workflow_id = p_workflow_id;
+    GET DIAGNOSTICS tasks = ROW_COUNT;
+    PERFORM pg_notify('cpoa_due', p_workflow_id::text);
+    RETURN QUERY SELECT 1, tasks;
 END
 $$;
 
@@ -702,6 +736,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (12)
+INSERT INTO cpoa_schema_version (version) VALUES (13)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

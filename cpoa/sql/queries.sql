@@ -113,7 +113,10 @@ WITH due AS (
 )
 SELECT claimed.*, clock_timestamp() AS db_now,
     cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks,
-    cpoa_agent_pauses() AS agent_pauses
+    cpoa_agent_pauses() AS agent_pauses,
+    -- The agent slots it holds (a waiter is handed its slot before it is claimed).
+    (SELECT jsonb_agg(jsonb_build_array(s.agent, s.item_key)) FROM agent_slots s
+     WHERE s.workflow_id = claimed.workflow_id) AS held_slots
 FROM claimed;
 
 -- locked_step --
@@ -310,30 +313,13 @@ SELECT pg_notify('cpoa_due', %(payload)s);
 -- changed. Nothing it sent is trusted: this only makes the task due for a poll now, while the
 -- workflow is unfinished and the task is too (a task with no row yet is one whose submit's
 -- answer has not been recorded: the callback came first), and wakes the workers (NOTIFY, at
--- commit). One autocommit statement: no SELECT ... FOR UPDATE, no lease; its UPDATEs hold
--- their row locks only until it commits. %(delay_s)s > 0 (a task over its callback rate):
--- due that much later, not now. callback_at, when the callback asked to be polled, tells a
--- worker holding the lease that a callback came during its step (record_progress).
--- clock_timestamp(): the moment the row is written, after any wait on a worker's write to it.
--- Returns poked = 0 when nothing was open.
-WITH poked AS (
-    UPDATE workflow_instances
-    SET callback_at = clock_timestamp() + make_interval(secs => %(delay_s)s),
-        next_run_at = LEAST(next_run_at,
-                            clock_timestamp() + make_interval(secs => %(delay_s)s))
-    WHERE workflow_id = %(workflow_id)s AND next_run_at IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM task_instances
-                      WHERE task_id = %(task_id)s AND status IN ('succeeded', 'failed'))
-    RETURNING workflow_id
-), task AS (
-    UPDATE task_instances
-    SET next_poll_at = LEAST(next_poll_at,
-                             clock_timestamp() + make_interval(secs => %(delay_s)s))
-    WHERE task_id = %(task_id)s AND workflow_id IN (SELECT workflow_id FROM poked)
-    RETURNING task_id
-)
-SELECT count(*) AS poked, (SELECT count(*) FROM task) AS tasks
-FROM (SELECT pg_notify('cpoa_due', workflow_id::text) FROM poked) woken;
+-- commit). One autocommit call: no SELECT ... FOR UPDATE, no lease; its UPDATEs hold their row
+-- locks only until it commits; the task is read after any wait on the workflow's row
+-- (cpoa_poke_task_v1 says why). %(delay_s)s > 0 (a task over its callback rate): due that much
+-- later, not now. callback_at, when the callback asked to be polled, tells a worker holding the
+-- lease that a callback came during its step (record_progress). Returns poked = 0 when nothing
+-- was open.
+SELECT poked, tasks FROM cpoa_poke_task_v1(%(workflow_id)s, %(task_id)s, %(delay_s)s);
 
 -- insert_secret --
 -- A generated secret, unless one of that name exists (insert-or-nothing: the first wins).

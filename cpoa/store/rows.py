@@ -55,7 +55,8 @@ def lease_from_row(row: Mapping[str, Any], owner: str) -> models.Lease:
               for agent, until in (row.get("agent_pauses") or {}).items()}
     return models.Lease(models.Workflow.from_row(row),
                         tuple(task_from_json(t) for t in row["step_tasks"]), owner,
-                        row["db_now"], pauses)
+                        row["db_now"], pauses,
+                        frozenset((agent, item) for agent, item in row.get("held_slots") or ()))
 
 
 def task_from_json(document: dict[str, Any]) -> models.Task:

@@ -18,6 +18,7 @@ from cpoa.testing.cli import cli_env, spawn_cli
 from cpoa.testing.wait import drive, wait_until
 
 VFA = "/forge_voice"
+IGA = "/generate_image"
 
 
 def _states(db: psycopg.Connection) -> dict[str, int]:
@@ -100,6 +101,33 @@ def test_max_in_flight__a_killed_workers_slot_stays_with_its_workflow(dsn, db):
     assert _leftovers(db) == (0, 0)
 
 
+def test_max_in_flight__a_freed_slot_is_used_before_the_freeing_workflows_next_step(dsn, db):
+    """One worker of one slot, VFA capped at 1, two podcasts: when the first one's synthesis
+    is done, the worker submits the second one's synthesis (the slot is handed to it) before
+    it runs the first one's next step (imaging): the capped agent does not wait while the
+    worker's only thread goes on with steps that need no slot."""
+    agent = ScriptedAgent()
+    env = cli_env(dsn, agent.url, CPOA_VFA_MAX_IN_FLIGHT="1", CPOA_WORKER_CONCURRENCY="1")
+    store = PostgresStore(dsn, min_size=1, max_size=2)
+    worker = None
+    try:
+        engine = Engine(store, settings_module.from_env(env))
+        for topic in ("first", "second"):
+            engine.start_workflow("podcast", {"topic": topic})
+        worker = spawn_cli(env, "worker")
+        wait_until(lambda: _states(db) == {"completed": 2}, timeout=60, interval=0.1)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.communicate(timeout=60)
+        store.close()
+        agent.close()
+    first, second = _vfa_order(agent)
+    paths = [(r["headers"].get("x-workflow-id"), r["path"]) for r in agent.requests
+             if r["method"] == "POST"]
+    assert paths.index((second, VFA)) < paths.index((first, IGA)), paths
+
+
 def _vfa_order(agent: ScriptedAgent) -> list[str]:
     """Workflow ids in the order of their first VFA submit."""
     order: list[str] = []
@@ -167,7 +195,6 @@ def test_fair_share__a_small_tenant_is_not_starved_and_priority_orders_a_tenant(
     assert _leftovers(db) == (0, 0)
 
 
-IGA = "/generate_image"
 PAUSE_S = 3.0
 
 

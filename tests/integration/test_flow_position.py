@@ -47,3 +47,23 @@ def test_flow_position__ahead_is_the_order_the_release_serves(store: PostgresSto
     assert [waiters.index(w) for w in predicted] == [waiters.index(w) for w in served]
     assert [waiters.index(w) for w in served] == [1, 3, 5, 0, 4, 2]
     assert store.flow_position(holder) == store.flow_position(uuid.uuid4())  # waits for none
+
+
+def test_claim_due__a_waiter_handed_a_slot_is_claimed_holding_it(store: PostgresStore,
+                                                                  agent: ScriptedAgent, db):
+    """VFA capped at 1: the waiter the freed slot goes to is claimed with that slot in its
+    lease (so its submit needs no slot statement), and due just before the workflow that
+    freed it (so a worker's next claim takes the waiter first); the holder had none."""
+    capped = engine_for(store, agent, CPOA_VFA_MAX_IN_FLIGHT="1")
+    holder, waiter = (capped.start_workflow("podcast", {"topic": t}) for t in ("h", "w"))
+    for workflow_id in (holder, waiter):
+        wait_until(lambda: capped.advance(workflow_id) == "synthesizing", interval=0.01)
+        assert capped.advance(workflow_id) == "synthesizing"  # takes the slot, or queues
+    assert _holder(db) == holder
+    with db.transaction():  # as the holder's step write does: due now, its slot freed
+        db.execute("UPDATE workflow_instances SET next_run_at = now() WHERE workflow_id = %s",
+                   (holder,))
+        db.execute("SELECT cpoa_release_slots_v1(%s, NULL)", (holder,))
+    leases = [*store.claim_due("w1", 60.0, limit=1), *store.claim_due("w1", 60.0, limit=1)]
+    assert [lease.workflow.workflow_id for lease in leases] == [waiter, holder]
+    assert [lease.slots for lease in leases] == [frozenset({("VFA", "")}), frozenset()]

@@ -924,3 +924,33 @@ def test_record__later_or_terminal_releases_the_lease(store):
     workflow, renewed = store.record(
         lease, outcome(lease.workflow, "fail", error="boom"), renew_ttl_s=LONG_TTL_S)
     assert workflow.state == "failed" and renewed is None and workflow.lease_owner is None
+
+
+# -- poke_task (a callback) ---------------------------------------------------------------------
+
+def test_poke_task__waiting_for_the_write_of_its_task_row_still_makes_that_task_due(store, db,
+                                                                                   dsn):
+    """A callback that comes while the step write recording its task row holds the workflow's
+    row lock (the agent called back as its submit's answer was being stored) waits for that
+    write, then makes the task due now: the task row is read after the lock, not as it was
+    before (then the callback found no row, and the task waited for its scheduled poll)."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    far = lease.db_now + datetime.timedelta(hours=1)
+    task = a_task(lease.workflow, status="submitted", next_poll_at=far)
+    poked: list[bool] = []
+    with psycopg.connect(dsn) as writer:  # the step's write, by hand: locked, then the row
+        writer.execute("SELECT 1 FROM workflow_instances WHERE workflow_id = %s FOR UPDATE",
+                       (workflow_id,))
+        writer.execute("SELECT cpoa_save_task_v1(%s)", (store_module.rows.task_document(task),))
+        callback = threading.Thread(
+            target=lambda: poked.append(store.poke_task(workflow_id, task.task_id)))
+        callback.start()
+        wait_until(lambda: db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'").fetchone()["n"] == 1)
+    callback.join(timeout=10)  # the writer committed when its block ended
+    assert poked == [True]
+    due = db.execute("SELECT next_poll_at <= now() AS due FROM task_instances "
+                     "WHERE task_id = %s", (task.task_id,)).fetchone()["due"]
+    assert due

@@ -244,6 +244,25 @@ def test_next_action__a_paused_agent_holds_a_submit_until_the_pause_or_its_deadl
     assert isinstance(decide.next_action(wf, {"": due}, NOW, MAX_RECOVERIES, paused), decide.Call)
 
 
+def test_hands_over_slot__a_capped_agents_finished_task_or_step_gives_up_the_thread():
+    """The write of a step that frees a capped agent's slot (its item's task finished, or the
+    step ends) gives up its lease for the waiter; a pending task, an uncapped agent, a
+    notified step or a state without a step keeps it."""
+    wf = workflow("synthesizing")
+    capped = {"VFA": settings_module.AgentSettings("VFA", "http://vfa", 5.0, 60.0,
+                                                    max_in_flight=2)}.__getitem__
+    free = {"VFA": settings_module.AgentSettings("VFA", "http://vfa", 5.0, 60.0)}.__getitem__
+    done = models.Outcome.progress(task_of(wf, status="succeeded"), 0.0)
+    pending = models.Outcome.progress(task_of(wf, status="pending"), 5.0)
+    moved = models.Outcome.transition("next", "imaging")
+    assert decide.hands_over_slot(wf, done, capped)
+    assert decide.hands_over_slot(wf, moved, capped)
+    assert not decide.hands_over_slot(wf, pending, capped)
+    assert not decide.hands_over_slot(wf, done, free)
+    assert not decide.hands_over_slot(workflow("finalizing"), moved, capped)
+    assert not decide.hands_over_slot(workflow("awaiting_review"), moved, capped)
+
+
 def test_admission__only_a_submit_to_a_limited_agent_waits_for_its_limits():
     """A submit to an agent with a cap or a rate limit needs a slot or a place in the rate;
     a poll of a task the agent accepted, a notification, or an agent without limits does not."""
