@@ -33,23 +33,23 @@ def _leftovers(db: psycopg.Connection) -> tuple[int, int]:
     return slots, waiting
 
 
-def _three_workers_complete(dsn: str, db: psycopg.Connection, agent: ScriptedAgent,
-                            count: int, **limits: str) -> None:
-    """Starts ``count`` podcasts, runs 3 `cpoa worker` processes with ``limits`` until all
-    complete, stops them (SIGTERM) and the agent."""
+def _workers_complete(dsn: str, db: psycopg.Connection, agent: ScriptedAgent,
+                      count: int, workers: int = 3, **limits: str) -> None:
+    """Starts ``count`` podcasts, runs ``workers`` `cpoa worker` processes with ``limits``
+    until all complete, stops them (SIGTERM) and the agent."""
     env = cli_env(dsn, agent.url, **limits)
     store = PostgresStore(dsn, min_size=1, max_size=2)
-    workers = []
+    running = []
     try:
         engine = Engine(store, settings_module.from_env(env))
         for n in range(count):
             engine.start_workflow("podcast", {"topic": f"limited {n}"})
-        workers = [spawn_cli(env, "worker") for _ in range(3)]
+        running = [spawn_cli(env, "worker") for _ in range(workers)]
         wait_until(lambda: _states(db) == {"completed": count}, timeout=180, interval=0.2)
     finally:
-        for worker in workers:
+        for worker in running:
             worker.send_signal(signal.SIGTERM)
-        for worker in workers:
+        for worker in running:
             worker.communicate(timeout=60)
         store.close()
         agent.close()
@@ -61,7 +61,7 @@ def test_max_in_flight__three_workers_never_exceed_the_cap(dsn, db):
     never has more than 2 unfinished VFA tasks (it counts them itself: created, not yet
     reported SUCCESS), reaches 2, and all 40 complete with no key worked twice."""
     agent = ScriptedAgent(pending_polls=2)  # each task takes a few polls: they overlap
-    _three_workers_complete(dsn, db, agent, 40, CPOA_VFA_MAX_IN_FLIGHT="2")
+    _workers_complete(dsn, db, agent, 40, CPOA_VFA_MAX_IN_FLIGHT="2")
     assert agent.max_unfinished[VFA] == 2, dict(agent.max_unfinished)
     assert agent.duplicates() == {}
     assert _leftovers(db) == (0, 0)
@@ -107,21 +107,8 @@ def test_max_in_flight__a_freed_slot_is_used_before_the_freeing_workflows_next_s
     it runs the first one's next step (imaging): the capped agent does not wait while the
     worker's only thread goes on with steps that need no slot."""
     agent = ScriptedAgent()
-    env = cli_env(dsn, agent.url, CPOA_VFA_MAX_IN_FLIGHT="1", CPOA_WORKER_CONCURRENCY="1")
-    store = PostgresStore(dsn, min_size=1, max_size=2)
-    worker = None
-    try:
-        engine = Engine(store, settings_module.from_env(env))
-        for topic in ("first", "second"):
-            engine.start_workflow("podcast", {"topic": topic})
-        worker = spawn_cli(env, "worker")
-        wait_until(lambda: _states(db) == {"completed": 2}, timeout=60, interval=0.1)
-    finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.communicate(timeout=60)
-        store.close()
-        agent.close()
+    _workers_complete(dsn, db, agent, 2, workers=1, CPOA_VFA_MAX_IN_FLIGHT="1",
+                      CPOA_WORKER_CONCURRENCY="1")
     first, second = _vfa_order(agent)
     paths = [(r["headers"].get("x-workflow-id"), r["path"]) for r in agent.requests
              if r["method"] == "POST"]
@@ -246,7 +233,7 @@ def test_rate_limit__no_second_at_the_agent_holds_more_than_the_rate_plus_the_bu
     at the workers all but together; every podcast completes, no key worked twice, and no
     place in the rate is left over."""
     agent = ScriptedAgent()
-    _three_workers_complete(dsn, db, agent, 24, CPOA_PSWA_RATE_LIMIT=str(RATE))
+    _workers_complete(dsn, db, agent, 24, CPOA_PSWA_RATE_LIMIT=str(RATE))
     submits = [r["at"] for r in agent.requests_to(PSWA)]
     assert len(submits) == 24
     assert _busiest_second(submits) <= RATE + BURST, sorted(submits)

@@ -6,15 +6,9 @@ tests), which the result says; the benchmark itself runs the default voices."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from typing import Any
-
 import pytest
 
-from cpoa.testing.cli import ROOT
+from tests.ops.quick_bench import quick_scenario
 
 POLLED_AGENTS = ("WCHA", "TDA", "PSWA", "VFA", "IGA")
 """A podcast's agents that keep tasks (the suite imports nothing from bench/)."""
@@ -23,24 +17,13 @@ QUICK_TIMEOUT_S = 600.0
 """The quick scenario takes about a minute on 2 cores; past this it hangs."""
 
 
-def _quick_team(server_dsn: str) -> dict[str, Any]:
-    run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--only", "team",
-                          "--no-install", "--dsn", server_dsn], cwd=ROOT, capture_output=True,
-                         text=True, timeout=QUICK_TIMEOUT_S, check=False,
-                         env={**os.environ, "VFA_NEURAL_HOST": "no"})
-    print(run.stdout, run.stderr[-5000:], sep="\n")
-    docs = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    found = [d for d in docs if d.get("scenario") == "team_default_settings"]
-    assert found, f"bench.run --only team printed no result (exit {run.returncode})"
-    return found[0]
-
-
 @pytest.mark.slow
 def test_team__quick__callbacks_leave_cpoa_a_small_share_of_the_episode(server_dsn):
     """Default settings, reference agents: an episode's time is the agents' own work plus
     CPOA's share; every polled agent worked on it; with callbacks CPOA's share is under half
     of what adaptive polling alone leaves it (its first polls come 1-2 s after each submit)."""
-    team = _quick_team(server_dsn)
+    team = quick_scenario(server_dsn, "team", "team_default_settings", QUICK_TIMEOUT_S,
+                          VFA_NEURAL_HOST="no")
     assert team["vfa_neural_host"] == "no"
     for mode in ("callbacks", "polling"):
         assert team[mode]["non_default_settings"] == []

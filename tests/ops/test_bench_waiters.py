@@ -6,14 +6,9 @@ exceeded fails them."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from typing import Any
-
 import pytest
 
-from cpoa.testing.cli import ROOT
+from tests.ops.quick_bench import quick_scenario
 
 QUICK_TIMEOUT_S = 600.0
 """The quick scenario takes under a minute on 2 cores; past this it hangs."""
@@ -28,24 +23,13 @@ workload's without (measured 0.9-1.2 on a loaded machine; waiters claimed in a l
 claim and a take_slot per waiter per pass)."""
 
 
-def _quick_waiters(server_dsn: str) -> dict[str, Any]:
-    run = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--only", "waiters",
-                          "--no-install", "--dsn", server_dsn], cwd=ROOT, capture_output=True,
-                         text=True, timeout=QUICK_TIMEOUT_S, check=False)
-    print(run.stdout, run.stderr[-5000:], sep="\n")
-    docs = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    found = [d for d in docs if d.get("scenario") == "waiters"]
-    assert found, f"bench.run --only waiters printed no result (exit {run.returncode})"
-    return found[0]
-
-
 @pytest.mark.slow
 def test_waiters__quick__cap_used_waiters_idle_and_claims_flat(server_dsn):
     """500 podcasts queued on VFA capped at 4 (default settings otherwise): with tasks of
     2 s the agent finishes about 4 / 2 s and never has more than 4 unfinished; while every
     workflow waits, an idle worker sends at most 1 statement/s and no waiter is claimed or
     touched; a snippets workload claims and spends CPU about as without the waiters."""
-    w = _quick_waiters(server_dsn)
+    w = quick_scenario(server_dsn, "waiters", "waiters", QUICK_TIMEOUT_S)
     assert w["non_default_settings"] == ["CPOA_VFA_MAX_IN_FLIGHT"]
     assert w["queued"] >= 450, w["queued"]
     assert w["max_unfinished_at_agent"] == w["cap"] == 4
