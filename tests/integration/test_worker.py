@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
+from cpoa.heartbeat import Heartbeat
 from cpoa.worker import Worker
 from cpoa.testing.agent import ASF_UI, Reply
 from tests.fix_agents import agent_env, wait_until
@@ -114,6 +116,19 @@ def test_start__repeated_start_never_steals_a_live_lease(store, agent):
     assert workflow.version == lease.version  # nobody fenced the holder out
     assert [t.status for t in store.get_tasks(workflow_id)] == ["submitted"]
     assert agent.work == {f"{workflow_id}_wcha": 1}
+
+
+def test_heartbeat__one_thread_for_many_steps_ended_by_a_beat_with_nothing_held(store):
+    """Steps one after another share one heartbeat thread (a step does not start one, nor
+    wake it); the thread ends at the first beat that finds no lease held, and renews none."""
+    heartbeat = Heartbeat(store, "me", ttl_s=0.3)  # a beat every 0.1 s
+    threads = set()
+    for _ in range(200):
+        with heartbeat.holding(uuid.uuid4()):
+            threads.add(heartbeat._thread)
+    [thread] = threads
+    wait_until(lambda: not thread.is_alive(), timeout=5)
+    assert heartbeat._thread is None and heartbeat.beats == 0
 
 
 def test_heartbeat__a_request_longer_than_the_lease_keeps_it(store, agent):
