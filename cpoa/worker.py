@@ -164,7 +164,7 @@ class Worker:
                 return
             keep_lease = left > 0 and not self.stopping.is_set()
             try:
-                _, lease = self.engine.step(lease, keep_lease=keep_lease)
+                workflow, lease = self.engine.step(lease, keep_lease=keep_lease)
             except errors.StoreError as exc:  # given back when the database answers again
                 logger.warning("could not store a step result: %s", exc,
                                extra={"action": "store_failed",
@@ -178,7 +178,7 @@ class Worker:
                 self._release(lease)
                 return
             self.advanced += 1
-            if lease is None or lease.workflow.client_id:  # a step may have queued a UI event
+            if workflow.client_id:  # its step may have queued a UI event (only with a client)
                 self.outbox_wake.set()
 
     def _done(self, future: concurrent.futures.Future) -> None:
