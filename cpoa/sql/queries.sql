@@ -203,7 +203,10 @@ WITH locked AS (
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
     (SELECT count(*) FROM shown) AS progress_shown,
-    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
+    -- Read only for a lease kept for the next step (lease_from_row).
+    CASE WHEN moved.lease_owner IS NOT NULL
+         THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END
+        AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 
@@ -274,7 +277,10 @@ WITH locked AS (
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
-    cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) AS step_tasks,
+    -- Read only for a lease kept for the next step (lease_from_row).
+    CASE WHEN moved.lease_owner IS NOT NULL
+         THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END
+        AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 
