@@ -7,7 +7,6 @@ editorial commands (review, fork, bulk) are in :mod:`cpoa.commands.editorial`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 import signal
@@ -19,11 +18,10 @@ from typing import Any
 
 from cpoa import (api, commands, defaults, diagram, embedded, errors, inputs, logs, machine,
                   metrics, options)
-from cpoa import progress, prune, queues, recovery
+from cpoa import progress, prune, recovery
 from cpoa import settings as settings_module
-from cpoa.commands import editorial
+from cpoa.commands import diagnosis, editorial
 from cpoa.engine import Engine
-from cpoa.gateway import why
 from cpoa.presentation import describe
 from cpoa.worker import Worker
 
@@ -161,16 +159,6 @@ def command_status(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def command_why(engine: Engine, args: argparse.Namespace) -> int:
-    diagnosis = why.diagnose(engine.store, engine.settings, inputs.workflow_id(args.workflow_id))
-    text = [f"{diagnosis['workflow_id']}  {diagnosis['kind']}  {diagnosis['state']}",
-            diagnosis["reason"]]
-    text += [f"  {t['step']:<13} {t['agent']:<5} {t['status']:<10} {t['item_key']}"
-             for t in diagnosis["tasks"]]
-    commands.output(args, diagnosis, "\n".join(text))
-    return 0
-
-
 def command_list(engine: Engine, args: argparse.Namespace) -> int:
     workflows = engine.store.list_workflows(state=args.state, kind=args.kind, limit=args.limit)
     rows = [describe(w, (), ()) for w in workflows]
@@ -257,13 +245,6 @@ def command_serve(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def command_agents_status(engine: Engine, args: argparse.Namespace) -> int:
-    agents = queues.every_agent(engine.store.agent_queues())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    commands.output(args, [queues.as_json(q) for q in agents], queues.table(agents, now))
-    return 0
-
-
 def command_agents_serve(args: argparse.Namespace) -> int:
     from cpoa_agents import demo, serve
 
@@ -315,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_start_parser(sub)
     for name, handler, text in (("advance", command_advance, "make at most one transition"),
                                 ("status", command_status, "show a workflow"),
-                                ("why", command_why, "why a workflow is where it is: its "
+                                ("why", diagnosis.command_why, "why a workflow is where it is: its "
                                  "lease, schedule, agent tasks and agent limits"),
                                 ("cancel", command_cancel, "cancel a workflow"),
                                 ("retry", command_retry, "resume a failed workflow")):
@@ -357,7 +338,7 @@ def configure_agents_parser(sub: argparse._SubParsersAction) -> None:
                           help="each agent's queue: slots held of its cap, workflows waiting, "
                                "pause, breaker failures")
     status.add_argument("--json", action="store_true", help="print one JSON document")
-    status.set_defaults(handler=command_agents_status)
+    status.set_defaults(handler=diagnosis.command_agents_status)
     serve = commands.add(agents_sub, "serve", help="serve all seven agents until stopped")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-dir", help="where the agents keep tasks, audio and images "
