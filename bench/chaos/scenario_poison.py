@@ -63,7 +63,10 @@ def _supervise(ctx: Context, store: PostgresStore, dsn: str, agent: agents.Chaos
                poison: str, ids: list[str]) -> dict[str, Any]:
     """Runs the workers, restarting each one that dies, until every workflow is terminal."""
     env = worker_proc.environment(dsn, agent.url, CPOA_MAX_RECOVERY_ATTEMPTS=str(MAX_RECOVERIES))
-    args = ["--target", poison, "--crash-at", f"before_call:{POISON_STATE}:every"]
+    held_dir = ctx.scratch / "held"
+    held_dir.mkdir(exist_ok=True)
+    args = ["--target", poison, "--crash-at", f"before_call:{POISON_STATE}:every",
+            "--held-dir", str(held_dir)]
     crashes, restarts, held = [], 0, []
     seen_recoveries: dict[tuple[str, str], int] = collections.defaultdict(int)
     deadline = time.monotonic() + DEADLINE_S[ctx.quick]
@@ -75,7 +78,8 @@ def _supervise(ctx: Context, store: PostgresStore, dsn: str, agent: agents.Chaos
                 if proc.poll() is None:  # what it holds, read while it runs (after its death,
                     last[proc.pid] = inflight.held(db, proc.pid)  # a sweep may come first)
                     continue
-                held.append(last.get(proc.pid, []) + inflight.held(db, proc.pid))
+                held.append(last.get(proc.pid, []) + inflight.held(db, proc.pid)
+                            + worker_proc.read_held(held_dir, proc.pid))
                 crashes.append((time.monotonic(), proc.returncode,
                                 worker_proc.CRASH_MARK in procs.log(proc)))
                 workers[i] = procs.chaos_worker(env, *args)

@@ -30,6 +30,9 @@ from typing import IO, Any
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
+import psycopg
+
+from bench.chaos import inflight
 from cpoa import errors, logs, machine, models
 from cpoa import settings as settings_module
 from cpoa.engine import FAULT_POINTS, Engine
@@ -133,12 +136,15 @@ def wait_until(check: Any, deadline: float, interval: float = 0.02) -> Any:
 
 # -- the subprocess side -----------------------------------------------------------------------
 
-def crash_hook(spec: str, target: str, count_file: str | None = None) -> Any:
+def crash_hook(spec: str, target: str, count_file: str | None = None,
+               held_dir: str | None = None) -> Any:
     """A fault hook that SIGKILLs this process at ``point:state[:n|every]`` of ``target``.
 
     Args:
         count_file: Where the occurrences are counted, shared with other processes (None:
             counted in this process only).
+        held_dir: Where to write, just before the kill, what this process leases
+            (:func:`record_held`).
     """
     point, state, *rest = spec.split(":")
     if point not in FAULT_POINTS:
@@ -156,8 +162,34 @@ def crash_hook(spec: str, target: str, count_file: str | None = None) -> Any:
             if nth == "every" or seen == int(nth):
                 print(f"{CRASH_MARK} {point}:{state}:{seen} monotonic={time.monotonic()!r}"
                       f" wall={time.time()!r}", file=sys.stderr, flush=True)
+                if held_dir:
+                    record_held(pathlib.Path(held_dir) / f"{os.getpid()}.json")
                 os.kill(os.getpid(), signal.SIGKILL)
     return hook
+
+
+def record_held(path: pathlib.Path) -> None:
+    """Writes what this process leases (:func:`bench.chaos.inflight.held`) to ``path``, read
+    under a SHARE lock on workflow_instances that this process keeps until its SIGKILL ends the
+    session: no claim of its other threads commits between the read and the death, so every
+    request the death interrupts belongs to a workflow listed. (The harness's own snapshots,
+    taken every few ms while the worker runs and after it died, miss a workflow claimed just
+    before the death and requeued by a survivor's sweep before the harness looked.)"""
+    conn = psycopg.connect(conninfo(settings_module.from_env().database))
+    conn.execute("LOCK TABLE workflow_instances IN SHARE MODE")  # held until the kill
+    rows = [[w, state, sorted(keys)] for w, state, keys in inflight.held(conn, os.getpid())]
+    with open(path, "w") as file:
+        json.dump(rows, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def read_held(folder: pathlib.Path, pid: int) -> list[inflight.Held]:
+    """What worker ``pid`` wrote with :func:`record_held` before it died ([] if nothing)."""
+    path = folder / f"{pid}.json"
+    if not path.exists():
+        return []
+    return [(w, state, frozenset(keys)) for w, state, keys in json.loads(path.read_text())]
 
 
 def _count_shared(path: str) -> int:
@@ -192,7 +224,8 @@ def _engine(fault_hook: Any = None) -> Engine:
 
 
 def command_worker(args: argparse.Namespace) -> int:
-    hook = crash_hook(args.crash_at, args.target, args.count_file) if args.crash_at else None
+    hook = (crash_hook(args.crash_at, args.target, args.count_file, args.held_dir)
+            if args.crash_at else None)
     worker = Worker(_engine(hook), concurrency=args.concurrency, until_idle=args.until_idle)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
@@ -233,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--target", help="the workflow whose boundary crashes the process")
     worker.add_argument("--count-file", help="count occurrences in this file, shared with "
                                              "other workers (default: in this process)")
+    worker.add_argument("--held-dir", help="before a crash, write what this process leases "
+                                           "to DIR/<pid>.json")
     worker.add_argument("--concurrency", type=int, default=4)
     worker.add_argument("--until-idle", action="store_true")
     worker.set_defaults(handler=command_worker)
