@@ -27,7 +27,7 @@ SELECT "resource_manager/record_type" AS record, count, combined_size, fpi_size
 FROM pg_get_wal_stats(%s, %s, true) WHERE count > 0 ORDER BY combined_size DESC LIMIT 12"""
 ROW_SIZES = """
 SELECT (SELECT avg(pg_column_size(w.*)) FROM workflow_instances w) AS workflow_row,
-       (SELECT avg(pg_column_size(w.context_data_json)) FROM workflow_instances w) AS context,
+       (SELECT avg(pg_column_size(e.context_updates)) FROM workflow_events e) AS context,
        (SELECT avg(pg_column_size(t.*)) FROM task_instances t) AS task_row,
        (SELECT avg(pg_column_size(e.*)) FROM workflow_events e) AS history_row"""
 

@@ -18,7 +18,12 @@ def _fields(cls: type, row: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Workflow:
-    """One row of ``workflow_instances``."""
+    """One row of ``workflow_instances``, with its context.
+
+    ``context_data_json`` is the whole context: the row's column of that name holds only what
+    the workflow started with, and each transition's additions are in its history row
+    (schema version 14; the reads select both merged, ``AS context``).
+    """
 
     workflow_id: uuid.UUID
     kind: str
@@ -45,8 +50,12 @@ class Workflow:
     callback_at: datetime.datetime | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Workflow:
-        return cls(**_fields(cls, row))
+    def from_row(cls, row: Mapping[str, Any],
+                 context: Mapping[str, Any] | None = None) -> Workflow:
+        """A workflow from a row that selects its ``context``, or from a row a write returned
+        and the ``context`` that write leaves (the one its writer read, and what it added)."""
+        whole = row["context"] if context is None else context
+        return cls(**{**_fields(cls, row), "context_data_json": dict(whole)})
 
     @property
     def params(self) -> dict[str, Any]:
@@ -237,7 +246,7 @@ class Outcome:
         trigger: ``"step_done"`` or ``"fail"`` to transition; None to stay in the state.
         dest: The state the machine chose for ``trigger``.
         failed_from_state: Set with ``trigger == "fail"``.
-        context_updates: Keys to merge into ``context_data_json``.
+        context_updates: Keys to merge into the context (stored in the history row).
         warnings: Warnings to append.
         error_message: The failure reason.
         run_in_s: Seconds until the workflow is due again (a transition: 0, but for a

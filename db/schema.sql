@@ -249,39 +249,52 @@ ALTER TABLE task_instances ADD COLUMN IF NOT EXISTS progress_json jsonb;
 -- cannot inline on every call, and keeps a PL/pgSQL function's plans for the session (this
 -- one cost 0.30 ms of PostgreSQL CPU a call as SQL: a sixth of a transition's).
 CREATE OR REPLACE FUNCTION cpoa_save_task_v1(p_task jsonb) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
+DECLARE
+    t task_instances := jsonb_populate_record(NULL::task_instances, p_task);
 BEGIN
-    INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
-        status, idempotency_key, external_task_id, status_url, input_params_json,
-        output_result_summary_json, error_details_json, retry_count, first_submitted_at,
-        completed_at, next_poll_at, poll_deadline_at, progress_json)
-    SELECT t.task_id, t.workflow_id, t.agent_name, t.step, t.item_key, t.attempt, t.status,
-        t.idempotency_key, t.external_task_id, t.status_url, t.input_params_json,
-        t.output_result_summary_json, t.error_details_json, t.retry_count,
-        t.first_submitted_at, t.completed_at, t.next_poll_at, t.poll_deadline_at,
-        t.progress_json
-    FROM jsonb_populate_record(NULL::task_instances, p_task) t
-    ON CONFLICT (workflow_id, step, item_key, attempt) DO UPDATE SET
-        status = EXCLUDED.status, external_task_id = EXCLUDED.external_task_id,
-        status_url = EXCLUDED.status_url, input_params_json = EXCLUDED.input_params_json,
-        output_result_summary_json = EXCLUDED.output_result_summary_json,
-        error_details_json = EXCLUDED.error_details_json, retry_count = EXCLUDED.retry_count,
-        first_submitted_at = EXCLUDED.first_submitted_at, completed_at = EXCLUDED.completed_at,
-        next_poll_at = EXCLUDED.next_poll_at, poll_deadline_at = EXCLUDED.poll_deadline_at,
-        progress_json = EXCLUDED.progress_json, updated_at = now();
+    -- An UPDATE, then an INSERT when there was no row: every caller holds its workflow's row
+    -- lock (the step writes lock it first), so no other writer inserts the same task row
+    -- meanwhile. (INSERT ... ON CONFLICT inserted speculatively, even for a new row: one more
+    -- WAL record per transition.)
+    UPDATE task_instances SET
+        status = t.status, external_task_id = t.external_task_id, status_url = t.status_url,
+        input_params_json = t.input_params_json,
+        output_result_summary_json = t.output_result_summary_json,
+        error_details_json = t.error_details_json, retry_count = t.retry_count,
+        first_submitted_at = t.first_submitted_at, completed_at = t.completed_at,
+        next_poll_at = t.next_poll_at, poll_deadline_at = t.poll_deadline_at,
+        progress_json = t.progress_json, updated_at = now()
+    WHERE workflow_id = t.workflow_id AND step = t.step AND item_key = t.item_key
+      AND attempt = t.attempt;
+    IF NOT FOUND THEN
+        INSERT INTO task_instances (task_id, workflow_id, agent_name, step, item_key, attempt,
+            status, idempotency_key, external_task_id, status_url, input_params_json,
+            output_result_summary_json, error_details_json, retry_count, first_submitted_at,
+            completed_at, next_poll_at, poll_deadline_at, progress_json)
+        VALUES (t.task_id, t.workflow_id, t.agent_name, t.step, t.item_key, t.attempt,
+            t.status, t.idempotency_key, t.external_task_id, t.status_url,
+            t.input_params_json, t.output_result_summary_json, t.error_details_json,
+            t.retry_count, t.first_submitted_at, t.completed_at, t.next_poll_at,
+            t.poll_deadline_at, t.progress_json);
+    END IF;
 END
 $$;
 
 -- The task rows of a workflow's current step attempt, as JSON, oldest first: what a lease
 -- carries (claim_due, take_lease and the step writes return it beside the workflow row).
--- SQL, planned on every call, on purpose: a PL/pgSQL plan made while task_instances was
--- small scans it whole for the rest of the session (0.14 -> 0.35 ms a call as the table grew
--- in a bench run).
+-- PL/pgSQL keeps its plan for the session; enable_seqscan off keeps that plan on the index
+-- when it was made while task_instances was small (a plan that scans the table whole went
+-- from 0.14 to 0.35 ms a call as the table grew in a bench run; planned on every call as SQL,
+-- 0.08 ms).
 CREATE OR REPLACE FUNCTION cpoa_step_tasks(p_workflow_id uuid, p_step text, p_attempt integer)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
-    FROM task_instances t
-    WHERE t.workflow_id = p_workflow_id AND t.step = p_step AND t.attempt = p_attempt
+RETURNS jsonb LANGUAGE plpgsql STABLE SET enable_seqscan = off AS $$
+BEGIN
+    RETURN (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.created_at, t.item_key), '[]')
+            FROM task_instances t
+            WHERE t.workflow_id = p_workflow_id AND t.step = p_step
+              AND t.attempt = p_attempt);
+END
 $$;
 
 -- The advisory-lock keys held right now by sessions of this database (pg_locks is not
@@ -633,6 +646,31 @@ CREATE TABLE IF NOT EXISTS workflow_events (
 );
 CREATE INDEX IF NOT EXISTS workflow_events_by_workflow ON workflow_events (workflow_id, event_id);
 
+-- Schema version 14: what each transition added to the context (its step's output, a
+-- reviewer's edit) rides in its history row, and workflow_instances.context_data_json keeps
+-- only what the workflow started with (a fork's copy; before version 14, everything). A
+-- workflow's context is that base with every transition's updates merged in order
+-- (cpoa_context_v1): a transition writes its own output once instead of rewriting the whole
+-- context into the workflow's row (830 of that row's 1 020 bytes in bench/wal_study.py, and
+-- the largest part of a transition's WAL). NULL: the transition added nothing.
+ALTER TABLE workflow_events ADD COLUMN IF NOT EXISTS context_updates jsonb;
+
+-- jsonb || over rows, in the aggregate's ORDER BY: later keys replace earlier ones.
+CREATE OR REPLACE AGGREGATE cpoa_jsonb_merge(jsonb) (
+    SFUNC = jsonb_concat, STYPE = jsonb, INITCOND = '{}');
+
+-- A workflow's context: its row's base and its history's updates, oldest first. Every read
+-- that makes a workflow of a row selects it (queries.sql, AS context). PL/pgSQL with the plan
+-- kept on the index, as cpoa_step_tasks.
+CREATE OR REPLACE FUNCTION cpoa_context_v1(p_workflow_id uuid, p_base jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET enable_seqscan = off AS $$
+BEGIN
+    RETURN p_base || (SELECT cpoa_jsonb_merge(e.context_updates ORDER BY e.event_id)
+                      FROM workflow_events e
+                      WHERE e.workflow_id = p_workflow_id AND e.context_updates IS NOT NULL);
+END
+$$;
+
 -- History rows with their workflow's kind and topic (or query): what the dashboard shows.
 CREATE OR REPLACE VIEW workflow_events_labelled AS
 SELECT e.event_id, e.workflow_id, e.from_state, e.to_state, e.trigger, e.at, e.detail, w.kind,
@@ -736,6 +774,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (13)
+INSERT INTO cpoa_schema_version (version) VALUES (14)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

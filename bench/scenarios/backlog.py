@@ -128,9 +128,10 @@ def insert_due(dsn: str, count: int, context: dict[str, Any],
 
 def stagger(dsn: str, context: dict[str, Any]) -> dict[str, int]:
     """Spreads the workflows still in ``fetching`` evenly over the six working states (in
-    their queue order), with the sample context, so that any window of a run has the steady
-    mix of transitions (a sixth of them complete a workflow) instead of every workflow moving
-    through the states in lockstep. The transition trigger is off for this one UPDATE."""
+    their queue order), with the sample context (in one history row, where transitions store
+    what they add), so that any window of a run has the steady mix of transitions (a sixth of
+    them complete a workflow) instead of every workflow moving through the states in lockstep.
+    The transition trigger is off for this one UPDATE."""
     states = [s for s, _ in STEPS]
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
         conn.execute("ALTER TABLE workflow_instances "
@@ -140,10 +141,13 @@ def stagger(dsn: str, context: dict[str, Any]) -> dict[str, int]:
                 SELECT workflow_id, row_number() OVER (ORDER BY next_run_at, workflow_id) AS rn
                 FROM workflow_instances WHERE state = 'fetching')
             UPDATE workflow_instances w
-            SET state = (%(states)s::text[])[1 + rn %% 6],
-                context_data_json = CASE WHEN rn %% 6 = 0 THEN '{}'::jsonb ELSE %(ctx)s END
-            FROM ranked WHERE w.workflow_id = ranked.workflow_id""",
-                     {"states": states, "ctx": Jsonb(context)})
+            SET state = (%(states)s::text[])[1 + rn %% 6]
+            FROM ranked WHERE w.workflow_id = ranked.workflow_id""", {"states": states})
+        conn.execute("""
+            INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger,
+                                         context_updates)
+            SELECT workflow_id, 'fetching', state, 'step_done', %(ctx)s FROM workflow_instances
+            WHERE state <> 'fetching'""", {"ctx": Jsonb(context)})
         conn.execute("ALTER TABLE workflow_instances "
                      "ENABLE TRIGGER workflow_instances_transition_allowed")
         rows = conn.execute("SELECT state, count(*) FROM workflow_instances "

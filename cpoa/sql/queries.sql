@@ -39,7 +39,7 @@ INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_
     client_id, user_id, priority, idempotency_key, next_run_at)
 VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(client_id)s, %(user_id)s,
     %(priority)s, %(idempotency_key)s, now())
-RETURNING *;
+RETURNING *, context_data_json AS context;
 
 -- insert_fork --
 -- A workflow forked from %(forked_from)s: it starts in %(state)s with the context copied up to
@@ -48,12 +48,14 @@ INSERT INTO workflow_instances (workflow_id, kind, state, trigger_event_details_
     context_data_json, client_id, user_id, next_run_at, forked_from, idempotency_key)
 VALUES (%(workflow_id)s, %(kind)s, %(state)s, %(params)s, %(context)s, %(client_id)s,
     %(user_id)s, now(), %(forked_from)s, %(idempotency_key)s)
-RETURNING *;
+RETURNING *, context_data_json AS context;
 
 -- lock_fork_source --
 -- The workflow a fork copies, share-locked until the transaction that also reads its history
 -- ends: a change to it (retry, cancel, review) waits, so the two reads agree.
-SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+SELECT *, clock_timestamp() AS db_now,
+    cpoa_context_v1(workflow_id, context_data_json) AS context
+FROM workflow_instances
 WHERE workflow_id = %(workflow_id)s
 FOR SHARE;
 
@@ -61,7 +63,8 @@ FOR SHARE;
 -- Every change to a workflow begins here: the row lock serialises it with every other one.
 -- lease_live: somebody holds the lease now (unexpired, its holder's session alive).
 SELECT *, clock_timestamp() AS db_now,
-    cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS lease_live
+    cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS lease_live,
+    cpoa_context_v1(workflow_id, context_data_json) AS context
 FROM workflow_instances
 WHERE workflow_id = %(workflow_id)s
 FOR UPDATE;
@@ -80,6 +83,7 @@ WITH taken AS (
     RETURNING *
 )
 SELECT taken.*, clock_timestamp() AS db_now,
+    cpoa_context_v1(taken.workflow_id, taken.context_data_json) AS context,
     cpoa_step_tasks(taken.workflow_id, taken.state, taken.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
 FROM taken;
@@ -112,6 +116,7 @@ WITH due AS (
     RETURNING w.*
 )
 SELECT claimed.*, clock_timestamp() AS db_now,
+    cpoa_context_v1(claimed.workflow_id, claimed.context_data_json) AS context,
     cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses,
     -- The agent slots it holds (a waiter is handed its slot before it is claimed).
@@ -169,7 +174,8 @@ WITH locked AS (
         version = w.version + locked.renewed::int,
         last_updated_timestamp = now()
     FROM locked
-    WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
+    WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = locked.workflow_id
+      AND w.state = %(source)s
       AND w.version = %(version)s AND w.lease_owner = %(owner)s
     RETURNING w.*
 ), task AS (
@@ -211,8 +217,9 @@ SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS task
 FROM moved;
 
 -- make_transition --
--- A transition %(trigger)s from %(source)s to %(dest)s: the new state, the context and
--- warnings the step added, its task row, the history row, the UI event and the settled
+-- A transition %(trigger)s from %(source)s to %(dest)s: the new state and the warnings the
+-- step added, its task row, the history row (with the context the step added), the UI event
+-- and the settled
 -- idempotency key, in one statement that locks the row first and writes only if the row is
 -- still in %(source)s at the fenced %(version)s (and, for a worker's step, still leased by
 -- %(owner)s; cancel and retry pass no owner). Every other write is selected from the UPDATE's
@@ -225,7 +232,6 @@ WITH locked AS (
     UPDATE workflow_instances w
     SET state = %(dest)s,
         failed_from_state = %(failed_from_state)s,
-        context_data_json = w.context_data_json || %(context_updates)s,
         warnings = w.warnings || %(warnings)s,
         error_message = %(error_message)s,
         -- A waiting state (awaiting_review) is due only at its deadline, %(run_in_s)s away.
@@ -241,15 +247,20 @@ WITH locked AS (
         waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL,
         last_updated_timestamp = now()
     FROM locked
-    WHERE w.workflow_id = locked.workflow_id AND w.state = %(source)s
+    WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = locked.workflow_id
+      AND w.state = %(source)s
       AND w.version = %(version)s
       AND (%(owner)s::text IS NULL OR w.lease_owner = %(owner)s::text)
     RETURNING w.*
 ), task AS (
     SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
 ), history AS (
-    INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail)
-    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s FROM moved
+    -- The context the step added is stored here, not in the workflow's row (cpoa_context_v1).
+    INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail,
+                                 context_updates)
+    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s, %(context_updates)s
+    FROM moved
+    RETURNING context_updates
 ), ui AS (
     INSERT INTO ui_event_outbox (workflow_id, client_id, event_name, data)
     SELECT workflow_id, client_id, %(event_name)s::text, %(event_data)s::jsonb FROM moved
@@ -277,6 +288,8 @@ WITH locked AS (
 )
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
+    -- As stored: the caller merges them into the context it had (PostgresStore.record).
+    (SELECT context_updates FROM history) AS context_updates,
     -- Read only for a lease kept for the next step (lease_from_row).
     CASE WHEN moved.lease_owner IS NOT NULL
          THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END
@@ -337,7 +350,9 @@ SELECT value FROM cpoa_secrets WHERE name = %(secret_name)s;
 
 -- select_workflow --
 -- A workflow with the database's clock, which its lease and schedule times are relative to.
-SELECT *, clock_timestamp() AS db_now FROM workflow_instances
+SELECT *, clock_timestamp() AS db_now,
+    cpoa_context_v1(workflow_id, context_data_json) AS context
+FROM workflow_instances
 WHERE workflow_id = %(workflow_id)s;
 
 -- select_tasks --
@@ -348,7 +363,7 @@ ORDER BY created_at, step, item_key, attempt;
 SELECT * FROM workflow_events WHERE workflow_id = %(workflow_id)s ORDER BY event_id;
 
 -- list_workflows --
-SELECT * FROM workflow_instances
+SELECT *, cpoa_context_v1(workflow_id, context_data_json) AS context FROM workflow_instances
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s)
 ORDER BY start_timestamp DESC, workflow_id

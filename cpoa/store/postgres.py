@@ -47,6 +47,12 @@ def _due_now(outcome: models.Outcome) -> bool:
     return outcome.run_in_s <= 0  # a waiting state's deadline is ahead: released
 
 
+def _context_after(workflow: models.Workflow, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The context a step write leaves: the one its writer read, and what it stored (a
+    transition's ``context_updates``, as the history row holds them)."""
+    return {**workflow.context, **(row.get("context_updates") or {})}
+
+
 def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
     """The task as ``record_progress`` wrote it: due when the callback that came during the
     step ``lease`` ran asked (``poke_task``; now, or its deferred time), if sooner."""
@@ -302,9 +308,10 @@ class PostgresStore(Reads, Upkeep):
             raise errors.StaleState(
                 f"workflow {workflow.workflow_id}: lease lost, result not applied",
                 workflow_id=workflow.workflow_id)
+        context = _context_after(workflow, row)
         if renew is None or row["lease_owner"] is None:  # None: the lease was dead, released
-            return models.Workflow.from_row(row), None
-        next_lease = lease_from_row(row, lease.owner)
+            return models.Workflow.from_row(row, context), None
+        next_lease = lease_from_row(row, lease.owner, context)
         if not outcome.is_transition and outcome.task is not None:  # read before its write
             task = _as_written(outcome.task, row, lease)
             next_lease = dataclasses.replace(next_lease, tasks=(*(
@@ -380,7 +387,7 @@ class PostgresStore(Reads, Upkeep):
             if row is None:
                 raise errors.StaleState(f"workflow {workflow_id} left state {workflow.state}",
                                         workflow_id=workflow_id)
-            workflow = models.Workflow.from_row(row)
+            workflow = models.Workflow.from_row(row, _context_after(workflow, row))
             if not workflow.is_terminal:
                 self._one(conn, "wake_workers", payload=str(workflow_id))
             return workflow

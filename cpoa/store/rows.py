@@ -49,11 +49,13 @@ _TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
                "next_poll_at", "poll_deadline_at")
 
 
-def lease_from_row(row: Mapping[str, Any], owner: str) -> models.Lease:
-    """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``."""
+def lease_from_row(row: Mapping[str, Any], owner: str,
+                   context: Mapping[str, Any] | None = None) -> models.Lease:
+    """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``
+    (and its context: selected, or ``context``, as in :meth:`models.Workflow.from_row`)."""
     pauses = {agent: until and datetime.datetime.fromisoformat(until)
               for agent, until in (row.get("agent_pauses") or {}).items()}
-    return models.Lease(models.Workflow.from_row(row),
+    return models.Lease(models.Workflow.from_row(row, context),
                         tuple(task_from_json(t) for t in row["step_tasks"]), owner,
                         row["db_now"], pauses,
                         frozenset((agent, item) for agent, item in row.get("held_slots") or ()))
@@ -120,7 +122,8 @@ def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
         "terminal": outcome.dest in machine.TERMINAL_STATES,
         "run_in_s": max(0.0, outcome.run_in_s),
         "failed_from_state": outcome.failed_from_state,
-        "context_updates": jsonb(dict(outcome.context_updates)),
+        "context_updates": jsonb(dict(outcome.context_updates)) if outcome.context_updates
+        else None,
         "warnings": jsonb(list(outcome.warnings)),
         "error_message": storable_text(outcome.error_message),
         "task": task_document(outcome.task), "detail": jsonb(detail) if detail else None,

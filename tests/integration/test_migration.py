@@ -61,14 +61,21 @@ def _columns(conn: psycopg.Connection, table: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+AS_WRITTEN_BEFORE = {("workflow_instances", "context_data_json"):
+                     "cpoa_context_v1(workflow_id, context_data_json)"}
+
+
 def copy_rows(source_dsn: str, target_dsn: str) -> None:
     """Copies every workflow's rows into an older schema: the columns both schemas have (what
-    code of that version would have written; today's code cannot run on it)."""
+    code of that version would have written; today's code cannot run on it). Before schema
+    version 14 a workflow's row held its whole context."""
     with psycopg.connect(source_dsn) as source, psycopg.connect(target_dsn) as target:
         for table in MOVED_TABLES:
             old = set(_columns(target, table))
             names = ", ".join(c for c in _columns(source, table) if c in old)
-            with source.cursor().copy(f"COPY (SELECT {names} FROM {table}) TO STDOUT") as out, \
+            selected = ", ".join(AS_WRITTEN_BEFORE.get((table, c), c)
+                                 for c in _columns(source, table) if c in old)
+            with source.cursor().copy(f"COPY (SELECT {selected} FROM {table}) TO STDOUT") as out, \
                     target.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as into:
                 for data in out:
                     into.write(data)

@@ -473,6 +473,26 @@ def test_record__completion_settles_key_and_merges_context(store):
     assert workflow.state == "finalizing"
 
 
+def test_record__a_transition_stores_what_it_adds_to_the_context_in_its_history_row(store, db):
+    """What a transition adds to the context rides in its history row, and the workflow's row
+    keeps the context it started with (schema version 14). The lease a write keeps and every
+    read have the whole context, merged in order: a later transition's key replaces an
+    earlier one's."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    for updates in ({"content": "first", "topics": []}, {"content": "second"}):
+        _, lease = store.record(lease, dataclasses.replace(
+            outcome(lease.workflow, "step_done"), context_updates=updates),
+            renew_ttl_s=LONG_TTL_S)
+    assert lease.workflow.context == {"content": "second", "topics": []}
+    assert store.get_workflow(workflow_id).context == {"content": "second", "topics": []}
+    row = db.execute("SELECT context_data_json FROM workflow_instances WHERE workflow_id = %s",
+                     (workflow_id,)).fetchone()
+    assert row["context_data_json"] == {}
+    assert [h["context_updates"] for h in store.get_history(workflow_id)] == [
+        None, {"content": "first", "topics": []}, {"content": "second"}]
+
+
 # -- apply -------------------------------------------------------------------------------------
 
 def test_apply__invalid_transition_leaves_row_unchanged(store, db):
