@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.chaos import common
 from bench.chaos.agents import submit_key
+from cpoa import defaults
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -28,10 +29,12 @@ from cpoa.testing.agent import Reply, ScriptedAgent
 from cpoa.testing.agent import agent_env
 
 INTERVAL_S = 0.1
-TIMEOUT_S = 2.0
-SHORT_OUTAGE_S = 0.5
-"""The short outage lasts until every workflow has been refused for this long: 5 polling
-intervals; the first to arrive in scripting sees it longest, still well under the timeout."""
+TIMEOUT_S = 8.0
+"""Long enough for a short outage and the breaker's pauses after it: the fifth failure in a
+row pauses PSWA's new submits for the whole fleet (1 s, then 2 s, 4 s while it stays down), so
+a workflow's next submit after the outage can come a pause later than the agent's return."""
+SHORT_OUTAGE_S = 1.0
+"""The short outage: this long (10 polling intervals) from its first refused request."""
 TIMEOUT_REASON = re.compile(
     rf"^scripting: PSWA task did not finish within its {TIMEOUT_S:g} s polling timeout"
     r" \(last error: PSWA (unreachable|answered HTTP 503)")
@@ -119,21 +122,25 @@ def capture_logs() -> Iterator[list[logging.LogRecord]]:
 
 
 def _short_outage(engine: Engine, pswa: FlakyAgent, count: int) -> dict[str, Any]:
-    """Down until every workflow has been refused for SHORT_OUTAGE_S, then back."""
+    """Down for SHORT_OUTAGE_S from the first refused request, then back: every workflow
+    completes, and each one the outage refused was retried (transient), never failed."""
     pswa.down.set()
     ids = _start(engine, count, "short")
-    refused_for = lambda wf: _span(pswa.refused.get(str(wf), []))
-    held = _wait(lambda: all(refused_for(wf) >= SHORT_OUTAGE_S for wf in ids), 30)
-    experienced = [refused_for(wf) for wf in ids]
+    held = _wait(lambda: any(pswa.refused.get(str(wf)) for wf in ids), 30)
+    time.sleep(SHORT_OUTAGE_S)  # the outage's length, a fixed time from its first refusal
     pswa.down.clear()
+    ended = time.monotonic()
+    refused = [wf for wf in ids if pswa.refused.get(str(wf))]
+    experienced = [ended - pswa.refused[str(wf)][0] for wf in refused]
     finished = _wait(lambda: _states(engine, ids) == {"completed"}, 30)
     states = collections.Counter(engine.store.get_workflow(wf).state for wf in ids)
     waits = [_time_in(engine, wf, "scripting") for wf in ids]
-    retries = [_pswa_task(engine, wf).retry_count for wf in ids]
-    ok = (held and finished and states == {"completed": count}
+    retries = [_pswa_task(engine, wf).retry_count for wf in refused]
+    ok = (held and finished and states == {"completed": count} and bool(refused)
           and max(experienced) < TIMEOUT_S and min(retries) >= 1)
-    return {"ok": ok, "states": dict(states), "outage_seen_max_s": round(max(experienced), 2),
-            "scripting_wait_s": _spread(waits), "transient_retries": _spread(retries),
+    return {"ok": ok, "states": dict(states), "refused_workflows": len(refused),
+            "outage_seen_max_s": round(max(experienced, default=0.0), 2),
+            "scripting_wait_s": _spread(waits), "transient_retries": _spread(retries or [0]),
             "refused_requests": sum(len(pswa.refused.get(str(wf), [])) for wf in ids)}
 
 
@@ -141,7 +148,10 @@ def _long_outage(engine: Engine, pswa: FlakyAgent, count: int) -> dict[str, Any]
     """Down until every workflow has failed on its polling timeout; then back, and retried."""
     pswa.down.set()
     ids = _start(engine, count, "long")
-    failed = _wait(lambda: _states(engine, ids) == {"failed"}, TIMEOUT_S + 30)
+    # A workflow that reaches scripting while the breaker is open makes its first submit (and
+    # starts its timeout) when the pause ends: up to the breaker's longest pause later.
+    failed = _wait(lambda: _states(engine, ids) == {"failed"},
+                   TIMEOUT_S + defaults.BREAKER_MOST_PAUSE_S + 30)
     statuses = [engine.get_workflow(wf) for wf in ids]
     reasons = [s["error"] or "" for s in statuses]
     to_fail = [_time_in(engine, wf, "scripting") for wf in ids]
@@ -185,10 +195,6 @@ def _time_in(engine: Engine, workflow_id: object, state: str) -> float:
 def _pswa_task(engine: Engine, workflow_id: object, attempt: int = 0) -> Any:
     return next(t for t in engine.store.get_tasks(workflow_id)
                 if t.step == "scripting" and t.attempt == attempt)
-
-
-def _span(times: list[float]) -> float:
-    return times[-1] - times[0] if times else 0.0
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

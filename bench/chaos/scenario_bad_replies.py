@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from bench.chaos import common
 from bench.chaos.scenario_agent_outage import capture_logs
-from cpoa import attempt, logs, models, steps
+from cpoa import attempt, defaults, logs, models, steps
 from cpoa import settings as settings_module
 from cpoa.agents.client import (
     MAX_JSON_DEPTH,
@@ -816,6 +816,7 @@ class DatabaseSample:
                                  f"{case.phase} {verdict}"[:300])
 
     def _victim(self, case: Case, outcome: str, task: models.Task | None) -> str:
+        self._close_breakers()
         engine = self.engines[case.state]
         engine.client.session = requests.Session()
         workflow_id = engine.start_workflow("podcast", {"topic": "bad replies"})
@@ -837,6 +838,15 @@ class DatabaseSample:
         except Exception as exc:  # noqa: BLE001 -- an escaped exception is the finding
             return f"exception: {type(exc).__name__}: {exc}"[:240]
         return self._compare(case, workflow_id, outcome, task)
+
+    def _close_breakers(self) -> None:
+        """Every agent's breaker closed and its pause over: the earlier samples' bad replies
+        (thousands, mostly failures in a row) open the breaker of the agent under test, which
+        then holds this sample's submit (fleet-wide flow control, tested on its own in
+        tests/integration/test_agent_health.py; this samples what one reply does)."""
+        with self.store.pool.connection() as conn:
+            conn.execute("UPDATE agent_flow SET failures = 0, paused_until = NULL, "
+                         "pause_reason = NULL, breaker_pause_s = NULL")
 
     def _compare(self, case: Case, workflow_id: uuid.UUID, outcome: str,
                  task: models.Task | None) -> str:
@@ -863,10 +873,12 @@ class DatabaseSample:
                 else f"mismatch: {workflow.state}/{stored} for an open step")
 
     def finish(self) -> dict[str, Any]:
-        """Drives every bystander to its end; they must all complete, untouched."""
+        """Drives every bystander to its end; they must all complete, untouched. A bystander
+        whose submit a breaker pause holds (the victims' failures open it for the whole fleet,
+        up to BREAKER_MOST_PAUSE_S) is due when the pause ends."""
         def done() -> bool:
             return all(self.healthy.advance(w) == "completed" for w in self.bystanders)
-        _wait(done, 60)
+        _wait(done, 60 + defaults.BREAKER_MOST_PAUSE_S)
         statuses = [self.healthy.get_workflow(w) for w in self.bystanders]
         clean = sum(s["state"] == "completed" and not s["warnings"] and not s["error"]
                     and len(s["history"]) == 7 for s in statuses)

@@ -189,8 +189,7 @@ class AgentClient:
         status, raw, retry_after = self._exchange(method, url, service, json_body, timeout,
                                                   headers, log, context)
         body = logs.clip(raw, defaults.ERROR_BODY_CHARS)
-        value = _parse_json(raw) if raw else None
-        deep = value is not None and _deeper_than(value, MAX_JSON_DEPTH)
+        value, deep = _parse_json(raw) if raw else (None, False)
         payload = None if deep else value
         answered = isinstance(payload, dict) and "status" in payload
         if status in TRANSIENT_STATUS or (status >= 500 and not answered):
@@ -333,12 +332,17 @@ def _read_bounded(response: requests.Response, limit: int, service: str, url: st
     return b"".join(chunks)
 
 
-def _parse_json(raw: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON."""
+def _parse_json(raw: bytes) -> tuple[Any, bool]:
+    """The body as JSON (None when it is not JSON), and whether it nests deeper than
+    MAX_JSON_DEPTH. json.loads' own recursion limit counts as deeper: where it is hit depends
+    on how deep the caller's stack already is, and the reason must not."""
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
+        value = json.loads(raw)
+    except RecursionError:
+        return None, True
+    except ValueError:
+        return None, False
+    return value, value is not None and _deeper_than(value, MAX_JSON_DEPTH)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -61,6 +61,11 @@ MALFORMED = {
                       "WCHA reply: expected a JSON object, got 'all good'"),
     "json_list_body": ("fetching", _poll(Reply(200, [{"status": "SUCCESS"}])),
                        "WCHA reply: expected a JSON object"),
+    # Past json.loads' own recursion limit: the same reason as for 65 levels, whatever the
+    # depth of the stack that parses it.
+    "json_nested_past_the_parser": ("fetching", _poll(Reply(200, b"[" * 50_000 + b"]" * 50_000)),
+                                    "WCHA reply: expected a JSON object, nested deeper than 64 "
+                                    "levels"),
     "result_missing": ("fetching", _poll(Reply(200, {"status": "SUCCESS"})),
                        "WCHA reply: missing field 'result'"),
     "unknown_task_status": ("fetching", _poll(Reply(200, {"status": "DONE"})),
