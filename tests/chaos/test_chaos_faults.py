@@ -60,7 +60,7 @@ def test_agent_outage__quick__short_waits_long_fails_then_retry_completes(server
     short, long = result["short_outage"], result["long_outage"]
     assert short["states"] == {"completed": result["workflows"] // 2}
     assert short["outage_seen_max_s"] < result["poll_timeout_s"]
-    assert short["transient_retries"]["min"] >= 1
+    assert short["refused_workflows"] >= 1 and short["transient_retries"]["max"] >= 1
     assert long["failed"] == long["reasons_matching"] == result["workflows"] // 2
     assert (f"PSWA task did not finish within its {result['poll_timeout_s']:g} s polling "
             "timeout") in long["reason"]
