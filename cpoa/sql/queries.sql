@@ -219,11 +219,10 @@ FROM moved;
 -- make_transition --
 -- A transition %(trigger)s from %(source)s to %(dest)s: the new state and the warnings the
 -- step added, its task row, the history row (with the context the step added), the UI event
--- and the settled
--- idempotency key, in one statement that locks the row first and writes only if the row is
--- still in %(source)s at the fenced %(version)s (and, for a worker's step, still leased by
--- %(owner)s; cancel and retry pass no owner). Every other write is selected from the UPDATE's
--- RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
+-- and the settled idempotency key, in one statement that locks the row first and writes only
+-- if the row is still in %(source)s at the fenced %(version)s (and, for a worker's step, still
+-- leased by %(owner)s; cancel and retry pass no owner). Every other write is selected from the
+-- UPDATE's RETURNING: a lost race writes nothing at all. A terminal state is never due again; a working
 -- state is due after %(run_in_s)s (0 but for a waiting state). With %(renew_ttl_s)s the worker
 -- keeps the lease for the next step.
 WITH locked AS (
