@@ -168,7 +168,8 @@ class Worker:
             except errors.StoreError as exc:  # given back when the database answers again
                 logger.warning("could not store a step result: %s", exc,
                                extra={"action": "store_failed",
-                                      "workflow_id": str(lease.workflow.workflow_id)})
+                                      "workflow_id": str(lease.workflow.workflow_id),
+                                      "state": lease.workflow.state})
                 self._unreleased.append(lease)
                 return
             except Exception:  # a bug here must not cost the workflow a recovery

@@ -166,10 +166,13 @@ def _duplicates(dsn: str, agent: ScriptedAgent, faults: list[dict[str, Any]],
     A cut is asynchronous: a slot may renew its lease and send the next step's submit in the
     milliseconds before its session actually ends, after the harness's snapshot. So besides
     the leases held around each fault, every requeue the worker logged (``recovered``: a dead
-    lease, with its workflow and state) counts as one death of that step's request.
+    lease, with its workflow and state) counts as one death of that step's request, and so
+    does every step result the worker could not store (``store_failed``: its answer was lost
+    with the connection, on a claim made after the snapshot too; the lease is given back and
+    the step submits the key again).
     """
     requeues = [[(r["workflow_id"], r["state"], frozenset())] for r in records
-                if r.get("action") == "recovered"]
+                if r.get("action") in ("recovered", "store_failed")]
     with _admin(dsn) as conn:
         in_flight = inflight.excused(conn, [f["held"] for f in faults] + requeues)
     with agent.lock:
