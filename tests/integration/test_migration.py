@@ -72,9 +72,9 @@ def copy_rows(source_dsn: str, target_dsn: str) -> None:
     with psycopg.connect(source_dsn) as source, psycopg.connect(target_dsn) as target:
         for table in MOVED_TABLES:
             old = set(_columns(target, table))
-            names = ", ".join(c for c in _columns(source, table) if c in old)
-            selected = ", ".join(AS_WRITTEN_BEFORE.get((table, c), c)
-                                 for c in _columns(source, table) if c in old)
+            both = [c for c in _columns(source, table) if c in old]
+            names = ", ".join(both)
+            selected = ", ".join(AS_WRITTEN_BEFORE.get((table, c), c) for c in both)
             with source.cursor().copy(f"COPY (SELECT {selected} FROM {table}) TO STDOUT") as out, \
                     target.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as into:
                 for data in out:
