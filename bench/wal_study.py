@@ -30,6 +30,10 @@ SELECT (SELECT avg(pg_column_size(w.*)) FROM workflow_instances w) AS workflow_r
        (SELECT avg(pg_column_size(e.context_updates)) FROM workflow_events e) AS context,
        (SELECT avg(pg_column_size(t.*)) FROM task_instances t) AS task_row,
        (SELECT avg(pg_column_size(e.*)) FROM workflow_events e) AS history_row"""
+ROWS_BY_TABLE = """
+SELECT relname, n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_hot_upd AS hot,
+       n_tup_del AS deleted
+FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY relname"""
 
 
 def main() -> None:
@@ -59,6 +63,13 @@ def main() -> None:
             print(f"  {row['record']:28s} {row['count'] / moves:5.2f} per transition, "
                   f"{row['combined_size'] / moves:6.0f} B (full-page images "
                   f"{row['fpi_size'] / moves:.0f} B)")
+        # The statistics collector's counters reach pg_stat_user_tables at the end of each
+        # session's transactions; the worker's sessions are closed by now.
+        db.execute("SELECT pg_stat_force_next_flush()")
+        for row in db.execute(ROWS_BY_TABLE).fetchall():
+            print(f"  {row['relname']:22s} rows per transition: "
+                  + ", ".join(f"{k} {row[k] / moves:.2f}"
+                              for k in ("inserted", "updated", "hot", "deleted")))
         sizes = db.execute(ROW_SIZES).fetchone()
         print("  average bytes: " + ", ".join(f"{k} {float(v):.0f}" for k, v in sizes.items()))
 

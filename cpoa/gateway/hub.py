@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import uuid
 from typing import Any
 
 from cpoa import errors
@@ -185,17 +186,17 @@ class Hub:
         with self._lock:
             subscribers = list(self._subscribers)
         self._progressed(payloads, subscribers)
-        order = [event_id for event_id in map(_event_id, payloads) if event_id is not None]
-        if not subscribers or not order:
+        keys = [key for key in map(_event_key, payloads) if key is not None]
+        if not subscribers or not keys:
             return
         try:
-            rows = {r["event_id"]: views.event_view(r) for r in self.store.get_events(order)}
+            rows = {r["event_id"]: views.event_view(r) for r in self.store.get_events(keys)}
         except errors.StoreError as exc:
             logger.warning("live updates: could not read events: %s", exc,
                            extra={"action": "live_read_failed"})
             self._broadcast(RESYNC)
             return
-        for event_id in order:  # NOTIFY order is commit order
+        for _, event_id in keys:  # NOTIFY order is commit order
             row = rows.get(event_id)
             for subscription in subscribers if row else ():
                 if subscription.wants(row):
@@ -213,7 +214,13 @@ class Hub:
                 subscription.push(Progressed(subscription.workflow_id))
 
 
-def _event_id(payload: str) -> int | None:
-    """The event id of a ``<workflow_id>:<event_id>`` payload, or None if malformed."""
-    _, _, text = payload.rpartition(":")
-    return int(text) if text.isdigit() else None
+def _event_key(payload: str) -> tuple[uuid.UUID, int] | None:
+    """The (workflow id, event id) of a ``<workflow_id>:<event_id>`` payload, or None if
+    malformed."""
+    head, _, text = payload.rpartition(":")
+    if not text.isdigit():
+        return None
+    try:
+        return uuid.UUID(head), int(text)
+    except ValueError:
+        return None

@@ -564,19 +564,46 @@ ORDER BY event_id
 LIMIT %(limit)s;
 
 -- get_events --
+-- The history rows the live stream was notified of, by (workflow id, event id): the primary key.
 SELECT * FROM workflow_events_labelled
-WHERE event_id = ANY(%(event_ids)s)
+WHERE (workflow_id, event_id) IN (
+    SELECT * FROM unnest(%(workflow_ids)s::uuid[], %(event_ids)s::bigint[]))
 ORDER BY event_id;
+
+-- count_by_state --
+-- A fragment, written where @count_by_state@ stands (state_counts, metrics_snapshot): {state:
+-- workflows} of kind %(kind)s (NULL: every kind) as JSON, from three disjoint parts that each
+-- read a partial index: the finished rows (next_run_at NULL) from the one that carries their
+-- state, the due and unleased ones from workflow_instances_due and the leased ones from
+-- workflow_instances_leased. No index has every row's state: one would take an entry on each
+-- transition of a working workflow (schema.sql, version 15).
+coalesce((SELECT jsonb_object_agg(state, n) FROM (
+    SELECT state, sum(n)::bigint AS n FROM (
+        SELECT state, count(*) AS n FROM workflow_instances
+        WHERE next_run_at IS NULL AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+        GROUP BY state
+        UNION ALL
+        SELECT state, count(*) FROM workflow_instances
+        WHERE lease_owner IS NULL AND next_run_at IS NOT NULL
+          AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+        GROUP BY state
+        UNION ALL
+        SELECT state, count(*) FROM workflow_instances
+        WHERE lease_owner IS NOT NULL AND next_run_at IS NOT NULL
+          AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+        GROUP BY state) parts
+    GROUP BY state) per_state), '{}'::jsonb)
 
 -- state_counts --
 -- Workflows per state (of one kind, or all) and the newest event id, from one snapshot (one
 -- statement): a page showing the counts follows the live stream from that id, counting each
--- later transition exactly once.
-SELECT (SELECT coalesce(max(event_id), 0) FROM workflow_events) AS last_event_id,
-       coalesce((SELECT jsonb_object_agg(state, n) FROM (
-           SELECT state, count(*) AS n FROM workflow_instances
-           WHERE %(kind)s::text IS NULL OR kind = %(kind)s
-           GROUP BY state) per_state), '{}'::jsonb) AS counts;
+-- later transition exactly once. The newest id is looked for among the last 10 000 the sequence
+-- gave (the BRIN index reads the last pages only); none of them committed, it takes a scan.
+SELECT coalesce(
+           (SELECT max(event_id) FROM workflow_events
+            WHERE event_id > (SELECT last_value FROM workflow_events_event_id_seq) - 10000),
+           (SELECT max(event_id) FROM workflow_events), 0) AS last_event_id,
+       @count_by_state@ AS counts;
 
 -- state_dwell_times --
 -- Seconds spent in each state by workflows of %(kind)s started in the last %(days)s days: from
@@ -596,14 +623,12 @@ GROUP BY to_state;
 
 -- metrics_snapshot --
 -- The database's gauges for /metrics, in one statement, each from an index: workflows per state
--- (an index-only scan of workflow_instances_by_state, not of the wide rows), how long the oldest
+-- (@count_by_state@ with %(kind)s NULL: partial indexes, not the wide rows), how long the oldest
 -- due and unclaimed workflow has waited (the first entry of the partial index
 -- workflow_instances_due) and the undelivered UI events (the partial index
 -- ui_event_outbox_pending, which holds only those).
 SELECT
-    coalesce((SELECT jsonb_object_agg(state, n) FROM (
-        SELECT state, count(*) AS n FROM workflow_instances GROUP BY state) per_state),
-        '{}'::jsonb) AS workflows_by_state,
+    @count_by_state@ AS workflows_by_state,
     coalesce((SELECT EXTRACT(EPOCH FROM now() - min(next_run_at))::float8
               FROM workflow_instances
               WHERE lease_owner IS NULL AND next_run_at IS NOT NULL AND next_run_at <= now()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -46,7 +47,7 @@ class Reads:
             ``outbox_backlog`` (UI events not delivered yet).
         """
         with self._errors(), self.pool.connection() as conn:
-            row = self._one(conn, "metrics_snapshot")
+            row = self._one(conn, "metrics_snapshot", kind=None)
         return {"workflows_by_state": dict(row["workflows_by_state"]),
                 "oldest_due_s": row["oldest_due_s"], "outbox_backlog": row["outbox_backlog"]}
 
@@ -82,10 +83,12 @@ class Reads:
             return self._all(conn, "workflow_events_after", workflow_id=workflow_id,
                              after=event_id, limit=limit)
 
-    def get_events(self, event_ids: list[int]) -> list[dict]:
-        """Returns these history rows (those still stored), in event id order."""
+    def get_events(self, keys: Sequence[tuple[uuid.UUID, int]]) -> list[dict]:
+        """Returns these history rows, by (workflow id, event id), those still stored, in
+        event id order."""
         with self._errors(), self.pool.connection() as conn:
-            return self._all(conn, "get_events", event_ids=event_ids)
+            return self._all(conn, "get_events", workflow_ids=[k[0] for k in keys],
+                             event_ids=[k[1] for k in keys])
 
     def state_counts(self, kind: str | None = None) -> tuple[dict[str, int], int]:
         """Returns workflows per state (of one kind, or all) and the newest event id.

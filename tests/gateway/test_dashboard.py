@@ -9,6 +9,7 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 
+import psycopg
 import pytest
 
 from cpoa import machine
@@ -195,6 +196,29 @@ def test_store__state_counts_and_dwell_times(gateway: LiveGateway) -> None:
     assert all(d["samples"] == 1 and d["avg_s"] == d["median_s"] >= 0 for d in dwell.values())
     assert [e["event_id"] for e in store.events_after(0, second)] == [
         h["event_id"] for h in store.get_history(second)]
+
+
+def test_store__state_counts_finds_the_newest_event_past_ids_never_committed(
+        gateway: LiveGateway) -> None:
+    """The newest event id is looked for among the sequence's last ids first: when none of
+    them committed (rolled back, or still running), it is still found."""
+    store = gateway.engine.store
+    workflow_id = start(gateway)
+    newest = store.get_history(workflow_id)[-1]["event_id"]
+    with psycopg.connect(store.dsn, autocommit=True) as conn:
+        conn.execute("SELECT setval('workflow_events_event_id_seq', %s)", (newest + 50_000,))
+    assert store.state_counts()[1] == newest
+
+
+def test_store__get_events_by_workflow_and_event_id(gateway: LiveGateway) -> None:
+    """A live notification's rows are read by (workflow id, event id): an id of another
+    workflow's event with this workflow's id reads nothing."""
+    store = gateway.engine.store
+    first, second = uuid.UUID(start(gateway)), uuid.UUID(start(gateway))
+    [mine] = store.get_history(first)
+    [theirs] = store.get_history(second)
+    got = store.get_events([(first, mine["event_id"]), (first, theirs["event_id"])])
+    assert [(e["workflow_id"], e["event_id"]) for e in got] == [(first, mine["event_id"])]
 
 
 def _segments(svg: ET.Element, css: str) -> list[tuple[str, list[tuple[float, float]]]]:

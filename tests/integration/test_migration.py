@@ -115,6 +115,14 @@ def test_db_init__migrates_v6_in_place_and_every_workflow_finishes(v6_store, sto
     assert vfa.progress_json["progress"] == 0.5  # schema version 12's column, added in place
     v6_store.apply_schema()  # again: nothing changes
     assert machine.difference(*v6_store.enforced_machine()) is None
+    assert indexes(v6_store.dsn) == indexes(store.dsn)  # version 15's keys, in place too
+
+
+def indexes(dsn: str) -> dict[str, str]:
+    """{index: its definition} of the database's public tables."""
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes "
+                                 "WHERE schemaname = 'public'").fetchall())
 
 
 def test_worker__refuses_a_database_with_another_machine(store, db, engine):

@@ -240,13 +240,15 @@ def test_exposition__every_metric_is_prefixed_and_documented(store):
 
 def test_metrics_snapshot__reads_the_partial_indexes(store, db):
     """On 20 000 workflows and 60 000 UI events, the snapshot is one statement that reads the
-    oldest due workflow and the undelivered events from their partial indexes, and is right."""
+    workflows per state, the oldest due workflow and the undelivered events from partial
+    indexes (no table scanned whole), and is right."""
     db.execute("""
         INSERT INTO workflow_instances (workflow_id, kind, state, failed_from_state,
             trigger_event_details_json, next_run_at, lease_owner, lease_expires_at)
         SELECT gen_random_uuid(), 'podcast',
             CASE WHEN i % 10 < 8 THEN 'completed' WHEN i % 10 = 8 THEN 'failed' ELSE 'fetching' END,
-            CASE WHEN i % 10 = 8 THEN 'fetching' END, '{}',
+            CASE WHEN i % 10 = 8 THEN 'fetching' END,
+            jsonb_build_object('topic', repeat('t', 200)),  -- a row as wide as a real one
             CASE WHEN i % 10 = 9 THEN now() - make_interval(secs => i % 50) END,
             CASE WHEN i % 20 = 19 THEN 'w' END,
             CASE WHEN i % 20 = 19 THEN now() + interval '1 minute' END
@@ -256,15 +258,15 @@ def test_metrics_snapshot__reads_the_partial_indexes(store, db):
         SELECT workflow_id, 'c', 'generation_status', '{}',
                CASE WHEN n > 1 OR random() < 0.9 THEN now() END
         FROM workflow_instances, generate_series(1, 3) AS n""")
-    db.execute("ANALYZE workflow_instances")
-    db.execute("ANALYZE ui_event_outbox")
-    [plan] = db.execute("EXPLAIN (FORMAT JSON) " + store.queries["metrics_snapshot"]
-                        ).fetchone()["QUERY PLAN"]
+    db.execute("VACUUM ANALYZE workflow_instances")  # as autovacuum leaves them
+    db.execute("VACUUM ANALYZE ui_event_outbox")
+    [plan] = db.execute("EXPLAIN (FORMAT JSON) " + store.queries["metrics_snapshot"],
+                        {"kind": None}).fetchone()["QUERY PLAN"]
     nodes = list(_nodes(plan["Plan"]))
     indexes = {n.get("Index Name") for n in nodes}
-    assert {"workflow_instances_due", "ui_event_outbox_pending"} <= indexes
-    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"
-                and n["Relation Name"] == "ui_event_outbox"]
+    assert {"workflow_instances_due", "workflow_instances_leased",
+            "workflow_instances_finished_with_state", "ui_event_outbox_pending"} <= indexes
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"]
     snapshot = store.metrics_snapshot()
     assert snapshot["workflows_by_state"] == {"completed": 16000, "failed": 2000,
                                               "fetching": 2000}
