@@ -102,6 +102,16 @@ its database sessions (and the leases they vouch for) within idle + interval * c
 TCP_USER_TIMEOUT_S = 11.0
 """Longest unacknowledged data may wait on a database connection before it is declared dead."""
 
+POOL_WAIT_S = 5.0
+"""Longest a caller waits for a pooled connection before the database counts as unavailable
+(psycopg_pool's default, 30 s, kept a worker silent that long through a server restart)."""
+
+POOL_RECONNECT_S = 5.0
+"""How long the pool retries one failed connection (after 1 s, then twice as long each time)
+before it gives up and the next caller starts afresh at once. psycopg_pool's default, 300 s,
+let the waits grow past a minute: after a restart the server was back long before the pool
+tried again."""
+
 SLOT_ERROR_RETRY_S = 1.0
 """After an unexpected error in a worker slot, how soon its workflow is tried again."""
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 from cpoa import defaults, errors, logs, machine, models, outbox, recovery
@@ -24,8 +26,10 @@ from cpoa.models import Lease
 logger = logging.getLogger(__name__)
 LISTEN_POLL_S = 1.0
 """How often the listener thread looks at the stop flag between notifications."""
-OUTAGE_PAUSE_S = (0.5, 10.0)
-"""First and longest pause after a database error, doubling in between."""
+OUTAGE_PAUSE_S = (0.5, 2.0)
+"""First and longest pause after a database error, doubling in between: a thread's next
+attempt comes at most 2 s after the server is back (with 10 s, a restart that took 8 s
+cost up to 8 s more)."""
 
 
 def check_machine(store: Any) -> None:
@@ -64,7 +68,10 @@ class Worker:
         """Set while the claim loop sleeps with nothing to do (tests and health checks)."""
         self.advanced = 0
         self._inflight: set[concurrent.futures.Future] = set()
-        self._solo: concurrent.futures.Future | None = None
+        self._solo: uuid.UUID | None = None
+        """A workflow recovered more than once in its state (claim_due claims it alone): no
+        other is claimed until its slot is done or its step moved it on (which starts its
+        recoveries afresh), so that if it kills the process nothing else is charged."""
         self._outage = _Outage()
         self._due_at = 0.0
         """When (monotonic) the last schedule said something becomes due or a lease expires."""
@@ -94,7 +101,7 @@ class Worker:
         try:  # vouch for this process before its first claim
             self._listener.connect()
         except errors.StoreError:
-            pass  # the listener thread keeps trying; leases meanwhile rely on their expiry
+            pass  # the first claim tries again (it claims nothing until this connects)
         self.engine.liveness = self._listener
         threads = [threading.Thread(target=self._listen, name="cpoa-listen", daemon=True),
                    threading.Thread(target=self._deliver, name="cpoa-outbox", daemon=True)]
@@ -145,16 +152,22 @@ class Worker:
 
     def _claim(self, pool: concurrent.futures.ThreadPoolExecutor) -> int:
         free = self.concurrency - len(self._inflight)
-        if free <= 0 or (self._solo is not None and not self._solo.done()):
-            return 0  # a workflow under recovery runs alone until it is done
+        if free <= 0 or self._solo is not None:
+            return 0
+        if self._listener.liveness_key is None:
+            # Vouch for this process first (its listener is reconnecting, after a cut or a
+            # server restart): a lease claimed now would carry no liveness key, and if this
+            # process then died its workflow would wait out the whole lease TTL.
+            self._listener.connect()
         leases = self.store.claim_due(self.engine.owner, self.settings.lease_ttl_s, free,
                                       self.engine.liveness_key)
         for lease in leases:
+            workflow_id = lease.workflow.workflow_id
+            if lease.workflow.recovery_attempts > 1:  # claim_due's rule: a suspect runs alone
+                self._solo = workflow_id
             future = pool.submit(self._advance, lease)
             self._inflight.add(future)
-            future.add_done_callback(self._done)
-            if lease.workflow.recovery_attempts > 1:  # claim_due's rule: a suspect runs alone
-                self._solo = future
+            future.add_done_callback(functools.partial(self._done, workflow_id))
         return len(leases)
 
     def _advance(self, lease: Lease | None) -> None:
@@ -179,12 +192,20 @@ class Worker:
                 self._release(lease)
                 return
             self.advanced += 1
+            if workflow.recovery_attempts <= 1:  # moved on: no longer a suspect
+                self._solo_over(workflow.workflow_id)
             if workflow.client_id:  # its step may have queued a UI event (only with a client)
                 self.outbox_wake.set()
 
-    def _done(self, future: concurrent.futures.Future) -> None:
+    def _done(self, workflow_id: uuid.UUID, future: concurrent.futures.Future) -> None:
         self._inflight.discard(future)
+        self._solo_over(workflow_id)
         self.wake.set()
+
+    def _solo_over(self, workflow_id: uuid.UUID) -> None:
+        if self._solo == workflow_id:
+            self._solo = None
+            self.wake.set()
 
     def _give_back(self) -> None:
         """Releases the leases whose results could not be stored (fenced: a lease that moved
@@ -217,7 +238,7 @@ class Worker:
         """Sweeps dead leases and returns how long to sleep (one statement)."""
         if len(self._inflight) >= self.concurrency:
             return defaults.IDLE_WAIT_MAX_S  # a finishing slot sets `wake`
-        solo = self._solo is not None and not self._solo.done()
+        solo = self._solo is not None
         schedule = self._sweep()
         if schedule.requeued:
             return 0.0
@@ -240,15 +261,23 @@ class Worker:
     def _listen(self) -> None:
         listener = self._listener
         outage = _Outage()
+        seen = listener.connections
         try:
             while not self.stopping.is_set():
                 try:
-                    if listener.wait(timeout=LISTEN_POLL_S):
+                    listener.connect()  # nothing to do while connected
+                    # (Re)connected, here or by a claim: what was notified meanwhile was lost.
+                    if listener.connections > seen or listener.wait(timeout=LISTEN_POLL_S):
+                        seen = listener.connections
                         self.wake.set()
                         self.outbox_wake.set()
                     outage.over()
                 except errors.StoreError as exc:
-                    self.stopping.wait(outage.pause(exc))
+                    pause_s = outage.pause(exc)
+                    try:  # a cut connection, not an outage: vouch for this process again now
+                        listener.connect()
+                    except errors.StoreError:
+                        self.stopping.wait(pause_s)
         finally:
             listener.close()
 

@@ -35,24 +35,20 @@ from cpoa.testing.agent import ScriptedAgent
 OUTAGE_THREADS = 3
 """Worker threads with their own outage tracker (claim loop, listener, outbox): at most one
 ``db_outage`` record each per outage."""
-DOWN_S = 1.5
-"""How long the server stays stopped (the fault itself, not a wait for a condition)."""
+DOWN_S = 8.0
+"""How long the server stays stopped (the fault itself, not a wait for a condition): long
+enough that the connection pool's growing retry delays (1, 2, 4 s…) and the worker's own
+outage pauses would show as a stall past RECOVER_BOUND_S if they were not bounded."""
 RECOVER_BOUND_S = 3.0
 """Longest acceptable stall (no transition committed) beyond the time the server was down: the
-worker's first outage pauses (0.5 s, doubling) plus a commit. Without faults the longest gap
-between two commits here is about one polling interval (0.25 s)."""
+worker's outage pause (0.5 s, doubling, at most 2 s) plus a connection and a commit. Without
+faults the longest gap between two commits here is about one polling interval (0.25 s)."""
 FINISH_TIMEOUT_S = 120.0
 PATH = ["fetching", "analyzing", "scripting", "synthesizing", "imaging", "finalizing",
         "completed"]
 """The states a podcast workflow enters, each exactly once, when nothing fails."""
 POLL_S = "0.25"
 """Every agent's polling interval (the scenario is about the database, not about polling)."""
-LEASE_TTL_S = "5"
-"""Shorter than the default 30 s lease, because of an open finding: after a server restart, a
-lease the worker claimed while its liveness connection was still reconnecting carries no
-liveness key, and a slot whose result then fails to store leaves the workflow to the lease's
-expiry (with the default lease: stalls of 17–26 s, over this scenario's bound). Listed in the
-figures (``non_default_settings``); back to the default once that is fixed."""
 
 
 def run(ctx: common.Context) -> dict[str, Any]:
@@ -69,7 +65,7 @@ def run(ctx: common.Context) -> dict[str, Any]:
         ids = [engine.start_workflow("podcast", {"topic": f"outage topic {i}"},
                                      client_id=f"client-{i % 3}") for i in range(workflows)]
         engine.store.close()
-        env = cli_env(dsn, agent.url, CPOA_LEASE_TTL_SECONDS=LEASE_TTL_S,
+        env = cli_env(dsn, agent.url,
                       **{f"CPOA_{a}_POLLING_INTERVAL_SECONDS": POLL_S
                          for a in ("WCHA", "TDA", "SCA", "PSWA", "VFA", "IGA")})
         worker = _spawn_worker(env, log_path)

@@ -41,9 +41,9 @@ so nothing is polled)."""
 MAX_UNFINISHED = 0
 """A round starts once at most this many earlier workflows are unfinished. Zero: each workflow
 is killed once. A workflow whose worker dies twice in one state is a suspect, claimed alone,
-and the worker that claims it runs nothing else while it runs its next steps (up to
-STEPS_PER_CLAIM): with earlier workflows still running, a kill could hit one of them a second
-time and measure that containment (about 12 s here with 2 s steps) instead of the recovery."""
+and the worker that claims it runs nothing else until its step has moved it on: with earlier
+workflows still running, a kill could hit one of them a second time and measure that
+containment (one 2 s step here) instead of the recovery."""
 TARGET_P99_S = 1.0
 ROUND_TIMEOUT_S = 60.0
 

@@ -95,9 +95,15 @@ FROM taken;
 -- state is claimed alone: if it kills its worker again, nothing else claimed with it dies too
 -- and gets charged a recovery (a poison workflow must not take healthy ones along). After one
 -- death it is claimed like any other, so a crashed worker's workflows are taken up together.
-WITH due AS (
+-- Nothing is claimed under a %(liveness_key)s no live session holds (the claimer's listener was
+-- cut a moment ago and has not noticed yet): such a lease would be dead when taken, and the
+-- sweep would requeue it and charge a recovery, claim after claim, until quarantine.
+WITH vouched AS (
+    SELECT %(liveness_key)s::bigint IS NULL
+        OR NOT pg_try_advisory_xact_lock(%(liveness_key)s::bigint) AS ok
+), due AS (
     SELECT workflow_id, recovery_attempts FROM workflow_instances
-    WHERE lease_owner IS NULL AND next_run_at <= now()
+    WHERE lease_owner IS NULL AND next_run_at <= now() AND (SELECT ok FROM vouched)
     ORDER BY next_run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -100,6 +101,7 @@ class Listener:
         self.connections = 0
         self.conn: psycopg.Connection | None = None
         self.liveness_key: int | None = None
+        self._lock = threading.RLock()  # a worker's claim loop may connect it too
 
     def connect(self) -> None:
         """Connects (if not connected), LISTENs and, with ``liveness``, takes a new key.
@@ -107,6 +109,10 @@ class Listener:
         Raises:
             StoreError: the connection failed.
         """
+        with self._lock:
+            self._connect()
+
+    def _connect(self) -> None:
         if self.conn is not None and not self.conn.closed:
             return
         with wrap_db_errors(self.secrets):
@@ -154,7 +160,8 @@ class Listener:
 
     def close(self) -> None:
         """Closes the connection (and gives up the liveness key with it)."""
-        self.liveness_key = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        with self._lock:
+            self.liveness_key = None
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None

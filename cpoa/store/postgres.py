@@ -81,6 +81,7 @@ class PostgresStore(Reads, Upkeep):
         self.pool = psycopg_pool.ConnectionPool(
             dsn, min_size=min_size, max_size=max(max_size, min_size, 1), open=False,
             kwargs={"autocommit": True, "row_factory": dict_row, **keepalive_kwargs()},
+            timeout=defaults.POOL_WAIT_S, reconnect_timeout=defaults.POOL_RECONNECT_S,
             name="cpoa")
         with self._errors():
             # One direct connection first: a down server fails now with libpq's own reason,

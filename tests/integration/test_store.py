@@ -289,6 +289,23 @@ def test_claim_due__skips_leased_not_due_and_terminal(store):
     assert leases[0].workflow.lease_owner == "w2" and leases[0].owner == "w2"
 
 
+def test_claim_due__nothing_under_a_liveness_key_no_session_holds(store):
+    """A claimer whose liveness connection was cut (its key held by no session, before its
+    listener noticed) claims nothing: the lease would be dead as soon as taken, and the sweep
+    would requeue it and charge a recovery, claim after claim. Under a held key it claims."""
+    workflow_id = create(store)
+    listener = store.listener(liveness=True)
+    listener.connect()
+    try:
+        key = listener.liveness_key
+        assert store.claim_due("w3", LONG_TTL_S, limit=10, liveness_key=key + 1) == []
+        assert store.get_workflow(workflow_id).lease_owner is None
+        [lease] = store.claim_due("w3", LONG_TTL_S, limit=10, liveness_key=key)
+        assert lease.workflow.workflow_id == workflow_id
+    finally:
+        listener.close()
+
+
 def test_claim_due__concurrent_claims_never_overlap(store, dsn):
     """Two workers claiming at once on two connections never get the same workflow."""
     ids = {create(store) for _ in range(30)}

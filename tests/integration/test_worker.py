@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from cpoa import settings as settings_module
+from cpoa import recovery, settings as settings_module
 from cpoa.engine import Engine
 from cpoa.heartbeat import Heartbeat
 from cpoa.worker import Worker
-from cpoa.testing.agent import ASF_UI, Reply
-from tests.fix_agents import agent_env, wait_until
+from cpoa.testing.agent import ASF_UI, Reply, ScriptedAgent
+from cpoa.testing.databases import with_dbname
+from tests.fix_agents import agent_env, engine_for, wait_until
 
 
 @pytest.fixture
@@ -182,3 +186,96 @@ def test_worker__stop_just_before_the_wake_up_is_cleared_is_not_lost(engine):
     thread.start()
     thread.join(timeout=10)
     assert not thread.is_alive() and not worker.wake.armed
+
+
+def test_worker__a_suspect_runs_alone_only_until_its_step_moves_it_on(store):
+    """A workflow recovered twice in its state is claimed alone (if it kills the process,
+    nothing claimed with it is charged). Once its step has moved it on, its recoveries start
+    afresh and the worker claims others while its slot goes on with its next steps (the claim
+    loop waited for the slot's whole run, up to 20 steps, before)."""
+    agent = ScriptedAgent(sync=True)  # a step is one action: its request, then its transition
+    try:
+        engine = engine_for(store, agent)
+        suspect = engine.start_workflow("podcast", {"topic": "suspect"})
+        for _ in range(2):  # two dead leases in `fetching`: a worker died twice there
+            store.lease(suspect, "gone", 0.001)
+            wait_until(lambda: recovery.sweep(store).requeued, timeout=5.0, interval=0.01)
+        assert store.get_workflow(suspect).recovery_attempts == 2
+        other = engine.start_workflow("podcast", {"topic": "other"})
+        held = agent.hold_next("/discover_topics")  # the suspect's second step waits here
+        worker = Worker(engine, concurrency=2)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: store.get_workflow(other).state != "fetching", timeout=10.0)
+            assert store.get_workflow(suspect).state == "analyzing"  # its slot is in TDA
+            assert [r["headers"]["x-workflow-id"] for r in agent.requests_to("/harvest")] == [
+                str(suspect), str(other)]
+        finally:
+            held.set()
+            worker.stop()
+            thread.join(timeout=30)
+    finally:
+        agent.close()
+
+
+def cut_liveness_connection(db) -> None:
+    """Terminates the session that vouches for the worker (its advisory lock's holder)."""
+    [cut] = db.execute("SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+                       "WHERE datname = current_database() "
+                       "AND query LIKE 'SELECT pg_advisory_lock%%'").fetchall()
+    assert cut["ok"]
+
+
+@contextlib.contextmanager
+def connections_refused(dsn: str) -> Iterator[None]:
+    """No new session can connect to the test's database meanwhile (open ones stay): the
+    worker's liveness connection, once cut, stays away."""
+    name = sql.Identifier(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+    with psycopg.connect(with_dbname(dsn, "postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+        try:
+            yield
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+
+
+def test_worker__claims_only_vouched_for_while_its_listener_reconnects(
+        running_worker, engine, agent, db, caplog):
+    """A claim made while the worker's liveness connection is away (cut, or a server restart)
+    connects it first, and claims nothing until it can: the lease carries the new key, so
+    that the workflow is recovered at once if the worker dies (with no key, only after the
+    whole lease TTL)."""
+    wait_until(running_worker.sleeping.is_set, timeout=5)
+    held = agent.hold_next("/harvest")
+    try:
+        with connections_refused(engine.store.dsn):
+            cut_liveness_connection(db)
+            wait_until(lambda: engine.liveness_key is None, timeout=5)
+            workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
+            running_worker.wake.set()  # its NOTIFY went nowhere
+            wait_until(lambda: leased(db, workflow_id) or any(  # claimed, or tried to vouch
+                r.threadName != "cpoa-listen" and getattr(r, "action", "") == "db_outage"
+                for r in caplog.records), timeout=5)
+        row = wait_until(lambda: leased(db, workflow_id), timeout=5)
+        assert row["lease_liveness_key"] is not None
+        assert row["lease_liveness_key"] == engine.liveness_key
+    finally:
+        held.set()
+
+
+def leased(db, workflow_id) -> dict | None:
+    return db.execute("SELECT lease_owner, lease_liveness_key FROM workflow_instances "
+                      "WHERE workflow_id = %s AND lease_owner IS NOT NULL",
+                      (workflow_id,)).fetchone()
+
+
+def test_worker__reconnected_listener_wakes_the_claim_loop(running_worker, engine, store, db):
+    """A workflow started while the worker's listener was away (its NOTIFY lost) is picked up
+    when the listener is back, not after the claim loop's idle wait (30 s)."""
+    wait_until(running_worker.sleeping.is_set, timeout=5)
+    with connections_refused(engine.store.dsn):
+        cut_liveness_connection(db)
+        wait_until(lambda: engine.liveness_key is None, timeout=5)
+        workflow_id = engine.start_workflow("podcast", {"topic": "tides"})
+    wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=10)
