@@ -27,7 +27,7 @@ import psycopg
 
 from bench.chaos import agents, inflight, worker_proc
 from bench.chaos.common import Context, non_default_settings, percentile
-from cpoa import defaults
+from cpoa import defaults, machine
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -236,6 +236,9 @@ def _resumptions(kills: list[dict[str, Any]], histories: dict[str, list[dict[str
     for kill in kills:
         waits, transitions = [], []
         for workflow_id in kill["held"]:
+            if any(h["at"] <= kill["at"] and h["to_state"] in machine.TERMINAL_STATES
+                   for h in histories.get(workflow_id, [])):
+                continue  # its last step began before the kill (read held just before it)
             later = [at for at in requests.get(workflow_id, []) if at > kill["at_monotonic"]]
             moved = [h["at"] for h in histories.get(workflow_id, []) if h["at"] > kill["at"]]
             if not later or not moved:
