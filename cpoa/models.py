@@ -205,6 +205,9 @@ class Lease:
     is reported, to close its breaker."""
     slots: frozenset[tuple[str, str]] = frozenset()
     """The (agent, item key) slots it held when claimed: a waiter handed a slot has it."""
+    callback_seen: datetime.datetime | None = None
+    """The workflow's ``callback_at`` as of the read of ``tasks``: a callback since (a newer
+    one) made a task due that ``tasks`` does not show (``record_progress``)."""
 
     @property
     def fence(self) -> int:

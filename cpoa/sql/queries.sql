@@ -83,6 +83,8 @@ WITH taken AS (
     RETURNING *
 )
 SELECT taken.*, clock_timestamp() AS db_now,
+    -- Locked by the statement before: no callback comes between the row and its tasks' read.
+    taken.callback_at AS callback_seen,
     cpoa_context_v1(taken.workflow_id, taken.context_data_json) AS context,
     cpoa_step_tasks(taken.workflow_id, taken.state, taken.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses
@@ -122,6 +124,9 @@ WITH vouched AS (
     RETURNING w.*
 )
 SELECT claimed.*, clock_timestamp() AS db_now,
+    -- The callback time as of the step tasks' read, not as locked (record_progress says why).
+    (SELECT s.callback_at FROM workflow_instances s WHERE s.workflow_id = claimed.workflow_id)
+        AS callback_seen,
     cpoa_context_v1(claimed.workflow_id, claimed.context_data_json) AS context,
     cpoa_step_tasks(claimed.workflow_id, claimed.state, claimed.retry_count) AS step_tasks,
     cpoa_agent_pauses() AS agent_pauses,
@@ -156,6 +161,17 @@ SELECT cpoa_agent_report_v1(%(report_agent)s, %(report_ok)s, %(report_pause_s)s,
                             %(breaker_most_s)s)
 FROM moved WHERE %(report_agent)s::text IS NOT NULL
 
+-- kept_lease --
+-- A fragment, written where @kept_lease@ stands (record_progress, make_transition): read only
+-- for a lease kept for the next step (lease_from_row), the step's task rows and the callback
+-- time they reflect (callback_seen: as the statement began, before any callback it waited for;
+-- record_progress says why).
+CASE WHEN moved.lease_owner IS NOT NULL
+     THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END AS step_tasks,
+CASE WHEN moved.lease_owner IS NOT NULL
+     THEN (SELECT s.callback_at FROM workflow_instances s
+           WHERE s.workflow_id = moved.workflow_id) END AS callback_seen
+
 -- record_progress --
 -- A step that stays in its state: its task row (when it made a request) and when the workflow
 -- is due again (in %(run_in_s)s s), in one statement that locks the row first (SELECT … FOR
@@ -169,9 +185,13 @@ WITH locked AS (
     @locked_step@
 ), moved AS (
     UPDATE workflow_instances w
-    -- A callback since the lease was taken (%(leased_at)s), or one whose poll was deferred
-    -- past it (callback_at: when the callback asked to be polled): due then, if sooner.
-    SET next_run_at = CASE WHEN w.callback_at >= %(leased_at)s
+    -- A callback the step did not see (callback_at, when it asked to be polled, is not what
+    -- it was when the step's task rows were read: %(callback_seen)s): due then, if sooner.
+    -- Not a comparison of times: a statement that waited for a callback's row lock locks the
+    -- row as the callback left it, but reads every other row (the task the callback made due)
+    -- as it was when the statement began, so a lease can be taken after a callback it did not
+    -- see (the called-back task then waited for its scheduled poll).
+    SET next_run_at = CASE WHEN w.callback_at IS DISTINCT FROM %(callback_seen)s::timestamptz
                            THEN LEAST(GREATEST(now(), w.callback_at),
                                       now() + make_interval(secs => %(run_in_s)s))
                            ELSE now() + make_interval(secs => %(run_in_s)s) END,
@@ -187,7 +207,7 @@ WITH locked AS (
 ), task AS (
     -- ...and its open task is polled then (the callback may be for the request just made).
     SELECT cpoa_save_task_v1(CASE
-        WHEN moved.callback_at >= %(leased_at)s
+        WHEN moved.callback_at IS DISTINCT FROM %(callback_seen)s::timestamptz
              AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed')
         THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(LEAST(
             GREATEST(now(), moved.callback_at),
@@ -215,10 +235,7 @@ WITH locked AS (
 SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS tasks_saved,
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
     (SELECT count(*) FROM shown) AS progress_shown,
-    -- Read only for a lease kept for the next step (lease_from_row).
-    CASE WHEN moved.lease_owner IS NOT NULL
-         THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END
-        AS step_tasks,
+    @kept_lease@,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 
@@ -295,10 +312,7 @@ SELECT moved.*, clock_timestamp() AS db_now, (SELECT count(*) FROM task) AS task
     (SELECT count(*) FROM freed) AS slots_freed, (SELECT count(*) FROM reported) AS reports,
     -- As stored: the caller merges them into the context it had (PostgresStore.record).
     (SELECT context_updates FROM history) AS context_updates,
-    -- Read only for a lease kept for the next step (lease_from_row).
-    CASE WHEN moved.lease_owner IS NOT NULL
-         THEN cpoa_step_tasks(moved.workflow_id, moved.state, moved.retry_count) END
-        AS step_tasks,
+    @kept_lease@,
     cpoa_agent_pauses() AS agent_pauses
 FROM moved;
 

@@ -54,10 +54,10 @@ def _context_after(workflow: models.Workflow, row: Mapping[str, Any]) -> dict[st
 
 
 def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
-    """The task as ``record_progress`` wrote it: due when the callback that came during the
-    step ``lease`` ran asked (``poke_task``; now, or its deferred time), if sooner."""
+    """The task as ``record_progress`` wrote it: due when a callback the step ``lease`` ran
+    did not see asked (``poke_task``; now, or its deferred time), if sooner."""
     asked = row.get("callback_at")
-    if asked is None or asked < lease.db_now or task.is_finished:
+    if asked is None or asked == lease.callback_seen or task.is_finished:
         return task
     due = max(row["db_now"], asked)
     return task.evolve(next_poll_at=min(due, task.next_poll_at or due))

@@ -51,14 +51,16 @@ _TASK_TIMES = ("created_at", "updated_at", "first_submitted_at", "completed_at",
 
 def lease_from_row(row: Mapping[str, Any], owner: str,
                    context: Mapping[str, Any] | None = None) -> models.Lease:
-    """A lease from a row that carries ``db_now`` and the step's tasks as ``step_tasks``
-    (and its context: selected, or ``context``, as in :meth:`models.Workflow.from_row`)."""
+    """A lease from a row that carries ``db_now``, the step's tasks as ``step_tasks`` and the
+    callback time they reflect as ``callback_seen`` (and its context: selected, or
+    ``context``, as in :meth:`models.Workflow.from_row`)."""
     pauses = {agent: until and datetime.datetime.fromisoformat(until)
               for agent, until in (row.get("agent_pauses") or {}).items()}
     return models.Lease(models.Workflow.from_row(row, context),
                         tuple(task_from_json(t) for t in row["step_tasks"]), owner,
                         row["db_now"], pauses,
-                        frozenset((agent, item) for agent, item in row.get("held_slots") or ()))
+                        frozenset((agent, item) for agent, item in row.get("held_slots") or ()),
+                        row["callback_seen"])
 
 
 def task_from_json(document: dict[str, Any]) -> models.Task:
@@ -91,7 +93,7 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
             "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
-            "leased_at": lease.db_now,
+            "callback_seen": lease.callback_seen,
             "event_name": event.event_name if event is not None else None,
             "event_data": jsonb(event.data) if event is not None else None,
             **report_params(outcome.agent_report)}

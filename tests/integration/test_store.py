@@ -991,3 +991,36 @@ def test_poke_task__waiting_for_the_write_of_its_task_row_still_makes_that_task_
     due = db.execute("SELECT next_poll_at <= now() AS due FROM task_instances "
                      "WHERE task_id = %s", (task.task_id,)).fetchone()["due"]
     assert due
+
+
+def test_poke_task__the_step_after_a_callback_it_waited_for_still_polls_its_task(store, db, dsn):
+    """A step's write that waited for a callback's row lock locks the row as the callback
+    left it, yet reads the step's task rows as they were when the statement began: the lease it
+    keeps for the next step holds the called-back task as not yet due. That next step must
+    still leave the workflow due when the callback asked (the task's poll was lost, and the
+    workflow waited for its scheduled one: a fan-out that kept its lease across items, seen once
+    in CI as a snippet stuck 12 s at its first poll)."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    far = lease.db_now + datetime.timedelta(hours=1)
+    called_back = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t0")
+    _, lease = store.record(lease, models.Outcome.progress(called_back, 0.0),
+                            renew_ttl_s=LONG_TTL_S)
+    renewed: list[models.Lease | None] = []
+    with psycopg.connect(dsn) as callback:  # the callback, by hand, holding its row lock
+        callback.execute("SELECT * FROM cpoa_poke_task_v1(%s, %s, 0)",
+                         (workflow_id, called_back.task_id))
+        next_item = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t1")
+        step = threading.Thread(target=lambda: renewed.append(store.record(
+            lease, models.Outcome.progress(next_item, 0.0), renew_ttl_s=LONG_TTL_S)[1]))
+        step.start()
+        wait_until(lambda: db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'").fetchone()["n"] == 1)
+    step.join(timeout=10)
+    [lease] = renewed
+    assert lease is not None
+    store.record(lease, models.Outcome.progress(None, 3600.0))  # nothing seen due
+    due = db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
+                     "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
+    assert due
