@@ -200,8 +200,12 @@ def verdict_outcome(workflow: models.Workflow, verdict: steps.Verdict,
 
 
 def new_task(workflow: models.Workflow, step: steps.Step, item_key: str) -> models.Task:
-    """The task row of an item that has had no request yet in this step attempt."""
-    return models.Task(task_id=uuid.uuid4(), workflow_id=workflow.workflow_id,
+    """The task row of an item that has had no request yet in this step attempt. Its id is
+    the same each time the step attempt is made (a worker that died before recording the
+    request leaves its redo the same id: a callback to the first request's URL finds it)."""
+    task_id = uuid.uuid5(workflow.workflow_id,
+                         f"{workflow.state}/{item_key}/{workflow.retry_count}")
+    return models.Task(task_id=task_id, workflow_id=workflow.workflow_id,
                        agent_name=step.agent, step=workflow.state, item_key=item_key,
                        attempt=workflow.retry_count,
                        idempotency_key=step.idempotency_key(workflow, item_key))

@@ -71,6 +71,14 @@ ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS lease_liveness_key bigin
 -- even before the submit's answer) is seen by that worker's record_progress, which then makes
 -- the workflow due at that time instead of at its next poll time.
 ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS callback_at timestamptz;
+-- Schema version 16: the tasks called back (`poke_task`) since the workflow's last step write
+-- (each step write empties it; a claim does not: a claim can lock the row as a callback left
+-- it while reading the task rows as they were before, and its step's write must still know).
+-- A step's write makes its own task due when it is among them (its poll, or its submit's
+-- answer, was under way when its agent called back), and only then. Before, any callback
+-- during a step made the step's task due: a fan-out item was polled before it had finished
+-- when another item called back while it was being submitted.
+ALTER TABLE workflow_instances ADD COLUMN IF NOT EXISTS called_back_task_ids uuid[];
 
 -- Schema version 8: secrets CPOA generates for itself on first use, by name. 'callback' signs
 -- the callback URLs when CPOA_CALLBACK_SECRET is unset: every worker and gateway on this
@@ -589,7 +597,8 @@ END
 $$;
 
 -- A callback (poke_task in queries.sql): makes open task p_task_id of unfinished workflow
--- p_workflow_id due for a poll after p_delay_s (0: now) and wakes the workers at commit.
+-- p_workflow_id due for a poll after p_delay_s (0: now), notes it among the workflow's
+-- called_back_task_ids (for the write of a step under way) and wakes the workers at commit.
 -- Two statements on purpose: the workflow's UPDATE may wait for the row lock of a step write
 -- that is recording this very task (the agent called back as its submit's answer was being
 -- stored); the task's UPDATE after it then reads with a snapshot taken after that write, so it
@@ -603,7 +612,10 @@ DECLARE
 BEGIN
     UPDATE workflow_instances
     SET callback_at = clock_timestamp() + make_interval(secs => p_delay_s),
-        next_run_at = LEAST(next_run_at, clock_timestamp() + make_interval(secs => p_delay_s))
+        next_run_at = LEAST(next_run_at, clock_timestamp() + make_interval(secs => p_delay_s)),
+        called_back_task_ids = CASE WHEN p_task_id = ANY(called_back_task_ids)
+                                    THEN called_back_task_ids
+                                    ELSE array_append(called_back_task_ids, p_task_id) END
     WHERE workflow_id = p_workflow_id AND next_run_at IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM task_instances
                       WHERE task_id = p_task_id AND status IN ('succeeded', 'failed'))
@@ -800,6 +812,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (15)
+INSERT INTO cpoa_schema_version (version) VALUES (16)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -145,8 +145,9 @@ FROM claimed;
 SELECT workflow_id, CASE WHEN renew THEN lease_owner END AS lease_owner,
        CASE WHEN renew THEN now() + make_interval(secs => %(renew_ttl_s)s::float8) END
            AS lease_expires_at,
-       CASE WHEN renew THEN lease_liveness_key END AS lease_liveness_key, renew AS renewed
-FROM (SELECT workflow_id, lease_owner, lease_liveness_key,
+       CASE WHEN renew THEN lease_liveness_key END AS lease_liveness_key, renew AS renewed,
+       callback_at, called_back_task_ids
+FROM (SELECT workflow_id, lease_owner, lease_liveness_key, callback_at, called_back_task_ids,
              %(renew_ttl_s)s::float8 IS NOT NULL
              AND cpoa_lease_live(lease_owner, lease_expires_at, lease_liveness_key) AS renew
       FROM workflow_instances WHERE workflow_id = %(workflow_id)s FOR UPDATE) l
@@ -183,32 +184,40 @@ CASE WHEN moved.lease_owner IS NOT NULL
 -- by cpoa/reports.py) it is also queued for the UI and announced to live dashboards.
 WITH locked AS (
     @locked_step@
+), called AS (
+    -- The step's own open task, if its agent called back since the last step write (its poll,
+    -- or its submit's answer, was under way), at a time (callback_at) after the lease was
+    -- taken (%(leased_at)s): a poll made before the time a callback asked for does not answer
+    -- it (a callback over its task's rate asks for a poll up to a second later).
+    SELECT locked.callback_at >= %(leased_at)s::timestamptz
+           AND (%(task)s::jsonb ->> 'task_id')::uuid = ANY(locked.called_back_task_ids)
+           AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed') AS own_task
+    FROM locked
 ), moved AS (
     UPDATE workflow_instances w
-    -- A callback the step did not see (callback_at, when it asked to be polled, is not what
-    -- it was when the step's task rows were read: %(callback_seen)s): due then, if sooner.
-    -- Not a comparison of times: a statement that waited for a callback's row lock locks the
-    -- row as the callback left it, but reads every other row (the task the callback made due)
-    -- as it was when the statement began, so a lease can be taken after a callback it did not
-    -- see (the called-back task then waited for its scheduled poll).
+    -- Due when the callback asked (if sooner) after a callback the step did not see
+    -- (callback_at is not what it was when the step's task rows were read: %(callback_seen)s),
+    -- or one for its own task. Not a comparison of times for the first: a statement that
+    -- waited for a callback's row lock locks the row as the callback left it, but reads every
+    -- other row (the task the callback made due) as it was when the statement began, so a
+    -- lease can be taken after a callback it did not see.
     SET next_run_at = CASE WHEN w.callback_at IS DISTINCT FROM %(callback_seen)s::timestamptz
+                                OR called.own_task
                            THEN LEAST(GREATEST(now(), w.callback_at),
                                       now() + make_interval(secs => %(run_in_s)s))
                            ELSE now() + make_interval(secs => %(run_in_s)s) END,
         (lease_owner, lease_expires_at, lease_liveness_key)
             = (locked.lease_owner, locked.lease_expires_at, locked.lease_liveness_key),
-        version = w.version + locked.renewed::int,
+        version = w.version + locked.renewed::int, called_back_task_ids = NULL,
         last_updated_timestamp = now()
-    FROM locked
+    FROM locked, called
     WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = locked.workflow_id
       AND w.state = %(source)s
       AND w.version = %(version)s AND w.lease_owner = %(owner)s
-    RETURNING w.*
+    RETURNING w.*, called.own_task AS task_called_back
 ), task AS (
-    -- ...and its open task is polled then (the callback may be for the request just made).
-    SELECT cpoa_save_task_v1(CASE
-        WHEN moved.callback_at IS DISTINCT FROM %(callback_seen)s::timestamptz
-             AND %(task)s::jsonb ->> 'status' NOT IN ('succeeded', 'failed')
+    -- ...and its own task, if called back, is polled then.
+    SELECT cpoa_save_task_v1(CASE WHEN moved.task_called_back
         THEN jsonb_set(%(task)s::jsonb, '{next_poll_at}', to_jsonb(LEAST(
             GREATEST(now(), moved.callback_at),
             (%(task)s::jsonb ->> 'next_poll_at')::timestamptz)))
@@ -267,7 +276,7 @@ WITH locked AS (
         recovery_attempts = CASE WHEN %(trigger)s = 'fail' THEN w.recovery_attempts ELSE 0 END,
         retry_count = w.retry_count + (%(trigger)s = 'retry')::int,
         waiting_agent = NULL, waiting_item = NULL, waiting_since = NULL,
-        last_updated_timestamp = now()
+        called_back_task_ids = NULL, last_updated_timestamp = now()
     FROM locked
     WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = locked.workflow_id
       AND w.state = %(source)s

@@ -53,13 +53,13 @@ def _context_after(workflow: models.Workflow, row: Mapping[str, Any]) -> dict[st
     return {**workflow.context, **(row.get("context_updates") or {})}
 
 
-def _as_written(task: models.Task, row: Mapping[str, Any], lease: models.Lease) -> models.Task:
-    """The task as ``record_progress`` wrote it: due when a callback the step ``lease`` ran
-    did not see asked (``poke_task``; now, or its deferred time), if sooner."""
-    asked = row.get("callback_at")
-    if asked is None or asked == lease.callback_seen or task.is_finished:
+def _as_written(task: models.Task, row: Mapping[str, Any]) -> models.Task:
+    """The task as ``record_progress`` wrote it: due when its callback asked (now, or its
+    deferred time), if sooner, when its agent called back during the step
+    (``task_called_back``)."""
+    if not row.get("task_called_back"):
         return task
-    due = max(row["db_now"], asked)
+    due = max(row["db_now"], row["callback_at"])
     return task.evolve(next_poll_at=min(due, task.next_poll_at or due))
 
 
@@ -314,7 +314,7 @@ class PostgresStore(Reads, Upkeep):
             return models.Workflow.from_row(row, context), None
         next_lease = lease_from_row(row, lease.owner, context)
         if not outcome.is_transition and outcome.task is not None:  # read before its write
-            task = _as_written(outcome.task, row, lease)
+            task = _as_written(outcome.task, row)
             next_lease = dataclasses.replace(next_lease, tasks=(*(
                 t for t in next_lease.tasks if t.item_key != task.item_key), task))
         return next_lease.workflow, next_lease

@@ -93,7 +93,7 @@ def progress_params(lease: models.Lease, outcome: models.Outcome,
     return {"workflow_id": lease.workflow.workflow_id, "source": lease.workflow.state,
             "version": lease.fence, "owner": lease.owner, "task": task_document(outcome.task),
             "run_in_s": max(0.0, outcome.run_in_s), "renew_ttl_s": renew_ttl_s,
-            "callback_seen": lease.callback_seen,
+            "leased_at": lease.db_now, "callback_seen": lease.callback_seen,
             "event_name": event.event_name if event is not None else None,
             "event_data": jsonb(event.data) if event is not None else None,
             **report_params(outcome.agent_report)}

@@ -1024,3 +1024,73 @@ def test_poke_task__the_step_after_a_callback_it_waited_for_still_polls_its_task
     due = db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
                      "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
     assert due
+
+
+def test_poke_task__a_callback_for_another_item_leaves_the_step_s_own_task_to_its_schedule(
+        store, db):
+    """A fan-out keeps its lease across items: a callback for the first item while the step
+    submitting the second one runs makes the workflow and the first item due, but not the
+    second item (its agent has not said it finished: polling it now is a wasted request). Only
+    a callback that came before its own task had a row makes that task due when written."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    far = lease.db_now + datetime.timedelta(hours=1)
+    called_back = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t0")
+    _, lease = store.record(lease, models.Outcome.progress(called_back, 0.0),
+                            renew_ttl_s=LONG_TTL_S)
+    assert store.poke_task(workflow_id, called_back.task_id)
+    next_item = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t1")
+    _, lease = store.record(lease, models.Outcome.progress(next_item, 0.0),
+                            renew_ttl_s=LONG_TTL_S)
+    early = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t2")
+    assert store.poke_task(workflow_id, early.task_id)  # before its row: its submit in flight
+    store.record(lease, models.Outcome.progress(early, 0.0))
+    due = {row["item_key"]: row["due"] for row in db.execute(
+        "SELECT item_key, next_poll_at <= now() AS due FROM task_instances "
+        "WHERE workflow_id = %s", (workflow_id,))}
+    assert due == {"t0": True, "t1": False, "t2": True}
+    assert db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
+                      "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
+
+
+def _poll_times(db, workflow_id):
+    """The task's next poll and the workflow's next run, and the callback time."""
+    row = db.execute(
+        "SELECT t.next_poll_at, w.next_run_at, w.callback_at FROM task_instances t "
+        "JOIN workflow_instances w USING (workflow_id) WHERE workflow_id = %s",
+        (workflow_id,)).fetchone()
+    return row["next_poll_at"], row["next_run_at"], row["callback_at"]
+
+
+def test_poke_task__a_deferred_callback_is_answered_by_a_poll_at_its_time(store, db):
+    """A callback over its task's rate asks for a poll a moment later (the honest "finished"
+    one behind it is refused meanwhile). A step that polls the task before that time (it was
+    due anyway) and is told PENDING must leave the task, and the workflow, due at the time the
+    callback asked for, not at the task's next scheduled poll."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    task = a_task(lease.workflow, status="submitted", next_poll_at=lease.db_now)
+    store.record(lease, models.Outcome.progress(task, 0.0))  # due now, released
+    assert store.poke_task(workflow_id, task.task_id, 5.0)
+    lease = take(store, workflow_id)
+    assert lease.tasks[0].next_poll_at <= lease.db_now  # the step polls it now: PENDING
+    far = lease.db_now + datetime.timedelta(hours=1)
+    store.record(lease, models.Outcome.progress(task.evolve(next_poll_at=far), 3600.0))
+    next_poll_at, next_run_at, asked = _poll_times(db, workflow_id)
+    assert next_poll_at == asked and next_run_at == asked
+
+
+def test_poke_task__a_callback_before_the_step_is_answered_by_its_poll(store, db):
+    """A callback while nobody holds the workflow makes it due; the step that then polls the
+    task has answered it: told PENDING, it leaves the task to its schedule (no second poll at
+    once)."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    far = lease.db_now + datetime.timedelta(hours=1)
+    task = a_task(lease.workflow, status="submitted", next_poll_at=far)
+    store.record(lease, models.Outcome.progress(task, 3600.0))
+    assert store.poke_task(workflow_id, task.task_id)
+    lease = take(store, workflow_id)
+    store.record(lease, models.Outcome.progress(task, 3600.0))  # polled: PENDING
+    next_poll_at, next_run_at, _ = _poll_times(db, workflow_id)
+    assert next_poll_at == far and next_run_at > lease.db_now + datetime.timedelta(minutes=59)

@@ -3,6 +3,7 @@ no database, no network — snapshots in, actions and task rows out."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import uuid
 
@@ -44,6 +45,21 @@ def test_next_action__first_visit_calls_with_a_new_task_keyed_by_the_workflow():
     assert action.task.idempotency_key == f"{wf.workflow_id}_wcha_r2"
     assert (action.task.attempt, action.task.agent_name, action.task.step) == (2, "WCHA",
                                                                               "fetching")
+
+
+def test_new_task__a_redo_of_the_same_step_attempt_has_the_same_task_id():
+    """A worker that died after its request and before recording it leaves the redo the same
+    task id (the callback URL the agent kept names it); another item, step attempt or
+    workflow has another."""
+    wf = workflow()
+    step = steps.step_for(wf)
+    first = decide.new_task(wf, step, "t0").task_id
+    assert decide.new_task(wf, step, "t0").task_id == first
+    others = {decide.new_task(wf, step, "t1").task_id,
+              decide.new_task(dataclasses.replace(wf, retry_count=1), step, "t0").task_id,
+              decide.new_task(dataclasses.replace(wf, workflow_id=uuid.uuid4()), step,
+                              "t0").task_id}
+    assert len(others) == 3 and first not in others
 
 
 def test_next_action__poll_not_due_waits_until_it_is():
