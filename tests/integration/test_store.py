@@ -993,6 +993,22 @@ def test_poke_task__waiting_for_the_write_of_its_task_row_still_makes_that_task_
     assert due
 
 
+def _first_item_submitted(store):
+    """A workflow whose step submitted its first fan-out item (task row "t0", polled in an
+    hour) and kept the lease for the next item: (its id, that lease, the task)."""
+    workflow_id = create(store)
+    lease = take(store, workflow_id)
+    far = lease.db_now + datetime.timedelta(hours=1)
+    first = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t0")
+    _, lease = store.record(lease, models.Outcome.progress(first, 0.0), renew_ttl_s=LONG_TTL_S)
+    return workflow_id, lease, first
+
+
+def _due_now(db, workflow_id):
+    return db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
+                      "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
+
+
 def test_poke_task__the_step_after_a_callback_it_waited_for_still_polls_its_task(store, db, dsn):
     """A step's write that waited for a callback's row lock locks the row as the callback
     left it, yet reads the step's task rows as they were when the statement began: the lease it
@@ -1000,12 +1016,8 @@ def test_poke_task__the_step_after_a_callback_it_waited_for_still_polls_its_task
     still leave the workflow due when the callback asked (the task's poll was lost, and the
     workflow waited for its scheduled one: a fan-out that kept its lease across items, seen once
     in CI as a snippet stuck 12 s at its first poll)."""
-    workflow_id = create(store)
-    lease = take(store, workflow_id)
-    far = lease.db_now + datetime.timedelta(hours=1)
-    called_back = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t0")
-    _, lease = store.record(lease, models.Outcome.progress(called_back, 0.0),
-                            renew_ttl_s=LONG_TTL_S)
+    workflow_id, lease, called_back = _first_item_submitted(store)
+    far = called_back.next_poll_at
     renewed: list[models.Lease | None] = []
     with psycopg.connect(dsn) as callback:  # the callback, by hand, holding its row lock
         callback.execute("SELECT * FROM cpoa_poke_task_v1(%s, %s, 0)",
@@ -1021,9 +1033,7 @@ def test_poke_task__the_step_after_a_callback_it_waited_for_still_polls_its_task
     [lease] = renewed
     assert lease is not None
     store.record(lease, models.Outcome.progress(None, 3600.0))  # nothing seen due
-    due = db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
-                     "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
-    assert due
+    assert _due_now(db, workflow_id)
 
 
 def test_poke_task__a_callback_for_another_item_leaves_the_step_s_own_task_to_its_schedule(
@@ -1032,12 +1042,8 @@ def test_poke_task__a_callback_for_another_item_leaves_the_step_s_own_task_to_it
     submitting the second one runs makes the workflow and the first item due, but not the
     second item (its agent has not said it finished: polling it now is a wasted request). Only
     a callback that came before its own task had a row makes that task due when written."""
-    workflow_id = create(store)
-    lease = take(store, workflow_id)
-    far = lease.db_now + datetime.timedelta(hours=1)
-    called_back = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t0")
-    _, lease = store.record(lease, models.Outcome.progress(called_back, 0.0),
-                            renew_ttl_s=LONG_TTL_S)
+    workflow_id, lease, called_back = _first_item_submitted(store)
+    far = called_back.next_poll_at
     assert store.poke_task(workflow_id, called_back.task_id)
     next_item = a_task(lease.workflow, status="submitted", next_poll_at=far, item_key="t1")
     _, lease = store.record(lease, models.Outcome.progress(next_item, 0.0),
@@ -1049,8 +1055,7 @@ def test_poke_task__a_callback_for_another_item_leaves_the_step_s_own_task_to_it
         "SELECT item_key, next_poll_at <= now() AS due FROM task_instances "
         "WHERE workflow_id = %s", (workflow_id,))}
     assert due == {"t0": True, "t1": False, "t2": True}
-    assert db.execute("SELECT next_run_at <= now() AS due FROM workflow_instances "
-                      "WHERE workflow_id = %s", (workflow_id,)).fetchone()["due"]
+    assert _due_now(db, workflow_id)
 
 
 def _poll_times(db, workflow_id):
