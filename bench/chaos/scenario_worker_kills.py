@@ -27,7 +27,8 @@ import psycopg
 
 from bench.chaos import agents, inflight, worker_proc
 from bench.chaos.common import Context, non_default_settings, percentile
-from cpoa import defaults, machine
+from cpoa import defaults
+from cpoa.testing.kills import resumptions
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
 from cpoa.store import PostgresStore
@@ -178,7 +179,7 @@ def _figures(db: psycopg.Connection, store: PostgresStore, agent: agents.ChaosAg
     with agent.lock:
         calls = [(r["headers"].get("x-workflow-id"), r["at"]) for r in agent.requests
                  if r["path"] != ASF_UI]
-    resumed = _resumptions(run["kills"], histories, calls)
+    resumed = resumptions(run["kills"], histories, calls)
     bound = defaults.RECOVERY_CHECK_S + RESUME_SLACK_S
     latency = [row[0] for row in db.execute(
         "SELECT extract(epoch FROM delivered_at - created_at)::float8 FROM ui_event_outbox "
@@ -222,33 +223,3 @@ def _figures(db: psycopg.Connection, store: PostgresStore, agent: agents.ChaosAg
         "unexpected_worker_exits": run["unexpected_worker_exits"],
         "workers_stopped_cleanly": run["workers_stopped_cleanly"],
     }
-
-
-def _resumptions(kills: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
-                 calls: list[tuple[str | None, float]]) -> dict[str, Any]:
-    """Seconds from each kill until a workflow the killed worker held was resumed: its next
-    agent request (submit, poll or notify: the step is running again), and its next transition
-    (which also waits for the agent's remaining work)."""
-    requests: dict[str, list[float]] = {}
-    for workflow_id, at in calls:
-        requests.setdefault(str(workflow_id), []).append(at)
-    per_kill, per_workflow, transition_per_kill, never = [], [], [], 0
-    for kill in kills:
-        waits, transitions = [], []
-        for workflow_id in kill["held"]:
-            if any(h["at"] <= kill["at"] and h["to_state"] in machine.TERMINAL_STATES
-                   for h in histories.get(workflow_id, [])):
-                continue  # its last step began before the kill (read held just before it)
-            later = [at for at in requests.get(workflow_id, []) if at > kill["at_monotonic"]]
-            moved = [h["at"] for h in histories.get(workflow_id, []) if h["at"] > kill["at"]]
-            if not later or not moved:
-                never += 1
-                continue
-            waits.append(min(later) - kill["at_monotonic"])
-            transitions.append((min(moved) - kill["at"]).total_seconds())
-        per_workflow += waits
-        if waits:  # the kill is over when every workflow it held is running again
-            per_kill.append(max(waits))
-            transition_per_kill.append(max(transitions))
-    return {"per_kill": per_kill, "per_workflow": per_workflow,
-            "transition_per_kill": transition_per_kill, "never": never}

@@ -4,7 +4,6 @@ workflow."""
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 import sys
 import time
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from bench.chaos.scenario_worker_kills import _resumptions
 from tests.chaos.harness import quick
 from cpoa import settings as settings_module
 from cpoa.engine import Engine
@@ -127,22 +125,3 @@ def test_poison__healthy_workflow_claimed_with_it_completes(dsn, store, tmp_path
     assert "quarantined" in store.get_workflow(poison).error_message
     assert store.get_workflow(healthy).state == "completed", store.get_workflow(
         healthy).error_message
-
-
-def test_resumptions__a_workflow_that_ended_before_the_kill_needs_none() -> None:
-    """The victim's leases are read just before the kill too: a workflow whose last step began
-    before it (completed by then, or by the statement the victim had sent) is not counted as
-    never resumed; one that was held and shows nothing after the kill is."""
-    kill_at = datetime.datetime(2026, 12, 5, 4, 0, tzinfo=datetime.UTC)
-    before, after = kill_at - datetime.timedelta(seconds=0.01), kill_at + datetime.timedelta(
-        seconds=0.3)
-    histories = {
-        "ended": [{"at": before, "to_state": "completed"}],
-        "stuck": [{"at": before, "to_state": "imaging"}],
-        "resumed": [{"at": before, "to_state": "imaging"}, {"at": after, "to_state": "finalizing"}],
-    }
-    kill = {"at": kill_at, "at_monotonic": 100.0, "held": ["ended", "stuck", "resumed"]}
-    got = _resumptions([kill], histories, [("resumed", 100.2), ("stuck", 99.9)])
-    assert got["never"] == 1  # "stuck"
-    assert got["per_workflow"] == [pytest.approx(0.2)]
-
