@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -414,9 +413,9 @@ def configure_start_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
-    # The env twins are passed as strings: argparse checks them with the option's type only
-    # when `prune` runs, so a bad one is a usage error naming the option, not of every command.
-    older = os.environ.get("CPOA_PRUNE_OLDER_THAN") or None
+    # The env twins are converted only when `prune` runs (options.resolve): a bad one is a
+    # configuration error of `prune` naming the variable, not of every command.
+    older = options.env_default("CPOA_PRUNE_OLDER_THAN", None, options.duration)
     pruning = commands.add(sub, "prune", help="delete finished workflows older than a duration")
     pruning.add_argument(
         "--older-than", type=options.duration, default=older, required=older is None,
@@ -427,7 +426,8 @@ def configure_prune_parser(sub: argparse._SubParsersAction) -> None:
                          help="print what would be deleted, per table, and delete nothing")
     pruning.add_argument(
         "--batch-size", type=options.positive_int, metavar="N",
-        default=os.environ.get("CPOA_PRUNE_BATCH_SIZE") or defaults.PRUNE_BATCH_SIZE,
+        default=options.env_default("CPOA_PRUNE_BATCH_SIZE", defaults.PRUNE_BATCH_SIZE,
+                                    options.positive_int),
         help="workflows per transaction "
              f"[env CPOA_PRUNE_BATCH_SIZE, default {defaults.PRUNE_BATCH_SIZE}]")
     pruning.add_argument("--json", action="store_true", help="print one JSON document")
