@@ -59,8 +59,11 @@ def interrupt_after_step() -> Iterator[None]:
     """Ctrl-C (SIGINT) during a step takes effect when the step ends, so that no write to the
     database is cut in half (psycopg would log a failed rollback); a second Ctrl-C stops at
     once, as the first does while the loop sleeps. Only the main thread handles signals: on
-    any other thread this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    any other thread this does nothing. Nor does it in a process started with SIGINT ignored (a
+    background job of a shell without job control): Ctrl-C stays ignored throughout, not only
+    while the loop sleeps."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield
         return
     pressed: list[bool] = []
