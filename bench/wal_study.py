@@ -29,6 +29,7 @@ ROW_SIZES = """
 SELECT (SELECT avg(pg_column_size(w.*)) FROM workflow_instances w) AS workflow_row,
        (SELECT avg(pg_column_size(e.context_updates)) FROM workflow_events e) AS context,
        (SELECT avg(pg_column_size(t.*)) FROM task_instances t) AS task_row,
+       (SELECT avg(pg_column_size(e.task)) FROM workflow_events e) AS task_in_history,
        (SELECT avg(pg_column_size(e.*)) FROM workflow_events e) AS history_row"""
 ROWS_BY_TABLE = """
 SELECT relname, n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_hot_upd AS hot,
@@ -71,7 +72,8 @@ def main() -> None:
                   + ", ".join(f"{k} {row[k] / moves:.2f}"
                               for k in ("inserted", "updated", "hot", "deleted")))
         sizes = db.execute(ROW_SIZES).fetchone()
-        print("  average bytes: " + ", ".join(f"{k} {float(v):.0f}" for k, v in sizes.items()))
+        print("  average bytes: " + ", ".join(f"{k} {float(v):.0f}" for k, v in sizes.items()
+                                              if v is not None))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ class Workflow:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One row of ``task_instances``: a step attempt, or one fan-out item of it."""
+    """One agent task: a step attempt, or one fan-out item of it. A row of ``task_instances``,
+    or, when the write that moved its workflow on began and finished it, kept in that
+    transition's history row (``workflow_events.task``)."""
 
     task_id: uuid.UUID
     workflow_id: uuid.UUID

@@ -619,6 +619,9 @@ BEGIN
     WHERE workflow_id = p_workflow_id AND next_run_at IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM task_instances
                       WHERE task_id = p_task_id AND status IN ('succeeded', 'failed'))
+      AND NOT EXISTS (SELECT 1 FROM workflow_events e  -- finished within its transition
+                      WHERE e.workflow_id = p_workflow_id
+                        AND e.task->>'task_id' = p_task_id::text)
     RETURNING callback_at INTO v_due;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 0, 0;
@@ -692,6 +695,14 @@ CREATE INDEX IF NOT EXISTS workflow_events_by_id
 -- context into the workflow's row (830 of that row's 1 020 bytes in bench/wal_study.py, and
 -- the largest part of a transition's WAL). NULL: the transition added nothing.
 ALTER TABLE workflow_events ADD COLUMN IF NOT EXISTS context_updates jsonb;
+
+-- Schema version 17: a task begun and finished by the one step write that moves its workflow
+-- on (its agent answered the submit with the result, or refused it) is kept in that
+-- transition's history row, as JSON of its task_instances row, instead of in task_instances:
+-- a row and two btree entries fewer on such a transition. A task written before its step's
+-- transition (submitted, then polled) stays in task_instances. select_tasks reads both; a
+-- callback for a task kept here is for a finished task (cpoa_poke_task_v1). NULL: none.
+ALTER TABLE workflow_events ADD COLUMN IF NOT EXISTS task jsonb;
 
 -- jsonb || over rows, in the aggregate's ORDER BY: later keys replace earlier ones.
 CREATE OR REPLACE AGGREGATE cpoa_jsonb_merge(jsonb) (
@@ -812,6 +823,6 @@ CREATE TABLE IF NOT EXISTS cpoa_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO cpoa_schema_version (version) VALUES (16)
+INSERT INTO cpoa_schema_version (version) VALUES (17)
 ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
     WHERE cpoa_schema_version.version < EXCLUDED.version;

@@ -28,6 +28,13 @@ WHERE w.lease_owner IS NOT NULL AND (%(pid)s::text IS NULL
 GROUP BY w.workflow_id, w.state
 """
 
+_KEYS = """
+SELECT workflow_id::text, step, idempotency_key FROM task_instances
+UNION ALL  -- a task begun and finished by its step's transition is kept in its history row
+SELECT workflow_id::text, task->>'step', task->>'idempotency_key' FROM workflow_events
+WHERE task IS NOT NULL
+"""
+
 
 def held(db: psycopg.Connection, pid: int | None = None) -> list[Held]:
     """The workflows leased right now, by the worker process ``pid`` (None: by anyone).
@@ -57,8 +64,7 @@ def excused(db: psycopg.Connection, deaths: Iterable[Iterable[Held]]) -> dict[st
             just before and just after it, concatenated).
     """
     keys: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
-    for workflow_id, step, key in db.execute(
-            "SELECT workflow_id::text, step, idempotency_key FROM task_instances"):
+    for workflow_id, step, key in db.execute(_KEYS):
         keys[(workflow_id, step)].add(key)
     counts: collections.Counter[str] = collections.Counter()
     for death in deaths:  # a key listed twice for one death (two snapshots) counts once

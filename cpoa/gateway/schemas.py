@@ -153,7 +153,8 @@ class WorkflowState(BaseModel):
 
 
 class TaskView(BaseModel):
-    """One agent task attempt (a row of ``task_instances``)."""
+    """One agent task attempt (a row of ``task_instances``, or one kept in the history row of
+    the transition that began and finished it)."""
 
     task_id: uuid.UUID
     step: str

@@ -284,12 +284,16 @@ WITH locked AS (
       AND (%(owner)s::text IS NULL OR w.lease_owner = %(owner)s::text)
     RETURNING w.*
 ), task AS (
-    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved WHERE %(task)s::jsonb IS NOT NULL
+    SELECT cpoa_save_task_v1(%(task)s::jsonb) FROM moved
+    WHERE %(task)s::jsonb IS NOT NULL AND NOT %(task_in_history)s
 ), history AS (
-    -- The context the step added is stored here, not in the workflow's row (cpoa_context_v1).
+    -- The context the step added is stored here, not in the workflow's row (cpoa_context_v1);
+    -- so is a task begun and finished by this write (%(task_in_history)s, schema.sql).
     INSERT INTO workflow_events (workflow_id, from_state, to_state, trigger, detail,
-                                 context_updates)
-    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s, %(context_updates)s
+                                 context_updates, task)
+    SELECT workflow_id, %(source)s, %(dest)s, %(trigger)s, %(detail)s, %(context_updates)s,
+        CASE WHEN %(task_in_history)s THEN jsonb_strip_nulls(%(task)s::jsonb)
+            - '{workflow_id,step,created_at,updated_at,poll_deadline_at}'::text[] END
     FROM moved
     RETURNING context_updates
 ), ui AS (
@@ -384,7 +388,13 @@ FROM workflow_instances
 WHERE workflow_id = %(workflow_id)s;
 
 -- select_tasks --
+-- A workflow's tasks: its task rows, and the tasks kept in its history rows (schema.sql).
 SELECT * FROM task_instances WHERE workflow_id = %(workflow_id)s
+UNION ALL
+SELECT (jsonb_populate_record(NULL::task_instances, e.task || jsonb_build_object(
+    'workflow_id', e.workflow_id, 'step', e.from_state, 'created_at', e.at,
+    'updated_at', e.at))).*
+FROM workflow_events e WHERE e.workflow_id = %(workflow_id)s AND e.task IS NOT NULL
 ORDER BY created_at, step, item_key, attempt;
 
 -- select_history --

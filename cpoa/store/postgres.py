@@ -301,7 +301,7 @@ class PostgresStore(Reads, Upkeep):
         renew = renew_ttl_s if _due_now(outcome) else None
         if outcome.is_transition:
             name, params = "make_transition", transition_params(
-                workflow, outcome, owner=lease.owner, renew_ttl_s=renew)
+                workflow, outcome, owner=lease.owner, renew_ttl_s=renew, step_tasks=lease.tasks)
         else:
             name, params = "record_progress", progress_params(lease, outcome, renew)
         row = self._write(name, {**params, "version": lease.fence}, before_commit)

@@ -85,6 +85,18 @@ def task_document(task: models.Task | None) -> Jsonb | None:
     return jsonb(document)
 
 
+def begun_and_finished(task: models.Task | None,
+                       step_tasks: tuple[models.Task, ...] | None) -> bool:
+    """Whether a transition's task is begun and finished by its write, and so kept in the
+    history row it writes (schema.sql, version 17): finished, and not among the step's task
+    rows as the lease read them (same step, item and attempt: cpoa_save_task_v1's match).
+    ``step_tasks`` None: not known (a change made without a lease), so never."""
+    if task is None or step_tasks is None or not task.is_finished:
+        return False
+    return all((t.step, t.item_key, t.attempt) != (task.step, task.item_key, task.attempt)
+               for t in step_tasks)
+
+
 def progress_params(lease: models.Lease, outcome: models.Outcome,
                     renew_ttl_s: float | None) -> dict[str, Any]:
     """The parameters of ``record_progress``: the fence, the task row, the next run, and the
@@ -109,8 +121,10 @@ def report_params(report: models.AgentReport | None) -> dict[str, Any]:
 
 
 def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
-                      owner: str | None, renew_ttl_s: float | None) -> dict[str, Any]:
-    """The parameters of ``make_transition``: the fence, the move and what it records."""
+                      owner: str | None, renew_ttl_s: float | None,
+                      step_tasks: tuple[models.Task, ...] | None = None) -> dict[str, Any]:
+    """The parameters of ``make_transition``: the fence, the move and what it records
+    (``step_tasks``: the step's task rows as the lease read them; None: no lease)."""
     detail = {**outcome.detail}
     if outcome.error_message:
         detail["reason"] = outcome.error_message
@@ -129,6 +143,7 @@ def transition_params(workflow: models.Workflow, outcome: models.Outcome, *,
         "warnings": jsonb(list(outcome.warnings)),
         "error_message": storable_text(outcome.error_message),
         "task": task_document(outcome.task), "detail": jsonb(detail) if detail else None,
+        "task_in_history": begun_and_finished(outcome.task, step_tasks),
         "event_name": event.event_name if event is not None else None,
         "event_data": jsonb(event.data) if event is not None else None,
         "task_name": TASK_NAMES[workflow.kind], **report_params(outcome.agent_report)}

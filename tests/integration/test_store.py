@@ -667,6 +667,46 @@ def test_get_tasks__returns_rows_of_the_workflow_oldest_first(store):
     assert store.get_tasks(uuid.uuid4()) == []
 
 
+def test_record__a_task_begun_and_finished_by_its_transition_is_kept_in_its_history_row(
+        store, db):
+    """A task that the step write moving its workflow on both begins and finishes (its agent
+    answered the submit with the result) is kept in that transition's history row, not in
+    task_instances (schema version 17); a task written before its transition (submitted,
+    then polled) stays a task row. get_tasks returns both, oldest first, as task rows."""
+    workflow_id = create(store)
+    at_once = a_task(store.get_workflow(workflow_id), status="succeeded",
+                     output_result_summary_json={"content": "x"})
+    step(store, workflow_id, task=at_once)
+    lease = take(store, workflow_id)
+    polled = a_task(lease.workflow, agent_name="TDA", status="submitted")
+    _, lease = store.record(lease, models.Outcome.progress(polled, 0.0), renew_ttl_s=LONG_TTL_S)
+    store.record(lease, outcome(lease.workflow, "step_done", task=polled.evolve(
+        status="succeeded")))
+    kept = [h["task"] for h in store.get_history(workflow_id)]
+    assert [k and k["task_id"] for k in kept] == [None, str(at_once.task_id), None]
+    rows = db.execute("SELECT task_id FROM task_instances WHERE workflow_id = %s",
+                      (workflow_id,)).fetchall()
+    assert [r["task_id"] for r in rows] == [polled.task_id]
+    tasks = store.get_tasks(workflow_id)
+    assert [(t.task_id, t.step, t.status) for t in tasks] == [
+        (at_once.task_id, "fetching", "succeeded"), (polled.task_id, "analyzing", "succeeded")]
+    assert tasks[0].output_result_summary_json == {"content": "x"}
+    assert tasks[0].workflow_id == workflow_id  # kept without what its history row holds
+    assert tasks[0].created_at == store.get_history(workflow_id)[1]["at"]
+
+
+def test_poke_task__a_callback_for_a_task_kept_in_history_finds_it_finished(store, db):
+    """A callback for a task its transition kept in the history row is for a finished task:
+    nothing is made due (the workflow's next step is not woken for it)."""
+    workflow_id = create(store)
+    done = a_task(store.get_workflow(workflow_id), status="succeeded")
+    lease = take(store, workflow_id)
+    store.record(lease, dataclasses.replace(outcome(lease.workflow, "step_done", task=done),
+                                            run_in_s=3600.0))
+    assert store.poke_task(workflow_id, done.task_id) is False
+    assert not _due_now(db, workflow_id)
+
+
 def test_get_history__is_ordered_and_per_workflow(store):
     """History rows come back in the order they were written, only for the asked workflow."""
     workflow_id = create(store)

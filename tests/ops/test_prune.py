@@ -104,7 +104,10 @@ def test_parse_duration__refuses_the_rest(text):
 def test_prune__deletes_old_finished_workflows_with_all_their_rows(fast, sync_agent, store, db):
     """Old completed, failed and cancelled workflows go with their tasks, history, delivered
     UI events and keys; young finished and old unfinished ones are untouched."""
-    completed = finished(fast, 2)
+    sync_agent.sync = False  # submitted, then polled: task rows (not kept in history rows)
+    completed = finished(fast)
+    sync_agent.sync = True
+    completed += finished(fast)
     sync_agent.script("POST", "/harvest", Reply(400, {"error": "no such topic"}))
     failed = finished(fast, outcome="failed")
     cancelled = finished(fast, outcome="cancelled")
