@@ -699,9 +699,12 @@ ALTER TABLE workflow_events ADD COLUMN IF NOT EXISTS context_updates jsonb;
 -- Schema version 17: a task begun and finished by the one step write that moves its workflow
 -- on (its agent answered the submit with the result, or refused it) is kept in that
 -- transition's history row, as JSON of its task_instances row, instead of in task_instances:
--- a row and two btree entries fewer on such a transition. A task written before its step's
--- transition (submitted, then polled) stays in task_instances. select_tasks reads both; a
--- callback for a task kept here is for a finished task (cpoa_poke_task_v1). NULL: none.
+-- a row and two btree entries fewer on such a transition. The JSON leaves out what the
+-- history row holds (workflow_id; step: from_state; created_at and updated_at: at), the
+-- polling deadline of a task no longer polled, and nulls (make_transition). A task written
+-- before its step's transition (submitted, then polled) stays in task_instances.
+-- select_tasks reads both; a callback for a task kept here is for a finished task
+-- (cpoa_poke_task_v1). NULL: none.
 ALTER TABLE workflow_events ADD COLUMN IF NOT EXISTS task jsonb;
 
 -- jsonb || over rows, in the aggregate's ORDER BY: later keys replace earlier ones.

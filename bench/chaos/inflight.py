@@ -31,7 +31,7 @@ GROUP BY w.workflow_id, w.state
 _KEYS = """
 SELECT workflow_id::text, step, idempotency_key FROM task_instances
 UNION ALL  -- a task begun and finished by its step's transition is kept in its history row
-SELECT workflow_id::text, task->>'step', task->>'idempotency_key' FROM workflow_events
+SELECT workflow_id::text, from_state, task->>'idempotency_key' FROM workflow_events
 WHERE task IS NOT NULL
 """
 
