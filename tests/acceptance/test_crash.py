@@ -47,9 +47,9 @@ def test_worker__sigkill_mid_request_survivor_takes_over_at_once(dsn, db, agent,
         wait_until(lambda: agent.requests_to(path), timeout=20)
         survivor = spawn_cli(env, "worker", "--concurrency", "2")
         wait_until(lambda: live_workers(db) == 2, timeout=20)
-        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()  # before the signal: the survivor may resubmit before
+        victim.send_signal(signal.SIGKILL)  # this process sees the victim's death
         victim.wait(timeout=10)
-        killed_at = time.monotonic()
         wait_until(lambda: store.get_workflow(workflow_id).state == "completed", timeout=30)
     finally:
         for proc in (victim, survivor):
